@@ -1,0 +1,301 @@
+"""Ignite handlers of the GAN stages: sample grids, validation curves, non-finite guard, LR schedule."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
+from PIL import Image
+
+from ..fileio import atomic_path
+from .trainer import autocast_context, unwrap
+
+logger = logging.getLogger(__name__)
+
+# label-map colours for previews: outside lung, lung, GGO, consolidation, effusion
+LABEL_COLOURS = np.array(
+    [[0, 0, 0], [70, 110, 160], [250, 210, 60], [220, 50, 40], [60, 200, 220]], dtype=np.uint8
+)
+
+
+def linear_decay_lambda(total_epochs: int, constant_epochs: int | None = None):
+    """LR factor of the paper (pix2pixHD): constant, then linear decay towards 0.
+
+    Args:
+        total_epochs: epochs of the stage.
+        constant_epochs: epochs at the full rate; default half of ``total_epochs``.
+
+    Returns:
+        ``f(epoch)`` for :class:`torch.optim.lr_scheduler.LambdaLR` stepped once per epoch:
+        1 for the first ``constant_epochs`` epochs, then ``1 - k / (n_decay + 1)`` for the
+        k-th decaying epoch, so the last epoch trains at ``1 / (n_decay + 1)`` of the rate and
+        the rate after it is 0.
+    """
+    total = max(int(total_epochs), 1)
+    const = total // 2 if constant_epochs is None else int(constant_epochs)
+    n_decay = max(total - const, 0)
+
+    def factor(epoch: int) -> float:
+        if epoch < const:
+            return 1.0
+        return max(0.0, 1.0 - (epoch - const + 1) / (n_decay + 1))
+
+    return factor
+
+
+def to_uint8_picture(image: np.ndarray) -> np.ndarray:
+    """A [x, y] image in [-1, 1] as an 8-bit picture (rows = y)."""
+    return np.clip((np.asarray(image, dtype=np.float32).T + 1.0) * 127.5, 0, 255).astype(np.uint8)
+
+
+def label_picture(label: np.ndarray) -> np.ndarray:
+    """A [x, y] integer label map as an RGB picture (rows = y)."""
+    lab = np.clip(np.asarray(label).astype(np.int64).T, 0, len(LABEL_COLOURS) - 1)
+    return LABEL_COLOURS[lab]
+
+
+def sample_grid(
+    labels: Sequence[np.ndarray], reals: Sequence[np.ndarray], fakes: Sequence[np.ndarray], min_tile: int = 192
+) -> np.ndarray:
+    """Rows of ``label map | real | generated | |difference|`` as one RGB array.
+
+    All inputs are [x, y] arrays; images in [-1, 1]; the difference is shown
+    on [0, 1] (white = the full range of the model's intensity). Small slices
+    are enlarged (nearest neighbour) to at least ``min_tile`` pixels so a
+    person can see them.
+    """
+    size = max(np.asarray(labels[0]).shape)
+    zoom = max(1, -(-min_tile // size))
+    if zoom > 1:
+        labels = [np.kron(np.asarray(x), np.ones((zoom, zoom), np.int64)) for x in labels]
+        reals = [np.kron(np.asarray(x, np.float32), np.ones((zoom, zoom), np.float32)) for x in reals]
+        fakes = [np.kron(np.asarray(x, np.float32), np.ones((zoom, zoom), np.float32)) for x in fakes]
+    rows = []
+    for lab, real, fake in zip(labels, reals, fakes):
+        grey = [to_uint8_picture(real), to_uint8_picture(fake)]
+        diff = np.clip(np.abs(np.asarray(fake, np.float32) - np.asarray(real, np.float32)).T * 255.0, 0, 255)
+        tiles = [label_picture(lab)] + [np.repeat(g[..., None], 3, -1) for g in grey]
+        tiles.append(np.repeat(diff.astype(np.uint8)[..., None], 3, -1))
+        sep = np.full((tiles[0].shape[0], 2, 3), 255, np.uint8)
+        rows.append(np.concatenate([x for t in tiles for x in (t, sep)][:-1], axis=1))
+    hsep = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate([x for r in rows for x in (r, hsep)][:-1], axis=0)
+
+
+def save_png(picture: np.ndarray, path: str | Path) -> Path:
+    """Write an RGB/grey uint8 array as PNG, atomically (replaces an older preview of a run)."""
+    with atomic_path(path, overwrite=True) as tmp:
+        Image.fromarray(picture).save(tmp, format="PNG")
+    return Path(path)
+
+
+class SampleGridSaver:
+    """Each epoch, write a PNG grid ``label map | real | generated | |difference|``.
+
+    The same validation slices are shown every epoch (the first ``num_samples``
+    of ``dataset``), so the grids show the model's progress. Written to
+    ``output_dir/epoch_XXXX.png`` and ``output_dir/latest.png``.
+
+    Args:
+        dataset: validation dataset (items with ``condition``, ``image``, ``region``, ``label``).
+        output_dir: folder of the grids.
+        num_samples: rows of the grid.
+        composite: show the generated region composited into the real slice.
+        interval: epochs between grids.
+        amp: generate with mixed precision.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        output_dir: str | Path,
+        num_samples: int = 4,
+        composite: bool = False,
+        interval: int = 1,
+        amp: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.output_dir = Path(output_dir)
+        self.num_samples = int(num_samples)
+        self.composite = composite
+        self.interval = max(int(interval), 1)
+        self.amp = amp
+        self.written: list[Path] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to a trainer (``generator`` attribute) at epoch completion."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    @torch.no_grad()
+    def __call__(self, engine: Engine) -> None:
+        if getattr(engine.state, "rank", 0) != 0 or len(self.dataset) == 0:
+            return
+        items = [self.dataset[i] for i in range(min(self.num_samples, len(self.dataset)))]
+        device = torch.device(engine.state.device)
+        gen = unwrap(engine.generator)
+        was_training = gen.training
+        gen.eval()
+        cond = torch.stack([torch.as_tensor(it["condition"]) for it in items]).to(device).float()
+        with autocast_context(device, self.amp):
+            fake = gen(cond).float().cpu()
+        gen.train(was_training)
+        reals = [torch.as_tensor(it["image"]).float()[0] for it in items]
+        regions = [torch.as_tensor(it["region"]).float()[0] for it in items]
+        fakes = [f[0] for f in fake]
+        if self.composite:
+            fakes = [r * f + (1 - r) * x for f, x, r in zip(fakes, reals, regions)]
+        labels = [torch.as_tensor(it["label"])[0].numpy() for it in items]
+        grid = sample_grid(labels, [r.numpy() for r in reals], [f.numpy() for f in fakes])
+        path = save_png(grid, self.output_dir / f"epoch_{engine.state.epoch:04d}.png")
+        save_png(grid, self.output_dir / "latest.png")
+        self.written.append(path)
+
+
+class ValidationCurveWriter:
+    """After each validation, append the metrics to a CSV and redraw the curve PNG.
+
+    Attach to the evaluator; the trainer epoch is the evaluator's epoch
+    (MONAI's ``ValidationHandler`` runs it with the trainer's epoch).
+    """
+
+    def __init__(self, output_dir: str | Path, metric_names: Sequence[str] | None = None) -> None:
+        self.output_dir = Path(output_dir)
+        self.metric_names = list(metric_names) if metric_names else None
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to an evaluator at run completion."""
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if getattr(engine.state, "rank", 0) != 0:
+            return
+        metrics = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))}
+        names = self.metric_names or sorted(metrics)
+        csv_path = self.output_dir / "validation.csv"
+        rows: list[dict[str, str]] = []
+        if csv_path.exists():
+            with open(csv_path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < engine.state.epoch]
+        rows.append({"epoch": str(engine.state.epoch), **{n: f"{metrics.get(n, math.nan):.6f}" for n in names}})
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(csv_path, overwrite=True) as tmp:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=["epoch", *names])
+                writer.writeheader()
+                writer.writerows(rows)
+        self._plot(rows, names)
+
+    def _plot(self, rows: list[dict[str, str]], names: list[str]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [int(r["epoch"]) for r in rows]
+        fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            ax.plot(epochs, [float(r[name]) for r in rows], marker="o")
+            ax.set_xlabel("epoch")
+            ax.set_title(name)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        with atomic_path(self.output_dir / "validation_curve.png", overwrite=True) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+
+
+class NonFiniteLossGuard:
+    """Stop training cleanly when an iteration produced a non-finite loss.
+
+    The trainer skipped that iteration's optimizer steps, so the weights are
+    the last good ones; this handler logs one clear message, records it in
+    ``engine.state.stop_reason`` and terminates the engine (no checkpoint of the
+    failed iteration is written by the epoch-level savers).
+    """
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to the trainer at iteration completion."""
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        bad = getattr(engine.state, "non_finite", None)
+        if not bad:
+            return
+        parts = ", ".join(f"{k}={v:.4g}" for k, v in bad.items())
+        message = (
+            f"non-finite loss at epoch {engine.state.epoch}, iteration {engine.state.iteration} ({parts}); "
+            "training stopped before the bad update, the weights and checkpoints are the last good ones"
+        )
+        logger.error(message)
+        engine.state.stop_reason = message
+        engine.terminate()
+
+
+class EpochMeans:
+    """Average per-iteration scalars of the trainer's output over each epoch into ``engine.state.metrics``.
+
+    ``train_<key>`` for each key (GAN parts, DESUM/DFM weights) and ``lr``, so
+    ``StatsHandler``, ``TensorBoardStatsHandler`` and MLflow's epoch logging
+    record them without any handler knowing about GANs.
+
+    Args:
+        keys: scalar keys of the trainer's output.
+        optimizer: optimizer whose first group's learning rate is logged as ``lr``.
+    """
+
+    def __init__(self, keys: Sequence[str], optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.keys = list(keys)
+        self.optimizer = optimizer
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to a trainer."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
+
+    def _reset(self, engine: Engine) -> None:
+        self._sums, self._counts = {}, {}
+        if self.optimizer is not None:  # the rate this epoch trains with
+            engine.state.metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+
+    def _accumulate(self, engine: Engine) -> None:
+        output = engine.state.output
+        first = output[0] if isinstance(output, list) and output else output
+        if not isinstance(first, dict):
+            return
+        for key in self.keys:
+            value = first.get(key)
+            if isinstance(value, torch.Tensor):
+                value = float(value.detach().float().mean())
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._sums[key] = self._sums.get(key, 0.0) + float(value)
+                self._counts[key] = self._counts.get(key, 0) + 1
+
+    def _publish(self, engine: Engine) -> None:
+        for key, total in self._sums.items():
+            engine.state.metrics[f"train_{key}"] = total / self._counts[key]
+
+
+class TrainingCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` that also saves the engine it is attached to, as ``trainer``.
+
+    The config cannot put the trainer in ``save_dict`` (the trainer is built
+    from its handlers, a circular reference), so the engine's state (epoch,
+    iteration) is added here; :func:`covid_ct_cgan.engines.stages.resume`
+    restores it with the other objects.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        """Add the engine to the saved objects, then attach as ``CheckpointSaver``."""
+        self.save_dict["trainer"] = engine
+        super().attach(engine)
