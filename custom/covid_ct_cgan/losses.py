@@ -1,0 +1,166 @@
+"""Losses: least-squares GAN over all scales, feature matching per scale, the DFM loss, pix2pix's L1.
+
+Discriminator outputs are nested lists, per scale (D1 = full resolution
+first) of per-layer features, the patch prediction last (see
+:class:`~covid_ct_cgan.networks.MultiResolutionDiscriminator`). The optional
+``weights`` of the ``map+context`` mode are shaped the same way (from
+:meth:`~covid_ct_cgan.networks.MultiResolutionDiscriminator.region_masks`):
+each term becomes a weighted mean over the outputs whose receptive field
+touches the region to synthesise.
+
+How the paper's objective is put together by the trainer::
+
+    # discriminator step (real_f = d(map, real), fake_f = d(map, fake.detach()))
+    loss_d = 0.5 * (lsgan_loss(real_f, True) + lsgan_loss(fake_f, False))
+    b = dfm_net(real_f)                                      # (B,), looks at D1's features
+    loss_dfm_net = dfm_weight_objective(feature_matching(real_f, fake_f), b)   # only the DFM net learns
+    # generator step (fake_f = d(map, fake), real_f as above)
+    fm = feature_matching(real_f, fake_f)                    # (num_scales, B)
+    loss_g = lsgan_loss(fake_f, True) + lambda_fm * dfm_loss(fm, b)            # b detached inside
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+Features = Sequence[Sequence[Tensor]]
+EPS = 1e-8
+
+
+def _weighted_mean(values: Tensor, weight: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """Mean of ``values`` (B, C, h, w) over ``dims`` with a (B, 1, h, w) weight broadcast over channels."""
+    weight = weight.to(values.dtype)
+    total = (values * weight).sum(dim=dims)
+    count = (weight.expand_as(values)).sum(dim=dims)
+    return total / count.clamp_min(EPS)
+
+
+def lsgan_loss(predictions: Features, target_is_real: bool, weights: Features | None = None) -> Tensor:
+    """Least-squares GAN loss, summed over the scales (pix2pixHD's ``GANLoss`` with ``use_lsgan``).
+
+    For each scale the mean squared error of the patch prediction (last
+    feature) against 1 (real) or 0 (fake); the scales are summed, not averaged,
+    exactly as pix2pixHD does. pix2pixHD halves the discriminator's real + fake
+    sum; that is up to the caller.
+
+    Args:
+        predictions: per scale, the discriminator's feature list.
+        target_is_real: target 1 if true, else 0.
+        weights: optional region weights shaped like ``predictions``; each
+            scale's error is then averaged over the weighted patches only (a
+            scale whose weights are all zero contributes 0).
+
+    Returns:
+        scalar loss.
+    """
+    target = 1.0 if target_is_real else 0.0
+    loss = predictions[0][-1].new_zeros(())
+    for i, scale in enumerate(predictions):
+        err = (scale[-1] - target) ** 2
+        loss = loss + (err.mean() if weights is None else _weighted_mean(err, weights[i][-1], (0, 1, 2, 3)))
+    return loss
+
+
+def feature_matching(
+    real_features: Features, fake_features: Features, n_layers: int | None = None, weights: Features | None = None
+) -> Tensor:
+    """Feature-matching loss per scale and sample: ``FM(D_k)`` of the paper.
+
+    ``FM = 4 / (n_layers + 1) * sum over the intermediate layers (all but the
+    patch prediction) of mean |fake - real|``, the real features detached, as
+    pix2pixHD (before its ``1 / num_D`` and ``lambda_feat``).
+
+    Args:
+        real_features: per scale, the discriminator's features on (map, real).
+        fake_features: the same on (map, fake).
+        n_layers: the discriminator's stride-2 layers; inferred from the
+            feature lists (``len - 2``) if not given.
+        weights: optional region weights shaped like the features: weighted
+            mean over each sample's region instead of the plain mean.
+
+    Returns:
+        ``(num_scales, B)`` tensor.
+
+    Raises:
+        ValueError: the real and fake feature lists differ in length.
+    """
+    if len(real_features) != len(fake_features):
+        raise ValueError(f"real and fake features have {len(real_features)} and {len(fake_features)} scales")
+    per_scale = []
+    for i, (real, fake) in enumerate(zip(real_features, fake_features)):
+        if len(real) != len(fake):
+            raise ValueError(f"scale {i}: real and fake have {len(real)} and {len(fake)} features")
+        layers = len(real) - 2 if n_layers is None else n_layers
+        feat_weight = 4.0 / (layers + 1)
+        total = fake[0].new_zeros((fake[0].shape[0],))
+        for j in range(len(fake) - 1):
+            diff = (fake[j] - real[j].detach()).abs()
+            if weights is None:
+                total = total + diff.mean(dim=(1, 2, 3))
+            else:
+                total = total + _weighted_mean(diff, weights[i][j], (1, 2, 3))
+        per_scale.append(feat_weight * total)
+    return torch.stack(per_scale)
+
+
+def _weighted_scales(fm_per_scale: Tensor, b: Tensor | float) -> Tensor:
+    if fm_per_scale.shape[0] == 1:
+        return fm_per_scale[0].mean()
+    rest = fm_per_scale[1:].mean(dim=0)
+    return (b * fm_per_scale[0] + (1.0 - b) * rest).mean()
+
+
+def dfm_loss(fm_per_scale: Tensor, b: Tensor | float) -> Tensor:
+    """Dynamic feature-matching loss for the generator step: ``b * FM(D1) + (1 - b) * FM(D2)``.
+
+    With three scales ``1 - b`` is shared equally by D2 and D3; with one scale
+    it is ``FM(D1)``. Per-sample weights are applied per sample, then averaged
+    over the batch. ``b`` is detached: this loss trains the generator only.
+    With ``b = 1 / num_scales`` (``DfmWeight`` mode ``"equal"``) it is
+    pix2pixHD's ``loss_G_GAN_Feat / lambda_feat``.
+
+    Args:
+        fm_per_scale: ``(num_scales, B)`` from :func:`feature_matching`.
+        b: ``(B,)`` weights or one number.
+
+    Returns:
+        scalar loss.
+    """
+    if isinstance(b, Tensor):
+        b = b.detach()
+    return _weighted_scales(fm_per_scale, b)
+
+
+def dfm_weight_objective(fm_per_scale: Tensor, b: Tensor) -> Tensor:
+    """Loss that trains the DFM weighting net (discriminator step): minus the DFM loss on detached FM values.
+
+    Minimising it maximises the DFM loss with respect to ``b`` only, so the
+    net learns to put the weight on the scale where the generator is furthest
+    from real; no gradient reaches the generator or the discriminators.
+
+    Args:
+        fm_per_scale: ``(num_scales, B)`` feature-matching values.
+        b: ``(B,)`` weights from :class:`~covid_ct_cgan.networks.DfmWeight`, not detached.
+
+    Returns:
+        scalar to minimise.
+    """
+    return -_weighted_scales(fm_per_scale.detach(), b)
+
+
+def l1_loss(fake: Tensor, real: Tensor, weight: Tensor | None = None) -> Tensor:
+    """pix2pix's L1 term (the trainer multiplies it by ``lambda_l1``, 100 in pix2pix).
+
+    Args:
+        fake: generated images ``(B, C, H, W)``.
+        real: real images, same shape.
+        weight: optional ``(B, 1, H, W)`` region weight: mean over the region only.
+
+    Returns:
+        scalar loss.
+    """
+    diff = (fake - real).abs()
+    return diff.mean() if weight is None else _weighted_mean(diff, weight, (0, 1, 2, 3))

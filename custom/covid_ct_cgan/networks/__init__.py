@@ -1,0 +1,33 @@
+"""Generators, discriminators and the DESUM / DFM weighting nets.
+
+The proposed model and the two baselines are built from the same parts:
+
+- proposed: ``GlobalLocalGenerator(desum="dynamic")``, ``MultiResolutionDiscriminator(num_d=2)``,
+  ``DfmWeight(mode="dynamic")``;
+- ``pix2pixhd``: ``GlobalLocalGenerator(desum="sum")``, ``MultiResolutionDiscriminator(num_d=2)``,
+  ``DfmWeight(mode="equal")``;
+- ``pix2pix``: ``UNetGenerator``, ``MultiResolutionDiscriminator(num_d=1)``, L1 loss weight 100.
+"""
+
+from .blocks import ResnetBlock, downsample, norm_layer
+from .discriminator import DfmWeight, MultiResolutionDiscriminator, NLayerDiscriminator, in_channels_for
+from .generator import DesumWeight, GlobalGenerator, GlobalLocalGenerator, LocalEnhancer, UNetGenerator
+from .handover import load_generator_part
+from .param_count import count_parameters
+
+__all__ = [
+    "DesumWeight",
+    "DfmWeight",
+    "GlobalGenerator",
+    "GlobalLocalGenerator",
+    "LocalEnhancer",
+    "MultiResolutionDiscriminator",
+    "NLayerDiscriminator",
+    "ResnetBlock",
+    "UNetGenerator",
+    "count_parameters",
+    "downsample",
+    "in_channels_for",
+    "load_generator_part",
+    "norm_layer",
+]

@@ -1,0 +1,250 @@
+"""Discriminators: pix2pixHD's N-layer PatchGAN, the multi-resolution discriminator and the DFM weighting net."""
+
+from typing import List
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import downsample, norm_layer
+
+DFM_MODES: tuple[str, ...] = ("dynamic", "dynamic_from_half", "fixed", "equal")
+KERNEL = 4
+PADDING = 2  # pix2pixHD: ceil((kernel - 1) / 2)
+MAX_CHANNELS = 512
+
+
+def feature_channels(ndf: int, n_layers: int) -> list[int]:
+    """Channels of every output of an :class:`NLayerDiscriminator`, the patch prediction (1) last.
+
+    Args:
+        ndf: width of the first layer.
+        n_layers: number of stride-2 layers.
+
+    Returns:
+        ``n_layers + 2`` channel counts.
+    """
+    return [min(ndf * 2**i, MAX_CHANNELS) for i in range(n_layers + 1)] + [1]
+
+
+def in_channels_for(ndf: int, n_layers: int, feature_index: int) -> int:
+    """Channels of the intermediate discriminator feature that :class:`DfmWeight` looks at.
+
+    Args:
+        ndf: discriminator width.
+        n_layers: discriminator stride-2 layers.
+        feature_index: index into the discriminator's feature list, ``0 .. n_layers``
+            (intermediate features only; the patch prediction is not one).
+
+    Returns:
+        number of channels.
+
+    Raises:
+        ValueError: ``feature_index`` out of range.
+    """
+    if not 0 <= feature_index <= n_layers:
+        raise ValueError(f"feature_index must be in 0..{n_layers} (intermediate features), got {feature_index}")
+    return feature_channels(ndf, n_layers)[feature_index]
+
+
+class NLayerDiscriminator(nn.Module):
+    """pix2pixHD's N-layer PatchGAN returning all intermediate features.
+
+    4x4 convolutions (padding 2): ``n_layers`` with stride 2 (the first without
+    norm), one with stride 1, then a 1-channel stride-1 convolution without
+    sigmoid (least-squares GAN). LeakyReLU(0.2) after every hidden layer.
+
+    Args:
+        in_channels: map channels plus image channels.
+        ndf: width of the first layer (doubling, at most 512).
+        n_layers: stride-2 layers.
+        norm: normalisation name.
+
+    Returns (forward):
+        list of ``n_layers + 2`` feature maps; the last is the patch prediction ``(B, 1, h, w)``.
+    """
+
+    def __init__(self, in_channels: int, ndf: int = 64, n_layers: int = 3, norm: str = "instance") -> None:
+        super().__init__()
+        ch = feature_channels(ndf, n_layers)
+        layers = [nn.Sequential(nn.Conv2d(in_channels, ch[0], KERNEL, 2, PADDING), nn.LeakyReLU(0.2, inplace=True))]
+        strides = [2]
+        for i in range(1, n_layers + 1):
+            stride = 2 if i < n_layers else 1
+            layers.append(
+                nn.Sequential(
+                    nn.Conv2d(ch[i - 1], ch[i], KERNEL, stride, PADDING),
+                    norm_layer(norm, ch[i]),
+                    nn.LeakyReLU(0.2, inplace=True),
+                )
+            )
+            strides.append(stride)
+        layers.append(nn.Sequential(nn.Conv2d(ch[n_layers], 1, KERNEL, 1, PADDING)))
+        strides.append(1)
+        self.layers = nn.ModuleList(layers)
+        self.strides = strides
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        features: List[Tensor] = []
+        for layer in self.layers:
+            x = layer(x)
+            features.append(x)
+        return features
+
+    @torch.jit.unused
+    def region_masks(self, mask: Tensor) -> list[Tensor]:
+        """Which outputs of every layer see a region: 1 where the receptive field touches it.
+
+        Max pooling with the convolutions' geometry (4x4, same strides, padding 2)
+        marks an output as soon as one input in its window is marked, layer after
+        layer, which is exactly "the receptive field touches the region".
+
+        Args:
+            mask: ``(B, 1, H, W)`` region in ``[0, 1]`` at this discriminator's input size.
+
+        Returns:
+            one ``(B, 1, h, w)`` mask per output, shaped like :meth:`forward`'s features.
+        """
+        masks = []
+        for stride in self.strides:
+            mask = nn.functional.max_pool2d(mask, KERNEL, stride, PADDING)
+            masks.append(mask)
+        return masks
+
+
+class MultiResolutionDiscriminator(nn.Module):
+    """D1 on the full-resolution input, D2 (and D3) on the input average-pooled once (twice), as pix2pixHD.
+
+    Args:
+        in_channels: map channels plus image channels.
+        ndf: width of each PatchGAN.
+        n_layers: stride-2 layers of each PatchGAN.
+        num_d: number of resolutions (1 to 3; the paper uses 2).
+        norm: normalisation name.
+
+    Returns (forward):
+        list per scale (D1 = full resolution first) of the feature lists of :class:`NLayerDiscriminator`.
+
+    Raises:
+        ValueError: ``num_d`` outside 1..3.
+    """
+
+    def __init__(
+        self, in_channels: int, ndf: int = 64, n_layers: int = 3, num_d: int = 2, norm: str = "instance"
+    ) -> None:
+        super().__init__()
+        if not 1 <= num_d <= 3:
+            raise ValueError(f"num_d must be 1, 2 or 3, got {num_d}")
+        self.n_layers = n_layers
+        self.num_d = num_d
+        self.discriminators = nn.ModuleList(
+            [NLayerDiscriminator(in_channels, ndf, n_layers, norm) for _ in range(num_d)]
+        )
+
+    def forward(self, x: Tensor) -> List[List[Tensor]]:
+        results: List[List[Tensor]] = []
+        for i, disc in enumerate(self.discriminators):
+            if i > 0:
+                x = downsample(x)
+            results.append(disc(x))
+        return results
+
+    @torch.jit.unused
+    def region_masks(self, mask: Tensor) -> list[list[Tensor]]:
+        """Per scale and layer, the outputs whose receptive field touches a region (``map+context`` mode).
+
+        The mask is halved with max pooling (3x3, stride 2, padding 1: the
+        footprint of the average pooling applied to the input), then followed
+        through each PatchGAN with :meth:`NLayerDiscriminator.region_masks`.
+
+        Args:
+            mask: ``(B, 1, H, W)`` region to synthesise, values in ``[0, 1]``.
+
+        Returns:
+            nested list shaped like :meth:`forward`'s output, each ``(B, 1, h, w)``;
+            pass it as ``weights`` to the losses in :mod:`covid_ct_cgan.losses`.
+        """
+        masks = []
+        for i, disc in enumerate(self.discriminators):
+            if i > 0:
+                mask = nn.functional.max_pool2d(mask, 3, 2, 1)
+            masks.append(disc.region_masks(mask))
+        return masks
+
+
+class DfmWeight(nn.Module):
+    """DFM weighting net: the weight ``b`` of D1's feature-matching loss, in ``[low, high]``.
+
+    A small CNN (two 3x3 stride-2 convs with LeakyReLU(0.2), global average
+    pool, linear, sigmoid mapped to ``low + (high - low) * sigmoid``) on one
+    intermediate feature of D1 (``"dynamic"``) or D2 (``"dynamic_from_half"``).
+    Its input is detached, so the only gradients it passes are to its own
+    parameters (trained in the discriminator step to maximise the DFM loss, see
+    :func:`covid_ct_cgan.losses.dfm_weight_objective`). ``"fixed"`` returns
+    ``fixed_weight``; ``"equal"`` returns ``1 / num_d``, which makes the DFM loss
+    pix2pixHD's plain average over the scales. The CNN exists in every mode so
+    the state dicts match.
+
+    Args:
+        in_channels: channels of the chosen feature, see :func:`in_channels_for`.
+        mode: ``"dynamic"``, ``"dynamic_from_half"``, ``"fixed"`` or ``"equal"``.
+        feature_index: index of the feature in the discriminator's feature list.
+        fixed_weight: ``b`` for ``"fixed"``, in ``[0, 1]``.
+        bounds: ``(low, high)`` range of the dynamic weight.
+        num_d: number of discriminator scales.
+        hidden: width of the CNN.
+
+    Returns (forward):
+        ``(B,)`` weights.
+
+    Raises:
+        ValueError: unknown mode, ``"dynamic_from_half"`` with one scale, bad bounds or fixed weight.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        mode: str = "dynamic",
+        feature_index: int = 1,
+        fixed_weight: float = 0.5,
+        bounds: tuple[float, float] = (0.1, 0.9),
+        num_d: int = 2,
+        hidden: int = 32,
+    ) -> None:
+        super().__init__()
+        if mode not in DFM_MODES:
+            raise ValueError(f"mode must be one of {DFM_MODES}, got {mode!r}")
+        if mode == "dynamic_from_half" and num_d < 2:
+            raise ValueError("mode 'dynamic_from_half' needs num_d >= 2")
+        low, high = float(bounds[0]), float(bounds[1])
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(f"bounds must satisfy 0 <= low < high <= 1, got {bounds}")
+        if not 0.0 <= fixed_weight <= 1.0:
+            raise ValueError(f"fixed_weight must be in [0, 1], got {fixed_weight}")
+        self.mode = mode
+        self.feature_index = feature_index
+        self.fixed_weight = float(fixed_weight)
+        self.low = low
+        self.high = high
+        self.num_d = num_d
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+        )
+        self.fc = nn.Linear(hidden, 1)
+
+    @property
+    def learnable(self) -> bool:
+        """Whether the weight comes from the CNN (so the trainer should optimise it)."""
+        return self.mode in ("dynamic", "dynamic_from_half")
+
+    def forward(self, features: List[List[Tensor]]) -> Tensor:
+        """Compute ``b`` from the discriminator's features (list per scale of feature lists)."""
+        if self.mode == "dynamic" or self.mode == "dynamic_from_half":
+            scale = 0 if self.mode == "dynamic" else 1
+            h = self.net(features[scale][self.feature_index].detach()).mean(dim=(2, 3))
+            return self.low + (self.high - self.low) * torch.sigmoid(self.fc(h)).squeeze(1)
+        ref = features[0][0]
+        value = self.fixed_weight if self.mode == "fixed" else 1.0 / self.num_d
+        return torch.full((ref.shape[0],), value, dtype=ref.dtype, device=ref.device)

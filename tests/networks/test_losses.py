@@ -1,0 +1,178 @@
+"""Losses: LSGAN over scales, feature matching, DFM (pix2pixHD arithmetic), gradient isolation, L1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from covid_ct_cgan.losses import dfm_loss, dfm_weight_objective, feature_matching, l1_loss, lsgan_loss
+from covid_ct_cgan.networks import DfmWeight, GlobalLocalGenerator, MultiResolutionDiscriminator, in_channels_for
+
+N_LAYERS = 3
+
+
+def discriminator(num_d: int = 2) -> MultiResolutionDiscriminator:
+    torch.manual_seed(0)
+    return MultiResolutionDiscriminator(5, ndf=8, n_layers=N_LAYERS, num_d=num_d)
+
+
+def real_and_fake(maps, num_d: int = 2, batch: int = 3):
+    torch.manual_seed(2)
+    label = maps(batch, 32)
+    real = torch.tanh(torch.randn(batch, 1, 32, 32))
+    fake = torch.tanh(torch.randn(batch, 1, 32, 32))
+    d = discriminator(num_d)
+    return d(torch.cat([label, real], 1)), d(torch.cat([label, fake], 1))
+
+
+def test_lsgan_sums_mse_over_scales_like_pix2pixhd(maps):
+    real_f, fake_f = real_and_fake(maps)
+    mse = torch.nn.MSELoss()
+    expected_real = sum(mse(s[-1], torch.ones_like(s[-1])) for s in real_f)  # pix2pixHD GANLoss(use_lsgan=True)
+    expected_fake = sum(mse(s[-1], torch.zeros_like(s[-1])) for s in fake_f)
+    torch.testing.assert_close(lsgan_loss(real_f, True), expected_real, rtol=0, atol=0)
+    torch.testing.assert_close(lsgan_loss(fake_f, False), expected_fake, rtol=0, atol=0)
+
+
+def test_lsgan_region_weights(maps):
+    real_f, _ = real_and_fake(maps)
+    ones = [[torch.ones_like(f[:, :1]) for f in scale] for scale in real_f]
+    torch.testing.assert_close(lsgan_loss(real_f, True, ones), lsgan_loss(real_f, True))
+    region = [[torch.zeros_like(f[:, :1]) for f in scale] for scale in real_f]
+    for scale in region:
+        scale[-1][0, 0, :2, :3] = 1  # only six patches of sample 0 count
+    expected = sum(((s[-1][0, 0, :2, :3] - 1) ** 2).mean() for s in real_f)
+    torch.testing.assert_close(lsgan_loss(real_f, True, region), expected)
+    nothing = [[torch.zeros_like(f[:, :1]) for f in scale] for scale in real_f]
+    assert lsgan_loss(real_f, True, nothing) == 0
+
+
+def test_feature_matching_per_scale_and_sample(maps):
+    real_f, fake_f = real_and_fake(maps)
+    fm = feature_matching(real_f, fake_f, N_LAYERS)
+    assert fm.shape == (2, 3)
+    for i in range(2):
+        for s in range(3):
+            expected = (4 / (N_LAYERS + 1)) * sum(
+                (fake_f[i][j][s] - real_f[i][j][s]).abs().mean() for j in range(N_LAYERS + 1)
+            )
+            torch.testing.assert_close(fm[i, s], expected)
+    torch.testing.assert_close(feature_matching(real_f, fake_f), fm)  # n_layers inferred
+    ones = [[torch.ones_like(f[:, :1]) for f in scale] for scale in real_f]
+    torch.testing.assert_close(feature_matching(real_f, fake_f, N_LAYERS, ones), fm)
+    with pytest.raises(ValueError, match="scales"):
+        feature_matching(real_f, fake_f[:1])
+
+
+def test_feature_matching_detaches_the_real_features():
+    real = [[torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 1, 3, 3, requires_grad=True)]]
+    fake = [[torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 1, 3, 3, requires_grad=True)]]
+    feature_matching(real, fake, n_layers=0).sum().backward()
+    assert real[0][0].grad is None
+    assert fake[0][0].grad is not None
+    assert fake[0][1].grad is None  # the patch prediction is not matched
+
+
+def test_equal_dfm_is_pix2pixhd_feature_loss_exactly(maps):
+    """pix2pixHD: loss_G_GAN_Feat / lambda_feat
+    = sum_i sum_j (1 / num_D) * (4 / (n_layers + 1)) * L1(fake_ij, real_ij)."""
+    real_f, fake_f = real_and_fake(maps, num_d=2)
+    num_d, feat_weights = 2, 4.0 / (N_LAYERS + 1)
+    l1 = torch.nn.L1Loss()
+    reference = 0
+    for i in range(num_d):
+        for j in range(len(fake_f[i]) - 1):
+            reference += (1.0 / num_d) * feat_weights * l1(fake_f[i][j], real_f[i][j].detach())
+    b = DfmWeight(16, mode="equal")(real_f)
+    got = dfm_loss(feature_matching(real_f, fake_f, N_LAYERS), b)
+    torch.testing.assert_close(got, reference, rtol=1e-6, atol=0)  # same terms, summed in another order
+
+
+def test_equal_dfm_three_scales_is_plain_average(maps):
+    real_f, fake_f = real_and_fake(maps, num_d=3)
+    fm = feature_matching(real_f, fake_f, N_LAYERS)
+    b = DfmWeight(16, mode="equal", num_d=3)(real_f)
+    torch.testing.assert_close(dfm_loss(fm, b), fm.mean())
+
+
+def test_dfm_loss_weighting():
+    fm = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
+    b = torch.tensor([0.1, 0.9])
+    expected = ((0.1 * 1 + 0.9 * 3) + (0.9 * 2 + 0.1 * 5)) / 2
+    torch.testing.assert_close(dfm_loss(fm, b), torch.tensor(expected))
+    three = torch.tensor([[1.0], [2.0], [4.0]])
+    torch.testing.assert_close(dfm_loss(three, 0.4), torch.tensor(0.4 * 1 + 0.3 * 2 + 0.3 * 4))  # 1 - b shared
+    torch.testing.assert_close(dfm_loss(fm[:1], b), fm[0].mean())  # one scale: FM(D1)
+    torch.testing.assert_close(dfm_weight_objective(fm, b), -dfm_loss(fm, b))
+
+
+def test_pix2pixhd_baseline_generator_loss_exactly(maps):
+    """desum='sum' + two scales + DfmWeight('equal') gives pix2pixHD's G loss (GAN + lambda_feat * feature matching)."""
+    torch.manual_seed(0)
+    g = GlobalLocalGenerator(4, ngf=8, n_downsampling=2, n_blocks_global=1, n_blocks_local=1, desum="sum")
+    d = discriminator(2)
+    label = maps(2, 32)
+    real = torch.tanh(torch.randn(2, 1, 32, 32))
+    fake = g(label)
+    pred_real, pred_fake = d(torch.cat([label, real], 1)), d(torch.cat([label, fake], 1))
+    # pix2pixHD, models/pix2pixHD_model.py (use_lsgan, num_D=2, n_layers_D=3, lambda_feat=10)
+    mse, l1 = torch.nn.MSELoss(), torch.nn.L1Loss()
+    loss_g_gan = sum(mse(p[-1], torch.ones_like(p[-1])) for p in pred_fake)
+    loss_g_feat = 0
+    for i in range(2):
+        for j in range(len(pred_fake[i]) - 1):
+            loss_g_feat += 0.5 * (4.0 / (N_LAYERS + 1)) * l1(pred_fake[i][j], pred_real[i][j].detach()) * 10
+    ours = lsgan_loss(pred_fake, True) + 10 * dfm_loss(
+        feature_matching(pred_real, pred_fake), DfmWeight(16, mode="equal")(pred_real)
+    )
+    torch.testing.assert_close(ours, loss_g_gan + loss_g_feat, rtol=1e-6, atol=0)
+
+
+def test_gradients_reach_dfm_net_only_in_the_discriminator_step(maps):
+    torch.manual_seed(0)
+    g = GlobalLocalGenerator(4, ngf=8, n_downsampling=2, n_blocks_global=1, n_blocks_local=1)
+    d = discriminator(2)
+    dfm = DfmWeight(in_channels_for(8, N_LAYERS, 1))
+    label = maps(2, 32)
+    real = torch.tanh(torch.randn(2, 1, 32, 32))
+    fake = g(label)
+
+    def grads(module):
+        return [p.grad for p in module.parameters()]
+
+    # generator step: GAN + DFM loss; b must not learn here
+    real_f, fake_f = d(torch.cat([label, real], 1)), d(torch.cat([label, fake], 1))
+    b = dfm(real_f)
+    loss_g = lsgan_loss(fake_f, True) + 10 * dfm_loss(feature_matching(real_f, fake_f), b)
+    loss_g.backward()
+    assert all(grad is None for grad in grads(dfm))
+    assert all(grad is not None for grad in grads(g.desum))  # the DESUM net learns with the generator
+    assert all(grad is not None for grad in grads(g.local_net))
+    g.zero_grad(set_to_none=True)
+    d.zero_grad(set_to_none=True)
+
+    # discriminator step: the DFM objective trains the DFM net and nothing else
+    real_f, fake_f = d(torch.cat([label, real], 1)), d(torch.cat([label, fake.detach()], 1))
+    b = dfm(real_f)
+    dfm_weight_objective(feature_matching(real_f, fake_f), b).backward()
+    assert all(grad is not None and grad.abs().sum() > 0 for grad in grads(dfm))
+    assert all(grad is None for grad in grads(d))
+    assert all(grad is None for grad in grads(g))
+    # maximising the DFM loss moves b towards the scale with the larger feature distance
+    fm = feature_matching(real_f, fake_f).detach()
+    with torch.no_grad():
+        before = dfm_loss(fm, dfm(real_f))
+        for p in dfm.parameters():
+            p -= 1.0 * p.grad
+        after = dfm_loss(fm, dfm(real_f))
+    assert after > before
+
+
+def test_l1_loss():
+    fake = torch.zeros(2, 1, 4, 4)
+    real = torch.ones(2, 1, 4, 4)
+    real[1] = 3
+    torch.testing.assert_close(l1_loss(fake, real), torch.tensor(2.0))
+    weight = torch.zeros(2, 1, 4, 4)
+    weight[1, :, :2] = 1
+    torch.testing.assert_close(l1_loss(fake, real, weight), torch.tensor(3.0))
