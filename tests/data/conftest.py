@@ -1,0 +1,150 @@
+"""Tiny raw datasets in every layout of SPEC section 1, written by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+PHANTOM_AFFINE = np.diag([-0.7, -0.7, 2.5, 1.0])
+
+
+def synthetic_slice(size: int = 40, lesion: bool = True, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One axial slice ``[x, y]``: HU image, lung mask, lesion codes (1 GGO left lung, 2 consolidation right)."""
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    s = float(size)
+
+    def ellipse(cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+        return ((x - cx * s) / (rx * s)) ** 2 + ((y - cy * s) / (ry * s)) ** 2 <= 1.0
+
+    body = ellipse(0.5, 0.5, 0.46, 0.40)
+    lung = ellipse(0.30, 0.5, 0.13, 0.25) | ellipse(0.70, 0.5, 0.13, 0.25)
+    codes = np.zeros((size, size), np.uint8)
+    if lesion:
+        codes[ellipse(0.30, 0.58, 0.07, 0.07) & lung] = 1
+        codes[ellipse(0.72, 0.62, 0.06, 0.06) & lung] = 2
+    hu = np.full((size, size), -1000.0)
+    hu[body] = 40.0
+    hu[lung] = -850.0
+    hu[codes == 1] = -500.0
+    hu[codes == 2] = 30.0
+    hu += rng.normal(0.0, 10.0, hu.shape)
+    return np.rint(np.clip(hu, -1024, 3071)).astype(np.int16), lung.astype(np.uint8), codes
+
+
+def synthetic_volume(nz: int = 3, size: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[x, y, z]`` HU, lung, lesion volumes; slice 0 has no lesion."""
+    parts = [synthetic_slice(size, lesion=k > 0, seed=seed + k) for k in range(nz)]
+    return tuple(np.stack([p[i] for p in parts], axis=-1) for i in range(3))  # type: ignore[return-value]
+
+
+def to_8bit(hu: np.ndarray) -> np.ndarray:
+    """Lung window (level -600, width 1500) to 0..255."""
+    return np.rint((np.clip(hu, -1350, 150) + 1350) / 1500 * 255).astype(np.uint8)
+
+
+def save_nifti(array: np.ndarray, path: Path, affine: np.ndarray = PHANTOM_AFFINE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array), affine), str(path))
+    return path
+
+
+def save_picture(array_xy: np.ndarray, path: Path) -> Path:
+    """Save an ``[x, y]`` array as a picture (rows = y)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(np.asarray(array_xy).T)).save(path)
+    return path
+
+
+def write_radiopaedia(root: Path, n_patients: int = 3, nz: int = 3, size: int = 40, lungs: bool = True,
+                      affine: np.ndarray = PHANTOM_AFFINE) -> Path:
+    for p in range(1, n_patients + 1):
+        hu, lung, codes = synthetic_volume(nz, size, seed=10 * p)
+        save_nifti(hu, root / "rp_im" / f"{p}.nii.gz", affine)
+        save_nifti(codes, root / "rp_msk" / f"{p}.nii.gz", affine)
+        if lungs:
+            save_nifti(lung * 2, root / "rp_lung_msk" / f"{p}.nii.gz", affine)  # any non-zero is lung
+    return root
+
+
+def write_medseg(root: Path, nz: int = 4, size: int = 40) -> Path:
+    hu, lung, codes = synthetic_volume(nz, size, seed=3)
+    save_nifti(hu.astype(np.float32), root / "tr_im.nii.gz")
+    save_nifti(codes.astype(np.float32), root / "tr_mask.nii.gz")
+    save_nifti(lung, root / "tr_lungmasks_updated.nii.gz")
+    return root
+
+
+def write_slices(root: Path, stems: list[str], ext: str = ".png", lungs: bool = False, binary255: bool = False,
+                 label_folder: str = "labels", size: int = 40) -> Path:
+    for k, stem in enumerate(stems):
+        hu, lung, codes = synthetic_slice(size, seed=k)
+        if ext in (".nii", ".nii.gz"):
+            save_nifti(hu, root / "images" / f"{stem}{ext}")
+        else:
+            save_picture(to_8bit(hu), root / "images" / f"{stem}{ext}")
+        mask = np.where(codes > 0, 255, 0).astype(np.uint8) if binary255 else codes
+        save_picture(mask, root / label_folder / f"{stem}.png")
+        if lungs:
+            save_picture(lung * 255, root / "lungs" / f"{stem}.png")
+    return root
+
+
+def write_dicom_series(folder: Path, hu: np.ndarray, spacing: tuple[float, float, float] = (0.7, 0.8, 2.5),
+                       origin: tuple[float, float, float] = (-100.0, -120.0, 50.0)) -> Path:
+    """A CT series ``[x, y, z]`` (HU) as one DICOM file a slice, axial, stored value = HU + 1024."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series, study, frame = generate_uid(), generate_uid(), generate_uid()
+    nx, ny, nz = hu.shape
+    for k in range(nz):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = sop = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
+        ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = series, study, frame
+        ds.Modality, ds.PatientID, ds.PatientName, ds.InstanceNumber = "CT", folder.name, "Test^Phantom", k + 1
+        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * spacing[2]]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [spacing[1], spacing[0]]  # row spacing (y), column spacing (x)
+        ds.SliceThickness = spacing[2]
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = ny, nx, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = np.ascontiguousarray((hu[:, :, k].T.astype(np.int32) + 1024).astype(np.uint16)).tobytes()
+        ds.save_as(os.path.join(folder, f"{k:03d}.dcm"), enforce_file_format=True)
+    return folder
+
+
+def write_dicom_dataset(root: Path, names: tuple[str, ...] = ("s1", "s2", "s3"), nz: int = 3, size: int = 32) -> Path:
+    """Series folders plus ``<series>_lesion.nii.gz`` on the series' (LPS) voxel grid."""
+    for i, name in enumerate(names):
+        hu, _, codes = synthetic_volume(nz, size, seed=100 + i)
+        write_dicom_series(root / name, hu)
+        affine = np.diag([-0.7, -0.8, 2.5, 1.0])
+        affine[:3, 3] = [100.0, 120.0, 50.0]
+        save_nifti(codes, root / f"{name}_lesion.nii.gz", affine)
+    return root
+
+
+@pytest.fixture
+def builders():
+    """The dataset writers above, as one namespace."""
+    import types
+
+    return types.SimpleNamespace(
+        synthetic_slice=synthetic_slice, synthetic_volume=synthetic_volume, to_8bit=to_8bit,
+        save_nifti=save_nifti, save_picture=save_picture, write_radiopaedia=write_radiopaedia,
+        write_medseg=write_medseg, write_slices=write_slices, write_dicom_series=write_dicom_series,
+        write_dicom_dataset=write_dicom_dataset,
+    )

@@ -1,0 +1,388 @@
+"""The preparation step: every layout, the splits, the outputs, and every bad input of issue item 7."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.data import load_decathlon_datalist
+
+from covid_ct_cgan.data import prepare as prep
+from covid_ct_cgan.data.prepare import SPLITS, prepare_dataset, prepare_if_needed, run_prepare, split_items
+from covid_ct_cgan.errors import InputError
+
+
+def load_datalist(data_dir):
+    return json.loads((data_dir / "datalist.json").read_text())
+
+
+def patients_by_split(datalist):
+    return {name: {it["patient"] for it in datalist[name]} for name in SPLITS}
+
+
+def assert_no_patient_in_two_splits(datalist):
+    groups = list(patients_by_split(datalist).values())
+    for i in range(len(groups)):
+        for j in range(i + 1, len(groups)):
+            assert not groups[i] & groups[j]
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def test_radiopaedia_patient_split_outputs(tmp_path, builders, capsys):
+    raw = builders.write_radiopaedia(tmp_path / "raw", n_patients=4, nz=3, size=32)
+    out = tmp_path / "data"
+    summary = prepare_dataset(str(raw), str(out), validation_fraction=0.3)
+    printed = capsys.readouterr().out
+    assert "| training |" in printed and "test_segmentation" in printed
+    datalist = load_datalist(out)
+    assert sum(len(datalist[s]) for s in SPLITS) == 4 * 2  # slice 0 of each volume has no lesion: dropped
+    assert all(datalist[s] for s in SPLITS)
+    assert_no_patient_in_two_splits(datalist)
+    props = datalist["properties"]
+    assert props["scale"] == "hu" and props["layout"] == "radiopaedia" and props["num_classes"] == 4
+    assert props["lung_masks_derived"] == 0 and props["split"] == "patient" and props["seed"] == 0
+
+    item = datalist["training"][0]
+    assert set(item) >= {"image", "label", "patient", "slice", "scale"}
+    image = nib.load(str(out / item["image"]))
+    label = nib.load(str(out / item["label"]))
+    assert image.get_data_dtype() == np.int16 and label.get_data_dtype() == np.uint8
+    assert image.shape == (32, 32) == label.shape
+    np.testing.assert_allclose(image.affine[:3, :3], np.diag([-0.7, -0.7, 2.5]))
+    np.testing.assert_allclose(image.affine[2, 3], 2.5 * item["slice"])
+    hu, lung, codes = builders.synthetic_volume(3, 32, seed=10 * int(item["patient"]))
+    np.testing.assert_array_equal(np.asanyarray(image.dataobj), hu[:, :, item["slice"]])
+    expected = np.where(lung[:, :, item["slice"]] > 0, 1, 0)
+    expected[codes[:, :, item["slice"]] == 1] = 2
+    expected[codes[:, :, item["slice"]] == 2] = 3
+    np.testing.assert_array_equal(np.asanyarray(label.dataobj), expected)
+
+    for key in SPLITS:  # a MONAI datalist: paths relative to the file
+        for entry in load_decathlon_datalist(str(out / "datalist.json"), data_list_key=key):
+            assert entry["image"].startswith(str(out)) and (out / entry["label"]).is_file()
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert saved["splits"]["training"]["slices"] == len(datalist["training"])
+    fractions = saved["splits"]["training"]["class_fractions"]
+    assert set(fractions) == {"outside_lung", "lung", "ggo", "consolidation"}
+    assert abs(sum(fractions.values()) - 1.0) < 1e-9 and fractions["ggo"] > 0
+    assert "| training |" in (out / "summary.md").read_text()
+
+
+def test_keep_effusion_and_include_healthy(tmp_path, builders):
+    raw = builders.write_radiopaedia(tmp_path / "raw", n_patients=3, nz=3, size=24)
+    path = raw / "rp_msk" / "1.nii.gz"
+    codes = np.asanyarray(nib.load(str(path)).dataobj).copy()
+    codes[codes == 2] = 3  # effusion
+    builders.save_nifti(codes, path)
+    out = tmp_path / "data"
+    prepare_dataset(str(raw), str(out), split="paper", keep_effusion=True, include_healthy=True)
+    datalist = load_datalist(out)
+    assert sum(len(datalist[s]) for s in SPLITS) == 9  # healthy slices kept
+    assert datalist["properties"]["num_classes"] == 5
+    values = set()
+    for s in SPLITS:
+        for it in datalist[s]:
+            values |= set(np.unique(np.asanyarray(nib.load(str(out / it["label"])).dataobj)).tolist())
+    assert 4 in values and values <= {0, 1, 2, 3, 4}
+
+
+def test_medseg_volume(tmp_path, builders):
+    raw = builders.write_medseg(tmp_path / "raw", nz=5, size=24)
+    out = tmp_path / "data"
+    summary = prepare_dataset(str(raw), str(out))
+    datalist = load_datalist(out)
+    names = sorted(it["patient"] for s in SPLITS for it in datalist[s])
+    assert names == ["medseg_1", "medseg_2", "medseg_3", "medseg_4"]
+    assert any("each slice is its own patient" in n for n in summary["notes"])
+
+
+def test_slice_folders_binary_masks_derived_lungs_regex(tmp_path, builders):
+    raw = builders.write_slices(tmp_path / "raw", ["p1_1", "p1_2", "p2_1", "p3_1", "p3_2"], binary255=True)
+    out = tmp_path / "data"
+    summary = prepare_dataset(str(raw), str(out), patient_regex=r"(p\d+)_\d+", validation_fraction=0.0)
+    datalist = load_datalist(out)
+    assert_no_patient_in_two_splits(datalist)
+    assert {it["patient"] for s in SPLITS for it in datalist[s]} == {"p1", "p2", "p3"}
+    assert summary["lung_masks_derived"] == 5 and "lung masks derived for 5 slices" in summary["notes"][0]
+    assert any("0/255" in n for n in summary["notes"])
+    item = datalist["training"][0]
+    image = np.asanyarray(nib.load(str(out / item["image"])).dataobj)
+    label = np.asanyarray(nib.load(str(out / item["label"])).dataobj)
+    assert image.dtype == np.uint8 and item["scale"] == "8bit"
+    assert set(np.unique(label).tolist()) == {0, 1, 2}  # binary infection -> GGO
+
+
+def test_slice_folders_with_lung_masks(tmp_path, builders):
+    raw = builders.write_slices(tmp_path / "raw", ["1", "2", "3"], lungs=True)
+    summary = prepare_dataset(str(raw), str(tmp_path / "data"), split="paper")
+    assert summary["lung_masks_derived"] == 0 and summary["slices_kept"] == 3
+
+
+def test_dicom_series(tmp_path, builders):
+    raw = builders.write_dicom_dataset(tmp_path / "raw", names=("a", "b", "c"), nz=3, size=24)
+    out = tmp_path / "data"
+    summary = prepare_dataset(str(raw), str(out))
+    datalist = load_datalist(out)
+    assert summary["layout"] == "dicom" and summary["slices_kept"] == 6 and summary["lung_masks_derived"] == 6
+    item = datalist["test_synthesis"][0]
+    image = nib.load(str(out / item["image"]))
+    np.testing.assert_allclose(np.diag(image.affine)[:2], [-0.7, -0.8])
+    assert image.get_data_dtype() == np.int16
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def test_split_items_patient_and_paper_are_deterministic():
+    items = [{"image": f"images/{p}_{k:04d}", "patient": str(p)} for p in range(12) for k in range(p % 4 + 1)]
+    first, _ = split_items(items, "patient", seed=3)
+    again, _ = split_items(items, "patient", seed=3)
+    assert first == again and all(first[s] for s in SPLITS)
+    assert_no_patient_in_two_splits(first)
+    paper, notes = split_items(items, "paper", seed=3)
+    assert sum(len(paper[s]) for s in SPLITS) == len(items) and "patients appear in several splits" in notes[0]
+    sizes = [len(paper["training"]) + len(paper["validation"]), len(paper["test_synthesis"])]
+    sizes.append(len(paper["test_segmentation"]))
+    assert sizes == [20, 5, 5]  # 30 slices at 300:73:73
+    assert split_items(items, "paper", seed=4)[0] != paper
+
+
+def test_split_single_training_patient_validation_from_slices():
+    items = [{"image": f"a_{k}", "patient": "a"} for k in range(10)]
+    items += [{"image": "b", "patient": "b"}, {"image": "c", "patient": "c"}]
+    splits, notes = split_items(items, "patient", validation_fraction=0.2)
+    assert {it["patient"] for it in splits["training"]} == {"a"} == {it["patient"] for it in splits["validation"]}
+    assert len(splits["validation"]) == 2 and "share" in notes[0]
+
+
+def test_split_argument_errors():
+    items = [{"image": str(k), "patient": str(k)} for k in range(2)]
+    with pytest.raises(InputError, match="needs at least 3 patients.*split=paper"):
+        split_items(items, "patient")
+    with pytest.raises(InputError, match="unknown split"):
+        split_items(items, "random")
+    with pytest.raises(InputError, match="split_ratios"):
+        split_items(items, "paper", split_ratios=(1, 0, 1))
+    with pytest.raises(InputError, match="at least 3 slices"):
+        split_items(items, "paper")
+
+
+def test_real_medseg_slices_both_modes(tmp_path, medseg_slices_dir):
+    runs = {}
+    for mode in ("patient", "paper"):
+        out = tmp_path / mode
+        summary = prepare_dataset(str(medseg_slices_dir), str(out), split=mode)
+        datalist = load_datalist(out)
+        runs[mode] = datalist
+        assert summary["slices_kept"] == 98 and summary["scale"] == "8bit"
+        assert "lung masks derived for 98 slices (threshold + largest components)" in summary["notes"]
+        assert all(datalist[s] for s in SPLITS)
+        for it in datalist["training"][:5] + datalist["test_segmentation"][:5]:
+            image = nib.load(str(out / it["image"]))
+            label = np.asanyarray(nib.load(str(out / it["label"])).dataobj)
+            assert image.get_data_dtype() == np.uint8
+            assert set(np.unique(label).tolist()) <= {0, 1, 2, 3} and (label >= 2).any()
+            assert 0.1 < (label >= 1).mean() < 0.85
+    assert_no_patient_in_two_splits(runs["patient"])
+    assert patients_by_split(runs["patient"]) != patients_by_split(runs["paper"])
+
+
+def test_same_seed_same_files(tmp_path, builders):
+    raw = builders.write_slices(tmp_path / "raw", [str(k) for k in range(8)], size=24)
+    prepare_dataset(str(raw), str(tmp_path / "a"), seed=7)
+    prepare_dataset(str(raw), str(tmp_path / "b"), seed=7)
+    assert snapshot(tmp_path / "a" / "images") == snapshot(tmp_path / "b" / "images")
+    a, b = load_datalist(tmp_path / "a"), load_datalist(tmp_path / "b")
+    assert {s: a[s] for s in SPLITS} == {s: b[s] for s in SPLITS}
+
+
+# --------------------------------------------------------------------------- bad input (issue item 7)
+
+
+def _corrupt(raw, builders):
+    (raw / "rp_im" / "2.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    return raw / "rp_im" / "2.nii.gz", "cannot read"
+
+
+def _shape(raw, builders):
+    builders.save_nifti(np.zeros((24, 20, 2), np.uint8), raw / "rp_msk" / "2.nii.gz")
+    return raw / "rp_msk" / "2.nii.gz", r"lesion mask shape \(24, 20, 2\) differs from image shape \(24, 24, 2\)"
+
+
+def _labels(raw, builders):
+    codes = np.zeros((24, 24, 2), np.uint8)
+    codes[3:6, 3:6, 1] = 7
+    builders.save_nifti(codes, raw / "rp_msk" / "2.nii.gz")
+    return raw / "rp_msk" / "2.nii.gz", r"unknown label values \[7\]"
+
+
+def _nan(raw, builders):
+    image = np.asanyarray(nib.load(str(raw / "rp_im" / "3.nii.gz")).dataobj).astype(np.float32)
+    image[1, 1, 1] = np.nan
+    builders.save_nifti(image, raw / "rp_im" / "3.nii.gz")
+    return raw / "rp_im" / "3.nii.gz", "non-finite"
+
+
+def _no_infection(raw, builders):
+    for p in (1, 2, 3):
+        builders.save_nifti(np.zeros((24, 24, 2), np.uint8), raw / "rp_msk" / f"{p}.nii.gz")
+    return raw, "no slice with infection"
+
+
+def _empty_folder(raw, builders):
+    for p in sorted(raw.rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    return raw, "dataset_dir is empty"
+
+
+def _missing(raw, builders):
+    return raw / "nowhere", "dataset_dir does not exist"
+
+
+def _too_few_patients(raw, builders):
+    for p in ("2", "3"):
+        for folder in ("rp_im", "rp_msk", "rp_lung_msk"):
+            (raw / folder / f"{p}.nii.gz").unlink()
+    return None, "split=patient needs at least 3 patients"
+
+
+@pytest.mark.parametrize(
+    "damage", [_corrupt, _shape, _labels, _nan, _no_infection, _empty_folder, _missing, _too_few_patients],
+    ids=lambda f: f.__name__.strip("_"),
+)
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "existing"])
+def test_bad_input_names_file_and_writes_nothing(tmp_path, builders, damage, existing):
+    raw = builders.write_radiopaedia(tmp_path / "raw", n_patients=3, nz=2, size=24)
+    culprit, message = damage(raw, builders)
+    dataset_dir = culprit if damage is _missing else raw
+    out = tmp_path / "data"
+    if existing:
+        out.mkdir()
+        (out / "keep.txt").write_text("user data")
+    with pytest.raises(InputError, match=message) as err:
+        prepare_dataset(str(dataset_dir), str(out), overwrite=existing)
+    if culprit is not None:
+        assert str(err.value).startswith(f"{culprit}: ")
+    if existing:
+        assert snapshot(out) == {out.joinpath("keep.txt").relative_to(out): b"user data"}
+    else:
+        assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+def test_existing_data_dir_needs_overwrite(tmp_path, builders):
+    raw = builders.write_radiopaedia(tmp_path / "raw", n_patients=3, nz=2, size=24)
+    out = tmp_path / "data"
+    prepare_dataset(str(raw), str(out))
+    before = snapshot(out)
+    with pytest.raises(InputError, match=f"{out}: already exists"):
+        prepare_dataset(str(raw), str(out), seed=1)
+    assert snapshot(out) == before
+    prepare_dataset(str(raw), str(out), seed=1, overwrite=True)
+    assert load_datalist(out)["properties"]["seed"] == 1
+
+
+def test_data_dir_that_could_delete_data_refused(tmp_path, builders, monkeypatch):
+    raw = builders.write_radiopaedia(tmp_path / "raw", n_patients=3, nz=2, size=24)
+    with pytest.raises(InputError, match="outside dataset_dir"):
+        prepare_dataset(str(raw), str(raw / "prepared"))
+    with pytest.raises(InputError, match="outside dataset_dir"):
+        prepare_dataset(str(raw), str(tmp_path), overwrite=True)
+    assert (raw / "rp_im" / "1.nii.gz").is_file() and not (raw / "prepared").exists()
+    with pytest.raises(InputError, match="no data_dir given"):
+        prepare_dataset(str(raw), "", overwrite=True)
+    (tmp_path / "work" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work" / "sub")
+    with pytest.raises(InputError, match="current folder"):
+        prepare_dataset(str(raw), str(tmp_path / "work"), overwrite=True)
+    assert (tmp_path / "work" / "sub").is_dir()
+
+
+def test_run_prepare_exits_with_one_error_line(tmp_path):
+    code = "from covid_ct_cgan.data.prepare import run_prepare; run_prepare(dataset_dir=r'%s', data_dir=r'%s')" % (
+        tmp_path / "missing", tmp_path / "data")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    assert errors == [f"ERROR: {tmp_path / 'missing'}: dataset_dir does not exist"]
+    assert "Traceback" not in result.stderr and not (tmp_path / "data").exists()
+
+
+# --------------------------------------------------------------------------- prepare_if_needed and the phantom
+
+
+@pytest.fixture
+def fake_phantom(monkeypatch, builders):
+    """Stand-in for covid_ct_cgan.data.phantom (tested on its own): writes the Radiopaedia layout."""
+    calls = []
+
+    def generate_phantom_dataset(out_dir, num_patients, size, num_slices, seed, overwrite):
+        calls.append((num_patients, size, num_slices, seed))
+        if overwrite and out_dir.exists():
+            import shutil
+
+            shutil.rmtree(out_dir)
+        builders.write_radiopaedia(out_dir, n_patients=num_patients, nz=num_slices, size=size)
+        return out_dir
+
+    module = types.ModuleType("covid_ct_cgan.data.phantom")
+    module.generate_phantom_dataset = generate_phantom_dataset
+    monkeypatch.setitem(sys.modules, "covid_ct_cgan.data.phantom", module)
+    return calls
+
+
+def test_prepare_if_needed_phantom_then_reuse(tmp_path, fake_phantom, capsys):
+    out = tmp_path / "work" / "data"
+    kwargs = dict(phantom_patients=3, phantom_size=24, phantom_slices=2)
+    first = prepare_if_needed("", str(out), **kwargs)
+    assert (tmp_path / "work" / "phantom_raw" / "rp_im" / "1.nii.gz").is_file()
+    assert first["layout"] == "radiopaedia" and fake_phantom == [(3, 24, 2, 0)]
+    before = snapshot(out)
+    capsys.readouterr()
+    again = prepare_if_needed(None, str(out), **kwargs)
+    assert f"prepared data found at {out}" in capsys.readouterr().out
+    assert again == json.loads(json.dumps(first)) and snapshot(out) == before and len(fake_phantom) == 1
+    with pytest.raises(InputError, match=r"other settings \(seed\); pass overwrite=true"):
+        prepare_if_needed("", str(out), seed=5, **kwargs)
+    assert snapshot(out) == before
+    prepare_if_needed("", str(out), seed=5, overwrite=True, **kwargs)
+    assert load_datalist(out)["properties"]["seed"] == 5 and fake_phantom[-1] == (3, 24, 2, 5)
+
+
+def test_prepare_if_needed_notices_changed_raw_files(tmp_path, builders):
+    raw = builders.write_radiopaedia(tmp_path / "raw", n_patients=3, nz=2, size=24)
+    out = tmp_path / "data"
+    prepare_if_needed(str(raw), str(out))
+    builders.write_radiopaedia(tmp_path / "raw", n_patients=4, nz=2, size=24)
+    with pytest.raises(InputError, match="raw files that have changed"):
+        prepare_if_needed(str(raw), str(out))
+
+
+def test_run_prepare_phantom_dir_not_ours(tmp_path, fake_phantom):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "a.txt").write_text("x")
+    with pytest.raises(SystemExit) as err:
+        run_prepare("", str(tmp_path / "data"), phantom_dir=str(foreign))
+    assert err.value.code == 2 and fake_phantom == []
+
+
+def test_real_phantom_prepares(tmp_path):
+    phantom = pytest.importorskip("covid_ct_cgan.data.phantom")
+    assert callable(phantom.generate_phantom_dataset)
+    summary = prep.run_prepare("", str(tmp_path / "data"), phantom_patients=5, phantom_size=64, phantom_slices=3)
+    datalist = load_datalist(tmp_path / "data")
+    assert summary["scale"] == "hu" and all(datalist[s] for s in SPLITS)
+    assert_no_patient_in_two_splits(datalist)
