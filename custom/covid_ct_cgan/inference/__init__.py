@@ -1,0 +1,30 @@
+"""Synthesis from label maps (SPEC section 4): lesion-map augmentation, the generator run, compositing.
+
+- :mod:`.inputs`: find and read (real image, label map) pairs, keep their geometry;
+- :mod:`.lesion_augment`: new lesion layouts inside the same lung;
+- :mod:`.synthesis`: the bundle's ``run`` (:func:`run_synthesis`);
+- :mod:`.outputs`: results written exactly like their inputs, previews.
+"""
+
+from .inputs import Geometry, LoadedInput, SynthesisInput, collect_inputs, load_input
+from .lesion_augment import LesionAugmenter, LesionPattern, lesion_pattern
+from .outputs import preview_picture, write_like
+from .synthesis import GeneratorRunner, ModelGrid, load_generator, run_synthesis, variant_seed
+
+__all__ = [
+    "Geometry",
+    "GeneratorRunner",
+    "LesionAugmenter",
+    "LesionPattern",
+    "LoadedInput",
+    "ModelGrid",
+    "SynthesisInput",
+    "collect_inputs",
+    "lesion_pattern",
+    "load_generator",
+    "load_input",
+    "preview_picture",
+    "run_synthesis",
+    "variant_seed",
+    "write_like",
+]
