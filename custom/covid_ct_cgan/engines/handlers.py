@@ -299,3 +299,72 @@ class TrainingCheckpointSaver(CheckpointSaver):
         """Add the engine to the saved objects, then attach as ``CheckpointSaver``."""
         self.save_dict["trainer"] = engine
         super().attach(engine)
+
+
+def attached_mlflow_handler(engine: Engine) -> Any:
+    """The ``MLFlowHandler`` attached to ``engine`` (by ``--tracking mlflow``), or ``None``."""
+    from monai.handlers import MLFlowHandler
+
+    for handlers in engine._event_handlers.values():  # noqa: SLF001 - Ignite keeps no public registry
+        for handler, _, _ in handlers:
+            owner = getattr(handler, "__self__", handler)
+            if isinstance(owner, MLFlowHandler):
+                return owner
+    return None
+
+
+class TrackingExtras:
+    """What MONAI's ``--tracking mlflow`` patch does not record: hyper-parameters and pictures.
+
+    With an ``MLFlowHandler`` attached to the trainer (``--tracking mlflow``)
+    this logs ``params`` once, and after each epoch the newest sample grid and
+    the validation curve and table as artifacts of the same run. Without one
+    it does nothing.
+
+    Args:
+        params: hyper-parameters to record.
+        files: files logged as artifacts after each epoch (missing ones are skipped).
+        latest_in: folders whose newest PNG is logged after each epoch (the sample grids).
+        config_dir: folder where ``--tracking`` saved the executed config (``config_*.json``);
+            the newest is logged once (MONAI's own artifact path breaks when
+            ``output_dir`` is overridden with a plain path).
+    """
+
+    def __init__(
+        self,
+        params: dict[str, Any],
+        files: Sequence[str] = (),
+        latest_in: Sequence[str] = (),
+        config_dir: str | None = None,
+    ) -> None:
+        self.params = {k: str(v) for k, v in params.items()}
+        self.files = [Path(f) for f in files]
+        self.latest_in = [Path(f) for f in latest_in]
+        self.config_dir = Path(config_dir) if config_dir else None
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to a trainer (after the MLflow handler starts its run)."""
+        engine.add_event_handler(Events.EPOCH_STARTED(once=1), self._log_params)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._log_files)
+
+    def _log_params(self, engine: Engine) -> None:
+        tracker = attached_mlflow_handler(engine)
+        if tracker is None or tracker.cur_run is None:
+            return
+        tracker._log_params(self.params)  # noqa: SLF001 - MONAI's own param logging (skips logged ones)
+        configs = sorted(self.config_dir.glob("config_*.json")) if self.config_dir else []
+        if configs:
+            tracker.client.log_artifact(tracker.cur_run.info.run_id, str(configs[-1]), artifact_path="config")
+
+    def _log_files(self, engine: Engine) -> None:
+        tracker = attached_mlflow_handler(engine)
+        if tracker is None or tracker.cur_run is None:
+            return
+        run_id = tracker.cur_run.info.run_id
+        for path in self.files:
+            if path.is_file():
+                tracker.client.log_artifact(run_id, str(path))
+        for folder in self.latest_in:
+            pictures = sorted(p for p in folder.glob("epoch_*.png"))
+            if pictures:
+                tracker.client.log_artifact(run_id, str(pictures[-1]), artifact_path=folder.name)

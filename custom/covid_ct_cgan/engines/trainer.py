@@ -13,8 +13,8 @@ BraTS generative bundles do). One iteration:
 4. generator step: GAN loss + ``lambda_fm`` x DFM feature matching
    (+ ``lambda_l1`` x L1 for the pix2pix baseline).
 
-A non-finite loss skips every optimizer step of that iteration (the weights
-stay as they were) and marks ``engine.state.non_finite``; the
+A non-finite loss skips the optimizer steps it would drive (no non-finite
+update ever reaches the weights) and marks ``engine.state.non_finite``; the
 :class:`~covid_ct_cgan.engines.handlers.NonFiniteLossGuard` handler stops the
 run with a clear message.
 """
@@ -183,7 +183,8 @@ class ConditionalGanTrainer(Trainer):
         engine.state.output = {"image": real, "pred": fake}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
 
-        # 2. discriminator step: real and fake through D in one batched forward
+        # 2. discriminator step: real and fake through D in one batched forward. Each network's
+        #    backward follows its forward before the next forward (DistributedDataParallel needs it).
         engine._set_d_grad(True)
         engine.d_optimizer.zero_grad(set_to_none=True)
         with autocast:
@@ -191,26 +192,27 @@ class ConditionalGanTrainer(Trainer):
             feats = engine.discriminator(both)
             real_feats = [[f[:batch] for f in scale] for scale in feats]
             fake_feats = [[f[batch:] for f in scale] for scale in feats]
-            d_real = losses.lsgan_loss(real_feats, True, weight)
-            d_fake = losses.lsgan_loss(fake_feats, False, weight)
-            d_loss = 0.5 * (d_real + d_fake)
-
-        # 3. DFM weight: the weighting net sees D's features of the fake pair; it is trained to
-        #    maximise the DFM loss on detached feature-matching values (gradients reach it only)
+            d_loss = 0.5 * (losses.lsgan_loss(real_feats, True, weight) + losses.lsgan_loss(fake_feats, False, weight))
+        finite = bool(torch.isfinite(d_loss.detach()))
+        if finite:
+            engine._backward_step(d_loss, engine.d_optimizer)
         real_detached = [[f.detach().float() for f in scale] for scale in real_feats]
         fake_detached = [[f.detach().float() for f in scale] for scale in fake_feats]
-        dfm_objective = None
-        if engine.dfm_net is not None:
-            with torch.set_grad_enabled(engine.dfm_optimizer is not None):
-                dfm_weight = engine.dfm_net(fake_detached)
-            if engine.dfm_optimizer is not None and len(feats) > 1:
-                fm_detached = losses.feature_matching(real_detached, fake_detached, engine.n_layers_d, weight)
-                dfm_objective = losses.dfm_weight_objective(fm_detached, dfm_weight)
-            dfm_weight = dfm_weight.detach()
-        else:
-            dfm_weight = None
 
-        # 4. generator step
+        # 3. DFM weight: the weighting net sees D's features of the fake pair and is trained to
+        #    maximise the DFM loss on detached feature-matching values (gradients reach it only)
+        dfm_weight = None
+        if engine.dfm_net is not None:
+            learn = engine.dfm_optimizer is not None and len(feats) > 1
+            with torch.set_grad_enabled(learn):
+                dfm_weight = engine.dfm_net(fake_detached)
+            if learn and finite:
+                fm_detached = losses.feature_matching(real_detached, fake_detached, engine.n_layers_d, weight)
+                engine.dfm_optimizer.zero_grad(set_to_none=True)
+                engine._backward_step(losses.dfm_weight_objective(fm_detached, dfm_weight), engine.dfm_optimizer)
+            dfm_weight = dfm_weight.detach()
+
+        # 4. generator step: GAN + lambda_fm * DFM feature matching (+ lambda_l1 * L1 for pix2pix)
         engine._set_d_grad(False)
         engine.g_optimizer.zero_grad(set_to_none=True)
         with autocast:
@@ -225,17 +227,13 @@ class ConditionalGanTrainer(Trainer):
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         values = {"loss": g_loss, "d_loss": d_loss, "g_gan": g_gan, "g_fm": g_fm, "g_l1": g_l1}
-        finite = all(bool(torch.isfinite(v.detach()).all()) for v in values.values())
+        finite = finite and all(bool(torch.isfinite(v.detach()).all()) for v in values.values())
         if finite:
-            engine._backward_step(d_loss, engine.d_optimizer)
-            if dfm_objective is not None:
-                engine.dfm_optimizer.zero_grad(set_to_none=True)
-                engine._backward_step(dfm_objective, engine.dfm_optimizer)
             engine._backward_step(g_loss, engine.g_optimizer)
-            if engine.scaler is not None:
-                engine.scaler.update()
         else:
             engine.state.non_finite = {k: float(v.detach().float().mean()) for k, v in values.items()}
+        if engine.scaler is not None:
+            engine.scaler.update()
         engine._set_d_grad(True)
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
 
