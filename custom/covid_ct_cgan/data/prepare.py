@@ -256,7 +256,10 @@ def dataset_fingerprint(dataset_dir: str | Path) -> str:
 
 
 def _settings(dataset_dir: Path, **kwargs: Any) -> dict[str, Any]:
-    settings = {"dataset_dir": str(dataset_dir.resolve())}
+    # a generated phantom is known by its parameters, so a work folder can move with its data
+    marker = dataset_dir / PHANTOM_MARKER
+    source = f"phantom {marker.read_text(encoding='utf-8').strip()}" if marker.is_file() else str(dataset_dir.resolve())
+    settings = {"dataset_dir": source}
     for key, value in kwargs.items():
         settings[key] = list(value) if isinstance(value, (tuple, list)) else value
     return settings
@@ -608,3 +611,7 @@ def run_prepare(
         keep_effusion=keep_effusion, min_lesion_pixels=min_lesion_pixels, seed=seed, overwrite=overwrite,
         patient_regex=patient_regex, include_healthy=include_healthy,
     )
+
+
+run_prepare_if_needed = exit_on_input_error(prepare_if_needed)
+"""Bundle entry point of the training run ids: :func:`prepare_if_needed`; bad input exits with one line."""

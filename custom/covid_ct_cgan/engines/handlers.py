@@ -286,8 +286,23 @@ class EpochMeans:
             engine.state.metrics[f"train_{key}"] = total / self._counts[key]
 
 
-class TrainingCheckpointSaver(CheckpointSaver):
-    """MONAI's ``CheckpointSaver`` that also saves the engine it is attached to, as ``trainer``.
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` writing each file under a temporary name, then renaming it.
+
+    MONAI turns Ignite's atomic saving off (for file permissions, which Ignite
+    0.5 now handles), so a run killed while saving could leave a truncated
+    checkpoint; with this saver a checkpoint is either complete or absent.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True  # noqa: SLF001 - Ignite's DiskSaver option
+
+
+class TrainingCheckpointSaver(AtomicCheckpointSaver):
+    """:class:`AtomicCheckpointSaver` that also saves the engine it is attached to, as ``trainer``.
 
     The config cannot put the trainer in ``save_dict`` (the trainer is built
     from its handlers, a circular reference), so the engine's state (epoch,

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from ignite.handlers import Checkpoint
 
-from ..errors import InputError
+from ..errors import InputError, exit_on_input_error
 from ..networks.handover import load_generator_part
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,9 @@ def resume(trainer: Any, save_dict: Mapping[str, Any], checkpoint_dir: str | Pat
     if found is None:
         return None
     path, ckpt = found
+    configured_epochs = trainer.state.max_epochs
     Checkpoint.load_objects(to_load=to_load, checkpoint=ckpt, strict=True)
+    trainer.state.max_epochs = configured_epochs  # the config's epochs, not the saved run's (allows extending)
     logger.info(f"resumed from {path} at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
     return path
 
@@ -116,6 +118,7 @@ def hand_over(generator: torch.nn.Module, sources: Mapping[str, str | Path], dis
             logger.info(f"discriminator initialised from {found[0]}")
 
 
+@exit_on_input_error
 def run_stage(
     trainer: Any,
     save_dict: Mapping[str, Any],
@@ -130,7 +133,9 @@ def run_stage(
     skipped (Ignite would otherwise restart it from scratch).
 
     Raises:
-        SystemExit: with status 1 and one ``ERROR:`` line when training hit a non-finite loss.
+        SystemExit: status 1 and one ``ERROR:`` line when training hit a non-finite loss;
+            status 2 and one ``ERROR: <file>: <problem>`` line for bad input (a missing or
+            mismatched checkpoint to start from).
     """
     checkpoint_dir = Path(checkpoint_dir)
     loaded = resume(trainer, save_dict, checkpoint_dir) if resume_training else None
@@ -162,6 +167,7 @@ def _running_workflow() -> Any:
     )
 
 
+@exit_on_input_error
 def run_stages(stages: Sequence[str], config: Mapping[str, Any] | None = None) -> None:
     """Run stages in order, each from the same config with ``stage`` set.
 
