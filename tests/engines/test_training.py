@@ -176,3 +176,18 @@ def test_torchrun_two_cpu_processes_only_rank0_writes(work_dir: Path, subprocess
     writers = {p.name.split(".")[4] for p in (stage_dir / "tensorboard").glob("events.out.tfevents.*")}
     assert len(writers) == 1, f"TensorBoard files from several processes: {writers}"
     assert len(list((stage_dir / "samples").glob("epoch_*.png"))) == 1
+
+
+@pytest.mark.parametrize("overlay, stages", [("pix2pixhd.yaml", ("global", "local", "joint")), ("pix2pix.yaml", ("joint",))])
+def test_baseline_overlays_train_on_the_same_trainer(work_dir: Path, overlay: str, stages: tuple[str, ...]) -> None:
+    configs = [TRAIN_YAML, str(REPO_ROOT / "bundle" / "configs" / overlay)]
+    run(run_id="training", config_file=configs, **{**TINY, "work_dir": str(work_dir), "epochs": 1})
+    out = work_dir / ("output_" + overlay.split(".")[0])
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(stages)
+    ckpt = _ckpt(out / stages[-1] / "checkpoint_epoch=1.pt")
+    if overlay == "pix2pix.yaml":
+        assert not any(k.startswith("global_net") for k in ckpt["generator"])  # the U-Net
+        assert len({k.split(".")[1] for k in ckpt["discriminator"] if k.startswith("discriminators")}) == 1
+    else:
+        assert "dfm_optimizer" not in ckpt  # equal feature matching: nothing to learn
+        assert {k.split(".")[0] for k in ckpt["generator"]} == {"global_net", "local_net", "desum"}
