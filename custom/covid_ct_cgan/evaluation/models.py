@@ -1,0 +1,166 @@
+"""A trained generator to evaluate, rebuilt from the training config that made it.
+
+Evaluation never restates network settings: a model is named by the config
+files it was trained with (``train.yaml`` plus an overlay such as
+``pix2pixhd.yaml`` or ``ablation/one_d.yaml``) and the same overrides
+(``work_dir``, ``image_size``, ``epochs`` ...). The generator, its input
+settings (image size, conditioning, window) and its checkpoint folder (the
+training ``output_dir``'s last stage) are read from that config, so an
+evaluated network is always the trained one. Synthesis goes through the one
+synthesis code path, :func:`covid_ct_cgan.inference.run_synthesis`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from ..inference import run_synthesis
+from .provenance import stage_epochs
+
+# run_synthesis exits the process on bad input (it is a bundle entry point); inside the evaluation the
+# InputError must reach the evaluation's own entry point instead
+_synthesise = getattr(run_synthesis, "__wrapped__", run_synthesis)
+
+SETTING_KEYS: tuple[str, ...] = (
+    "image_size", "condition", "context_region", "context_dilation", "keep_effusion", "window_level", "window_width",
+)
+
+
+@dataclass
+class TrainedModel:
+    """A generator with the settings it was trained with.
+
+    Attributes:
+        name: the model's name in tables (``ours``, ``pix2pixhd``, an ablation ...).
+        network: the generator, built by the training config (final stage's mode).
+        checkpoint: checkpoint file or stage folder to load.
+        settings: ``image_size``, ``condition``, ``context_region``, ``context_dilation``,
+            ``keep_effusion``, ``window_level``, ``window_width`` of the training run.
+        epochs: epochs trained per stage, e.g. ``"global 4, local 4, joint 4"``.
+        seed: the training seed.
+        configs: the training config files.
+    """
+
+    name: str
+    network: torch.nn.Module
+    checkpoint: Path
+    settings: dict[str, Any]
+    epochs: str = "?"
+    seed: int = 0
+    configs: list[str] = field(default_factory=list)
+
+
+def load_training_config(config_files: Sequence[str | Path], overrides: Mapping[str, Any] | None = None) -> dict:
+    """Read training config files as ``monai.bundle run`` does (later files override earlier ones).
+
+    Unlike a plain override, the ``imports`` of all files are kept (an overlay that adds an
+    import does not drop the base config's), then ``overrides`` are applied by id.
+
+    Raises:
+        InputError: a config file is missing.
+    """
+    from monai.bundle import ConfigParser
+
+    imports: list[str] = []
+    parser = ConfigParser({})
+    for path in config_files:
+        if not Path(path).is_file():
+            raise InputError("training config file not found", path)
+        content = ConfigParser.load_config_file(path)
+        for item in content.pop("imports", []) or []:
+            if item not in imports:
+                imports.append(item)
+        for key, value in content.items():
+            parser[key] = value
+    parser["imports"] = imports
+    for key, value in (overrides or {}).items():
+        parser[key] = copy.deepcopy(value)
+    return parser.get()
+
+
+def trained_model(
+    name: str,
+    config_files: Sequence[str | Path],
+    overrides: Mapping[str, Any] | None = None,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> TrainedModel:
+    """Build the generator of a training run from its config.
+
+    Args:
+        name: the model's name in tables.
+        config_files: the config files of the training run (base first, overlays after).
+        overrides: the training run's command-line overrides (``work_dir``, ``image_size`` ...).
+        checkpoint: file or stage folder; default the training ``output_dir``'s last stage.
+        device: where the generator runs.
+
+    Returns:
+        The :class:`TrainedModel` (weights not loaded yet: synthesis loads them strictly).
+
+    Raises:
+        InputError: a config file is missing or the config cannot build its generator.
+    """
+    from monai.bundle import ConfigParser
+
+    raw = load_training_config(config_files, overrides)
+    parser = ConfigParser(copy.deepcopy(raw))
+    stages = list(parser.get_parsed_content("stages"))
+    parser["stage"] = stages[-1]
+    parser["device"] = f"$torch.device('{torch.device(device)}')"
+    parser.parse(reset=True)
+    try:
+        network = parser.get_parsed_content("network_def")
+        settings = {key: parser.get_parsed_content(key) for key in SETTING_KEYS}
+        settings["image_size"] = int(parser.get_parsed_content("stage_image_size"))
+        output_dir = Path(parser.get_parsed_content("output_dir"))
+        seed = int(parser.get_parsed_content("seed"))
+    except Exception as err:  # noqa: BLE001 - any config failure becomes one clear line
+        raise InputError(f"cannot build the generator of model {name!r} from {list(map(str, config_files))}: {err}") from None
+    folder = Path(checkpoint) if checkpoint else output_dir / stages[-1]
+    runs_dir = folder.parent if folder.is_dir() and folder.name == stages[-1] else output_dir  # where the stages are
+    return TrainedModel(
+        name=name, network=network.to(device), checkpoint=folder, settings=settings,
+        epochs=stage_epochs(runs_dir, stages), seed=seed, configs=[str(c) for c in config_files],
+    )
+
+
+def synthesise(
+    model: TrainedModel,
+    input: str | Path,
+    output_dir: str | Path,
+    datalist_key: str = "test_synthesis",
+    num_variants: int = 1,
+    seed: int = 0,
+    batch_size: int = 8,
+    amp: bool = False,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """Generate composited slices with ``model`` for a datalist, through :func:`run_synthesis`.
+
+    Variant 0 uses each input's own label map; variants 1.. use augmented lesion maps.
+
+    Returns:
+        The synthesis manifest rows (``output_dir/manifest.csv``, ``output_dir/datalist.json``).
+
+    Raises:
+        InputError: a missing or mismatched checkpoint, or bad inputs.
+    """
+    if not Path(model.checkpoint).exists():
+        raise InputError(
+            f"no checkpoint for model {model.name!r}; train it first "
+            f"(python -m monai.bundle run training --config_file \"{model.configs}\") or drop it from the models",
+            model.checkpoint,
+        )
+    device = next(model.network.parameters()).device
+    return _synthesise(
+        network=model.network, checkpoint=model.checkpoint, output_dir=output_dir, input=input,
+        datalist_key=datalist_key, num_variants=num_variants, seed=seed, augment=num_variants > 1,
+        keep_original=True, overwrite=overwrite, batch_size=batch_size, amp=amp, device=device, **model.settings,
+    )

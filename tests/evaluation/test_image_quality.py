@@ -1,0 +1,99 @@
+"""Image quality end to end: a generator rebuilt from train.yaml, the mean-lung baseline, FID, outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from covid_ct_cgan import intensity
+from covid_ct_cgan.errors import InputError
+from covid_ct_cgan.evaluation.image_quality import evaluate_image_quality, load_datalist, mean_lung_intensity
+from covid_ct_cgan.evaluation.models import trained_model
+from covid_ct_cgan.networks import GlobalLocalGenerator, UNetGenerator
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "bundle" / "configs"
+
+
+def test_model_is_rebuilt_from_its_training_configs(tmp_path: Path, generator_checkpoint: Path, tiny_overrides: dict) -> None:
+    ours = trained_model("ours", [CONFIGS / "train.yaml"], tiny_overrides, checkpoint=generator_checkpoint)
+    assert isinstance(ours.network, GlobalLocalGenerator) and ours.network.mode == "joint"
+    assert ours.settings["image_size"] == 32 and ours.settings["condition"] == "map"
+    assert ours.epochs == "global ?, local ?, joint 2"  # read from the checkpoints' trainer state
+    ours.network.load_state_dict(torch.load(generator_checkpoint / "checkpoint_epoch=2.pt")["generator"])
+    pix2pix = trained_model("pix2pix", [CONFIGS / "train.yaml", CONFIGS / "pix2pix.yaml"], tiny_overrides)
+    assert isinstance(pix2pix.network, UNetGenerator)
+    assert pix2pix.checkpoint == tmp_path / "output_pix2pix" / "joint"
+    # an overlay that declares its own imports keeps the base config's (a plain merge would drop them)
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text('imports: ["$import math"]\nngf: "$int(math.sqrt(64))"\n')
+    without_ngf = {k: v for k, v in tiny_overrides.items() if k != "ngf"}
+    other = trained_model("other", [CONFIGS / "train.yaml", overlay], without_ngf)
+    assert next(other.network.global_net.parameters()).shape[0] == 8  # ngf from the overlay's math expression
+    with pytest.raises(InputError, match="not found"):
+        trained_model("x", [CONFIGS / "missing.yaml"])
+
+
+def _real_model_scale(path: str) -> np.ndarray:
+    return intensity.to_model(nib.load(path).get_fdata().astype(np.float32), "hu")
+
+
+def test_evaluation_scores_models_and_the_mean_lung_baseline(
+    dataset: Path, tmp_path: Path, generator_checkpoint: Path, tiny_overrides: dict
+) -> None:
+    model = trained_model("ours", [CONFIGS / "train.yaml"], tiny_overrides, checkpoint=generator_checkpoint)
+    out = tmp_path / "evaluation"
+    summary = evaluate_image_quality([model], dataset, out, fid_image_size=32, fid_epochs=1, fid_batch_size=2)
+    folder = out / "image_quality"
+    assert {p.name for p in folder.iterdir()} >= {"image_quality.csv", "per_image.csv", "settings.json", "synthesis"}
+    assert [(r["model"], r["region"]) for r in summary] == [
+        ("ours", "complemented"), ("ours", "lung_only"), ("mean_lung", "complemented"), ("mean_lung", "lung_only")]
+    assert all(r["images"] == 3 and math.isfinite(r["fid"]) and r["fid"] >= -1e-9 for r in summary)
+    assert all(r["commit"] and r["seed"] == "0" for r in summary)
+    assert summary[0]["epochs"] == "global ?, local ?, joint 2" and summary[0]["image_size"] == "32"
+    with open(folder / "per_image.csv", newline="") as f:
+        per_image = list(csv.DictReader(f))
+    assert len(per_image) == 2 * 3 * 2  # models x slices x regions
+    assert all((folder / r["generated"]).is_file() for r in per_image)
+
+    # the mean-lung baseline, recomputed here with numpy and scikit-image
+    train = load_datalist(dataset, "training")
+    lungs = [(_real_model_scale(it["image"]), nib.load(it["label"]).get_fdata() > 0) for it in train]
+    fill = np.concatenate([img[lung] for img, lung in lungs]).mean()
+    assert mean_lung_intensity(train, -600, 1500) == pytest.approx(fill, rel=1e-6)
+    settings = json.loads((folder / "settings.json").read_text())
+    assert settings["mean_lung_intensity"]["model_scale"] == pytest.approx(fill, rel=1e-6)
+    for r in (r for r in per_image if r["model"] == "mean_lung"):
+        real = _real_model_scale(r["image"])
+        lung = nib.load(r["label"]).get_fdata() > 0
+        composite = np.where(lung, fill, real)
+        if r["region"] == "complemented":
+            assert float(r["psnr"]) == pytest.approx(peak_signal_noise_ratio(real, composite, data_range=2.0), abs=1e-3)
+            ssim = structural_similarity(real, composite, data_range=2.0, gaussian_weights=True, sigma=1.5,
+                                         use_sample_covariance=False)
+            assert float(r["ssim"]) == pytest.approx(ssim, abs=1e-4)
+        else:
+            rmse = math.sqrt(((composite - real)[lung] ** 2).mean())
+            assert float(r["rmse"]) == pytest.approx(rmse, rel=1e-4)
+            assert float(r["rmse_hu"]) == pytest.approx(rmse * 750.0, rel=1e-4)
+    # the baseline's composite is written like a synthesis output (the report's model grid reads it)
+    written = nib.load(folder / per_image[-1]["generated"]).get_fdata()
+    assert written.shape == (32, 32)
+
+    with pytest.raises(InputError, match="overwrite"):
+        evaluate_image_quality([model], dataset, out, fid_image_size=32, fid_epochs=1, fid_batch_size=2)
+
+
+def test_missing_checkpoint_is_one_clear_error(dataset: Path, tmp_path: Path, tiny_overrides: dict) -> None:
+    model = trained_model("ours", [CONFIGS / "train.yaml"], tiny_overrides)
+    with pytest.raises(InputError, match="no checkpoint for model 'ours'"):
+        evaluate_image_quality([model], dataset, tmp_path / "evaluation", fid_image_size=32, fid_epochs=1)
+    assert not (tmp_path / "evaluation" / "image_quality").exists()  # nothing half-written
