@@ -153,7 +153,7 @@ def run_stage(
         raise SystemExit(1)
 
 
-def _running_workflow() -> Any:
+def running_workflow() -> Any:
     """The MONAI ``ConfigWorkflow`` whose expression is being evaluated (found on the call stack)."""
     from monai.bundle.workflows import ConfigWorkflow
 
@@ -178,7 +178,7 @@ def run_stages(stages: Sequence[str], config: Mapping[str, Any] | None = None) -
     """
     from monai.bundle import ConfigParser
 
-    raw = copy.deepcopy(dict(config) if config is not None else _running_workflow().parser.config)
+    raw = copy.deepcopy(dict(config) if config is not None else running_workflow().parser.config)
     for stage in stages:
         logger.info(f"==== stage '{stage}' ====")
         parser = ConfigParser(copy.deepcopy(raw))

@@ -36,6 +36,8 @@ from torch.utils.data import DataLoader
 
 from .. import losses
 
+COMPILE_BACKEND = "inductor"  # torch.compile backend of ``compile=True`` (tests use a faster one)
+
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """The module inside a ``DistributedDataParallel`` (or the module itself)."""
@@ -78,6 +80,9 @@ class ConditionalGanTrainer(Trainer):
         region_weighted: weight GAN and feature-matching losses by the region
             (``map+context`` conditioning, SPEC 2).
         amp: mixed precision (bf16 autocast on CPU, AMP with a grad scaler on CUDA).
+        compile: run the generator and discriminator through ``torch.compile`` (static
+            shapes; the first iterations compile, minutes on a CPU). The networks
+            themselves stay plain modules, so checkpoints, validation and DDP see them.
         epoch_length, non_blocking, train_handlers, key_train_metric,
         additional_metrics, postprocessing, decollate: as in MONAI's ``Trainer``.
     """
@@ -100,6 +105,7 @@ class ConditionalGanTrainer(Trainer):
         composite_fake: bool = False,
         region_weighted: bool = False,
         amp: bool = False,
+        compile: bool = False,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         train_handlers: Sequence | None = None,
@@ -134,6 +140,9 @@ class ConditionalGanTrainer(Trainer):
         self.composite_fake = bool(composite_fake)
         self.region_weighted = bool(region_weighted)
         self.state.non_finite = None
+        self.compile = bool(compile)
+        self._g_forward = _compiled(generator) if self.compile else generator
+        self._d_forward = _compiled(discriminator) if self.compile else discriminator
         # toggling requires_grad of D in the generator step saves its weight gradients, but DDP
         # needs the same parameters to receive gradients in every backward
         self._toggle_d = not isinstance(discriminator, DistributedDataParallel)
@@ -176,7 +185,7 @@ class ConditionalGanTrainer(Trainer):
 
         # 1. generator forward
         with autocast:
-            fake = engine.generator(cond)
+            fake = engine._g_forward(cond)
         fake = fake.float()
         if engine.composite_fake:
             fake = region * fake + (1.0 - region) * real
@@ -189,7 +198,7 @@ class ConditionalGanTrainer(Trainer):
         engine.d_optimizer.zero_grad(set_to_none=True)
         with autocast:
             both = torch.cat([torch.cat([label_map, real], 1), torch.cat([label_map, fake.detach()], 1)], 0)
-            feats = engine.discriminator(both)
+            feats = engine._d_forward(both)
             real_feats = [[f[:batch] for f in scale] for scale in feats]
             fake_feats = [[f[batch:] for f in scale] for scale in feats]
             d_loss = 0.5 * (losses.lsgan_loss(real_feats, True, weight) + losses.lsgan_loss(fake_feats, False, weight))
@@ -216,7 +225,7 @@ class ConditionalGanTrainer(Trainer):
         engine._set_d_grad(False)
         engine.g_optimizer.zero_grad(set_to_none=True)
         with autocast:
-            g_feats = engine.discriminator(torch.cat([label_map, fake], 1))
+            g_feats = engine._d_forward(torch.cat([label_map, fake], 1))
             g_gan = losses.lsgan_loss(g_feats, True, weight)
             g_fm = torch.zeros((), device=fake.device)
             if engine.lambda_fm > 0:
@@ -251,6 +260,11 @@ class ConditionalGanTrainer(Trainer):
         engine.state.output = output
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output  # decollated per sample by MONAI's handler on MODEL_COMPLETED
+
+
+def _compiled(module: torch.nn.Module) -> Callable:
+    """``torch.compile(module)``: a wrapper that shares the module's parameters and state."""
+    return torch.compile(module, backend=COMPILE_BACKEND, dynamic=False)
 
 
 def _mean_or_nan(weight: torch.Tensor | float | None) -> float:

@@ -378,9 +378,9 @@ def summarise(
 
 
 def _running_config() -> dict:
-    from ..engines.stages import _running_workflow  # the same look-up the training stages use
+    from ..engines.stages import running_workflow  # the same look-up the training stages use
 
-    return copy.deepcopy(_running_workflow().parser.config)
+    return copy.deepcopy(running_workflow().parser.config)
 
 
 def run_names(experiments: Sequence[str], ratios: Sequence[float]) -> list[tuple[str, str, float]]:
