@@ -354,7 +354,7 @@ def test_prepare_if_needed_phantom_then_reuse(tmp_path, fake_phantom, capsys):
     again = prepare_if_needed(None, str(out), **kwargs)
     assert f"prepared data found at {out}" in capsys.readouterr().out
     assert again == json.loads(json.dumps(first)) and snapshot(out) == before and len(fake_phantom) == 1
-    with pytest.raises(InputError, match=r"other settings \(seed\); pass overwrite=true"):
+    with pytest.raises(InputError, match=r"other settings \(dataset_dir, seed\); pass overwrite=true"):
         prepare_if_needed("", str(out), seed=5, **kwargs)
     assert snapshot(out) == before
     prepare_if_needed("", str(out), seed=5, overwrite=True, **kwargs)
