@@ -235,6 +235,18 @@ def _clean_stale_staging(final_dir: Path) -> None:
 
 
 @contextlib.contextmanager
+def _named_as_final(tmp: Path, final_dir: Path) -> Iterator[None]:
+    """Errors about files in the hidden staging folder name them where the user will look: in ``final_dir``."""
+    try:
+        yield
+    except InputError as err:
+        if err.path is None or not (err.path == str(tmp) or err.path.startswith(f"{tmp}{os.sep}")):
+            raise
+        message = str(err)[len(err.path) + 2 :]
+        raise InputError(message, final_dir / Path(err.path).relative_to(tmp)) from None
+
+
+@contextlib.contextmanager
 def staged_directory(final_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Build a whole output folder under a temporary name, then move it into place.
 
@@ -262,7 +274,7 @@ def staged_directory(final_dir: str | Path, overwrite: bool = False) -> Iterator
         with _reported_write_errors(final_dir.parent):
             tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
         try:
-            with _reported_write_errors(final_dir):
+            with _reported_write_errors(final_dir), _named_as_final(tmp, final_dir):
                 _normal_mode(tmp, folder=True)
                 yield tmp
                 if final_dir.exists() and any(final_dir.iterdir()) and not overwrite:  # appeared meanwhile
