@@ -375,17 +375,25 @@ def load_image(path: str | Path, is_mask: bool = False) -> tuple[np.ndarray, np.
         InputError: unreadable or corrupt file, unsupported shape, non-finite
             values, a picture that is not 8-bit.
     """
+    from monai.data import ITKReader, NibabelReader, PILReader
     from monai.transforms import LoadImage  # imported on first read: MONAI takes seconds to import
 
     path = Path(path)
     picture = path.is_file() and _suffix(path) in PICTURE_SUFFIXES
-    reader = "ITKReader" if path.is_dir() else ("PILReader" if picture else "NibabelReader")
+    # the reader instance is passed at call time: LoadImage then uses it alone, instead of falling
+    # back to other readers (ITK reads a truncated .nii.gz as garbage)
+    reader = ITKReader() if path.is_dir() else (PILReader() if picture else NibabelReader())
     try:
-        data = LoadImage(reader=reader, image_only=True, dtype=np.float32)(str(path))
+        data = LoadImage(image_only=True, dtype=np.float32)(str(path), reader=reader)
     except Exception as err:  # any reader failure is a bad file for the user
         detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise InputError(f"cannot read this file ({detail[:200]})", path) from None
     array = np.asarray(data)
+    if path.is_dir():
+        _check_series_complete(path, array)
+    if not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise InputError(f"holds {bad} non-finite voxel(s) (NaN or inf)", path)
     if picture:  # no geometry, no orientation: MONAI's [x, y] already
         array = _to_grey(array, path, is_mask)
         if array.size and (array.min() < 0 or array.max() > 255):
@@ -404,6 +412,24 @@ def load_image(path: str | Path, is_mask: bool = False) -> tuple[np.ndarray, np.
     array, affine = _reorient(array, np.asarray(data.affine, dtype=np.float64))
     scale = "8bit" if array.size and array.min() >= 0 and array.max() <= 255 else "hu"
     return array.astype(np.float32, copy=False), affine, scale
+
+
+def _check_series_complete(folder: Path, array: np.ndarray) -> None:
+    """ITK skips unreadable files and files of other series: every DICOM file must have become a slice."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and _is_dicom_file(p))
+    slices = array.shape[2] if array.ndim >= 3 else 1
+    if len(files) <= slices:  # (a multi-frame file holds several slices)
+        return
+    import pydicom
+
+    bad = []
+    for f in files:
+        try:
+            pydicom.dcmread(f).pixel_array
+        except Exception:  # noqa: BLE001 - any failure: this file is not a readable image
+            bad.append(f.name)
+    why = f"unreadable: {', '.join(bad[:5])}" if bad else "the folder holds several series or sizes; keep one series per folder"
+    raise InputError(f"DICOM series of {len(files)} files gave {slices} slices ({why})", folder)
 
 
 def _reorient(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
 from PIL import Image
 
@@ -299,6 +300,25 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler._atomic = True  # noqa: SLF001 - Ignite's DiskSaver option
+                checkpoint.save_handler = _RemoveAfterSave(checkpoint.save_handler)
+
+
+class _RemoveAfterSave(BaseSaveHandler):
+    """Ignite removes the oldest checkpoint before writing the new one; remove it after, so a kill keeps one."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.pending = inner, []
+
+    def __call__(self, checkpoint: Any, filename: str, metadata: Any = None) -> None:
+        self.inner(checkpoint, filename, metadata)
+        fixed = getattr(self.inner, "filename", None)  # MONAI's fixed name (best_generator.pt): just replaced
+        for old in self.pending:
+            if fixed is None and old != filename:
+                self.inner.remove(old)
+        self.pending = []
+
+    def remove(self, filename: str) -> None:
+        self.pending.append(filename)
 
 
 class TrainingCheckpointSaver(AtomicCheckpointSaver):
@@ -314,6 +334,14 @@ class TrainingCheckpointSaver(AtomicCheckpointSaver):
         """Add the engine to the saved objects, then attach as ``CheckpointSaver``."""
         self.save_dict["trainer"] = engine
         super().attach(engine)
+
+    def interval_completed(self, engine: Engine) -> None:
+        """Save, except mid-epoch savers at an epoch's last iteration: the epoch-level checkpoint,
+        written after the epoch-end handlers (LR step, validation), is the resume point there."""
+        length = engine.state.epoch_length
+        if not self.epoch_level and length and engine.state.iteration % length == 0:
+            return
+        super().interval_completed(engine)
 
 
 def attached_mlflow_handler(engine: Engine) -> Any:

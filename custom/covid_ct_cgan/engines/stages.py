@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -25,6 +26,8 @@ import torch
 from ignite.handlers import Checkpoint
 
 from ..errors import InputError, exit_on_input_error
+from ..fileio import check_writable
+from ..locking import output_lock
 from ..networks.handover import load_generator_part
 
 logger = logging.getLogger(__name__)
@@ -69,6 +72,21 @@ def load_latest_checkpoint(checkpoint_dir: str | Path, required: Sequence[str] =
     return None
 
 
+def _refuse_foreign_checkpoints(checkpoint_dir: str | Path, keys: Sequence[str]) -> None:
+    """Readable checkpoints that lack keys of this configuration would be overwritten by a fresh start: refuse."""
+    for path in checkpoint_candidates(checkpoint_dir):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - unreadable files were reported by load_latest_checkpoint
+            continue
+        missing = [k for k in keys if k not in ckpt]
+        raise InputError(
+            f"checkpoint {path.name} was written by another configuration (it lacks {', '.join(missing)}); "
+            "train with the settings it was written with, or start over in another output_dir (or with resume=false)",
+            Path(checkpoint_dir),
+        )
+
+
 def resume(trainer: Any, save_dict: Mapping[str, Any], checkpoint_dir: str | Path) -> Path | None:
     """Load the newest checkpoint of a stage into ``save_dict``'s objects and the trainer (strictly).
 
@@ -81,10 +99,19 @@ def resume(trainer: Any, save_dict: Mapping[str, Any], checkpoint_dir: str | Pat
     to_load = {**save_dict, "trainer": trainer}
     found = load_latest_checkpoint(checkpoint_dir, required=list(to_load))
     if found is None:
+        _refuse_foreign_checkpoints(checkpoint_dir, list(to_load))
         return None
     path, ckpt = found
     configured_epochs = trainer.state.max_epochs
-    Checkpoint.load_objects(to_load=to_load, checkpoint=ckpt, strict=True)
+    try:
+        Checkpoint.load_objects(to_load=to_load, checkpoint=ckpt, strict=True)
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        detail = " ".join(str(err).split())[:300]
+        raise InputError(
+            f"checkpoint does not match this configuration ({detail}); train with the settings it was written "
+            "with, or start over in another output_dir (or with resume=false)",
+            path,
+        ) from None
     trainer.state.max_epochs = configured_epochs  # the config's epochs, not the saved run's (allows extending)
     logger.info(f"resumed from {path} at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
     return path
@@ -118,6 +145,15 @@ def hand_over(generator: torch.nn.Module, sources: Mapping[str, str | Path], dis
             logger.info(f"discriminator initialised from {found[0]}")
 
 
+def _checkpoint_space(save_dict: Mapping[str, Any], files: int = 5) -> int:
+    """Bytes a stage needs for its checkpoints: weights and optimizer moments, ``files`` times over."""
+    total = 0
+    for obj in save_dict.values():
+        if isinstance(obj, torch.nn.Module):
+            total += 3 * sum(t.numel() * t.element_size() for t in obj.state_dict().values())  # + Adam's two moments
+    return files * total
+
+
 @exit_on_input_error
 def run_stage(
     trainer: Any,
@@ -138,13 +174,17 @@ def run_stage(
             mismatched checkpoint to start from).
     """
     checkpoint_dir = Path(checkpoint_dir)
-    loaded = resume(trainer, save_dict, checkpoint_dir) if resume_training else None
-    if loaded is not None and trainer.state.epoch >= trainer.state.max_epochs:
-        logger.info(f"stage in {checkpoint_dir} is complete ({trainer.state.epoch} epochs); skipping")
-        return
-    if loaded is None and handover:
-        hand_over(trainer.generator, handover, getattr(trainer, "discriminator", None), handover_discriminator)
-    trainer.run()
+    rank0 = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    with output_lock(checkpoint_dir) if rank0 else contextlib.nullcontext():
+        if rank0:
+            check_writable(checkpoint_dir, min_free_bytes=_checkpoint_space(save_dict))
+        loaded = resume(trainer, save_dict, checkpoint_dir) if resume_training else None
+        if loaded is not None and trainer.state.epoch >= trainer.state.max_epochs:
+            logger.info(f"stage in {checkpoint_dir} is complete ({trainer.state.epoch} epochs); skipping")
+            return
+        if loaded is None and handover:
+            hand_over(trainer.generator, handover, getattr(trainer, "discriminator", None), handover_discriminator)
+        trainer.run()
     reason = getattr(trainer.state, "stop_reason", None)
     if reason:
         import sys

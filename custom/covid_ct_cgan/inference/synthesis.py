@@ -509,6 +509,9 @@ def run_synthesis(
     total = 0
     for item in tqdm(inputs, desc="checking inputs", unit="input", disable=None, leave=False):
         loaded = load_input(item, keep_effusion)
+        if min(ModelGrid(int(image_size)).resized_shape(loaded.image.shape[:2])) < 1:
+            nx, ny = loaded.image.shape[:2]
+            raise InputError(f"a slice of {nx} x {ny} pixels is too narrow for the model's {image_size}-pixel grid", item.image)
         total += len(loaded.lung_slices())
         if any(augmented) and augmenter.move_prob > 0:
             patterns = (lesion_pattern(loaded.label[:, :, z], loaded.slice_name(z)) for z in loaded.lung_slices())

@@ -1,0 +1,140 @@
+"""Fixtures of the reliability tests: tiny datasets in every input format, a tiny generator, clean-failure checks."""
+
+from __future__ import annotations
+
+import os
+import types
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(1)
+
+LPS_AFFINE = np.diag([-0.7, -0.7, 2.5, 1.0])
+NET_SETTINGS = dict(ngf=8, n_downsampling=1, n_blocks_global=1, n_blocks_local=1)
+IMAGE_SIZE = 32
+
+
+def ct_slice(nx: int = 24, ny: int = 24, seed: int = 0, lesion: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One axial slice ``[x, y]``: int16 HU, uint8 lung mask, uint8 source lesion codes (1 GGO left, 2 consolidation right)."""
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(np.arange(nx) / nx, np.arange(ny) / ny, indexing="ij")
+
+    def ellipse(cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
+
+    body = ellipse(0.5, 0.5, 0.47, 0.42)
+    lung = ellipse(0.3, 0.5, 0.14, 0.3) | ellipse(0.7, 0.5, 0.14, 0.3)
+    codes = np.zeros((nx, ny), np.uint8)
+    if lesion:
+        codes[ellipse(0.3, 0.6, 0.08, 0.09) & lung] = 1
+        codes[ellipse(0.7, 0.62, 0.06, 0.07) & lung] = 2
+    hu = np.where(body, 40.0, -1000.0)
+    hu = np.where(lung, -850.0, hu)
+    hu = np.where(codes == 1, -500.0, hu)
+    hu = np.where(codes == 2, 20.0, hu)
+    hu = hu + rng.normal(0, 15, hu.shape)
+    return np.round(hu).astype(np.int16), lung.astype(np.uint8), codes
+
+
+def label_map(lung: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Label-map classes (0 outside, 1 lung, 2 GGO, 3 consolidation) from a lung mask and source codes."""
+    out = np.where(lung > 0, 1, 0).astype(np.uint8)
+    out[codes == 1] = 2
+    out[codes >= 2] = 3
+    return out
+
+
+def ct_volume(nz: int = 2, size: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    parts = [ct_slice(size, size, seed=seed + k) for k in range(nz)]
+    return tuple(np.stack([p[i] for p in parts], axis=-1) for i in range(3))  # type: ignore[return-value]
+
+
+def to_8bit(hu: np.ndarray) -> np.ndarray:
+    return np.clip((hu.astype(np.float32) + 1350.0) / 1500.0 * 255.0, 0, 255).round().astype(np.uint8)
+
+
+def save_nifti(array: np.ndarray, path: Path, affine: np.ndarray = LPS_AFFINE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.asarray(array)
+    img = nib.Nifti1Image(array, affine, dtype=array.dtype)
+    nib.save(img, str(path))
+    return path
+
+
+def save_picture(array_xy: np.ndarray, path: Path) -> Path:
+    """Save an ``[x, y]`` (or ``[x, y, c]``) array as a picture, rows = y."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(array_xy)
+    Image.fromarray(np.ascontiguousarray(np.swapaxes(arr, 0, 1))).save(path)
+    return path
+
+
+def write_dicom_series(folder: Path, hu: np.ndarray, spacing: tuple[float, float, float] = (0.7, 0.8, 2.5)) -> Path:
+    """A CT series ``[x, y, z]`` (HU), one file a slice, stored value = HU + 1024."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series, study, frame = generate_uid(), generate_uid(), generate_uid()
+    nx, ny, nz = hu.shape
+    for k in range(nz):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = sop = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
+        ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = series, study, frame
+        ds.Modality, ds.PatientID, ds.PatientName, ds.InstanceNumber = "CT", folder.name, "Test^Phantom", k + 1
+        ds.ImagePositionPatient = [-100.0, -120.0, 50.0 + k * spacing[2]]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [spacing[1], spacing[0]]
+        ds.SliceThickness = spacing[2]
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = ny, nx, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = np.ascontiguousarray((hu[:, :, k].T.astype(np.int32) + 1024).astype(np.uint16)).tobytes()
+        ds.save_as(os.path.join(folder, f"{k:03d}.dcm"), enforce_file_format=True)
+    return folder
+
+
+DICOM_MASK_AFFINE = np.array([[-0.7, 0, 0, 100.0], [0, -0.8, 0, 120.0], [0, 0, 2.5, 50.0], [0, 0, 0, 1.0]])
+
+
+def make_generator(in_channels: int = 4) -> torch.nn.Module:
+    from covid_ct_cgan.networks import GlobalLocalGenerator
+
+    torch.manual_seed(0)
+    return GlobalLocalGenerator(in_channels, 1, mode="joint", **NET_SETTINGS)
+
+
+def leftovers(folder: Path, name: str) -> list[str]:
+    """Entries of ``folder`` that a failed write of ``name`` may have left: the output itself or hidden temporaries."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name == name or p.name.startswith(f".{name}."))
+
+
+@pytest.fixture(scope="session")
+def generator_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``<dir>/joint/checkpoint_epoch=1.pt`` holding ``{"generator": state_dict}`` of a random tiny generator."""
+    root = tmp_path_factory.mktemp("ckpt")
+    (root / "joint").mkdir()
+    torch.save({"generator": make_generator().state_dict()}, root / "joint" / "checkpoint_epoch=1.pt")
+    return root / "joint"
+
+
+@pytest.fixture(scope="session")
+def kit() -> types.SimpleNamespace:
+    """The writers and checks above, as one namespace (session scope: usable in hypothesis tests)."""
+    return types.SimpleNamespace(
+        ct_slice=ct_slice, ct_volume=ct_volume, label_map=label_map, to_8bit=to_8bit, save_nifti=save_nifti,
+        save_picture=save_picture, write_dicom_series=write_dicom_series, DICOM_MASK_AFFINE=DICOM_MASK_AFFINE,
+        make_generator=make_generator, leftovers=leftovers, IMAGE_SIZE=IMAGE_SIZE,
+    )

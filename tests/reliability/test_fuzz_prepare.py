@@ -1,0 +1,246 @@
+"""Fuzzing the preparation readers: every damaged dataset gives a correct result or one clear error naming the file.
+
+Each example builds a valid tiny dataset in one of the raw layouts (Radiopaedia
+NIfTI volumes, PNG slice folders, NIfTI slice folders, DICOM series), applies up
+to two mutations from :mod:`fuzz_inputs` (truncated or random bytes, other
+dtypes, shapes, NaN/inf, label values, missing partners, empty folders, stray
+files) and runs ``prepare_dataset``. The outcome must be either
+
+- a complete ``data_dir`` whose datalist items are readable, finite, of known
+  label classes, or
+- one :class:`InputError` whose message names the damaged file (a damaged byte
+  stream: that file or its DICOM series; a changed array or a missing file:
+  that file or its partner), with no ``data_dir`` and no temporary left.
+
+Never another exception type, never a partial output. Problems already known
+and pinned by a strict ``xfail`` regression test below are counted, not failed
+(see ``KNOWN``); fixing one turns its regression test into an XPASS (a failure)
+as a reminder to remove it from ``KNOWN``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from fuzz_inputs import apply, mutations
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from covid_ct_cgan.data.prepare import prepare_dataset
+from covid_ct_cgan.errors import InputError
+
+LAYOUTS = ("radiopaedia", "slices_png", "slices_png_no_lungs", "slices_nifti", "dicom")
+MAX_EXAMPLES = 120
+PHASES = (Phase.explicit, Phase.generate)  # no shrinking: a failure prints its (small) example as drawn
+# errors about the dataset as a whole (after mutations removed lesions or slices): no single file to name
+DATASET_LEVEL = re.compile(r"needs at least \d+ (slices|patients)|no slice with infection|no image files|no known dataset layout")
+# known problems, each pinned by a strict xfail test in this module: name -> regression test
+KNOWN: dict = {}
+
+
+def build(layout: str, root: Path, kit) -> dict[str, list[Path]]:
+    """A valid tiny dataset; returns its files by role (``image``, ``lesion``, ``lung``)."""
+    files: dict[str, list[Path]] = {"image": [], "lesion": [], "lung": []}
+    if layout == "radiopaedia":
+        for p in (1, 2, 3):
+            hu, lung, codes = kit.ct_volume(2, 24, seed=10 * p)
+            files["image"].append(kit.save_nifti(hu, root / "rp_im" / f"{p}.nii.gz"))
+            files["lesion"].append(kit.save_nifti(codes, root / "rp_msk" / f"{p}.nii.gz"))
+            files["lung"].append(kit.save_nifti(lung, root / "rp_lung_msk" / f"{p}.nii.gz"))
+    elif layout.startswith("slices"):
+        for k in range(4):
+            hu, lung, codes = kit.ct_slice(24, 20, seed=k)
+            if layout.startswith("slices_png"):
+                files["image"].append(kit.save_picture(kit.to_8bit(hu), root / "images" / f"s{k}.png"))
+            else:
+                files["image"].append(kit.save_nifti(hu, root / "images" / f"s{k}.nii.gz"))
+            files["lesion"].append(kit.save_picture(codes, root / "labels" / f"s{k}.png"))
+            if not layout.endswith("no_lungs"):  # else lung masks are derived
+                files["lung"].append(kit.save_picture(lung * 255, root / "lungs" / f"s{k}.png"))
+    else:
+        for i, name in enumerate(("s1", "s2", "s3")):
+            hu, lung, codes = kit.ct_volume(2, 24, seed=100 + i)
+            series = kit.write_dicom_series(root / name, hu)
+            files["image"] += sorted(series.iterdir())
+            files["lesion"].append(kit.save_nifti(codes, root / f"{name}_lesion.nii.gz", kit.DICOM_MASK_AFFINE))
+            files["lung"].append(kit.save_nifti(lung, root / f"{name}_lung.nii.gz", kit.DICOM_MASK_AFFINE))
+    return files
+
+
+def mentions(text: str, path: Path) -> bool:
+    """``text`` names ``path`` itself (not merely a longer name that starts with it)."""
+    return re.search(re.escape(str(path)) + r"(?![\w.-])", text) is not None
+
+
+def partners(path: Path, root: Path) -> list[Path]:
+    """The files of the same case as ``path`` (image, lesion, lung) and the folders holding them."""
+    stem = path.name.split(".")[0]
+    if path.suffix == ".dcm" or path.parent.name in ("s1", "s2", "s3"):
+        series = path.parent.name
+        return [path.parent, root / f"{series}_lesion.nii.gz", root / f"{series}_lung.nii.gz"]
+    if stem.endswith(("_lesion", "_lung")):
+        series = stem.rsplit("_", 1)[0]
+        return [root / series, root / f"{series}_lesion.nii.gz", root / f"{series}_lung.nii.gz"]
+    found = [p for p in root.rglob("*") if p.name.split(".")[0] == stem]
+    return found + [path.parent]
+
+
+def check_output(data_dir: Path) -> int:
+    """A complete prepared folder: every item readable, finite, known classes. Returns the number of items."""
+    datalist = json.loads((data_dir / "datalist.json").read_text())
+    n = 0
+    for split in ("training", "validation", "test_synthesis", "test_segmentation"):
+        for item in datalist[split]:
+            image = np.asanyarray(nib.load(str(data_dir / item["image"])).dataobj)
+            label = np.asanyarray(nib.load(str(data_dir / item["label"])).dataobj)
+            assert image.shape == label.shape and np.all(np.isfinite(image))
+            assert set(np.unique(label).tolist()) <= {0, 1, 2, 3}
+            n += 1
+    assert n > 0
+    return n
+
+
+def classify(layout: str, done, outcome: str, err: BaseException | None, root: Path) -> str | None:
+    """Which known problem (see ``KNOWN``) an example that broke the rules shows, or None for a new one."""
+    nifti_damaged = [p for p in done.damaged if p.name.endswith((".nii", ".nii.gz")) and is_read(p, root)]
+    dicom_damaged = [p for p in done.damaged if p.suffix == ".dcm" and is_read(p, root)]
+    text = str(err) if err is not None else ""
+    if nifti_damaged and (outcome == "ok" or not any(mentions(text, p) for p in nifti_damaged)):
+        return "damaged NIfTI read by the ITK fallback"
+    if dicom_damaged and outcome in ("ok", "error") and not any(mentions(text, p.parent) or mentions(text, p) for p in dicom_damaged):
+        return "damaged DICOM slice skipped, mask blamed"
+    nan_pictures = [p for p in done.nonfinite if p.suffix == ".tif" and is_read(p, root)]
+    if nan_pictures and (outcome == "ok" or (outcome == "raw" and "histogram" in "".join(traceback.format_exception(err)))):
+        return "NaN in a float TIFF picture"
+    return None
+
+
+def is_read(path: Path, root: Path) -> bool:
+    """Whether the layout reads ``path``: it exists and, for a mask, its image is still there."""
+    if not path.exists():
+        return False
+    stem = path.name.split(".")[0]
+    if path.parent.name in ("labels", "lungs"):
+        return any(p.name.split(".")[0] == stem for p in (path.parent.parent / "images").glob("*"))
+    if path.parent.name in ("rp_msk", "rp_lung_msk"):
+        return any((root / "rp_im").glob(f"{stem}.nii*"))
+    if stem.endswith(("_lesion", "_lung")):
+        return (root / stem.rsplit("_", 1)[0]).is_dir()
+    return True
+
+
+def verdict(layout: str, done, outcome: str, err: BaseException | None, root: Path) -> str | None:
+    """None when the example followed the rules, else what went wrong."""
+    if outcome == "raw":
+        return f"raw {type(err).__name__}: {err}"
+    damaged = [p for p in done.damaged if is_read(p, root)]
+    if outcome == "ok":
+        if damaged:
+            return f"damaged file(s) accepted: {[p.name for p in damaged]}"
+        nonfinite = [p for p in done.nonfinite if is_read(p, root)]
+        return f"NaN/inf values accepted: {[p.name for p in nonfinite]}" if nonfinite else None
+    text = str(err)
+    if "\n" in text:
+        return f"error message spans several lines: {text!r}"
+    if not done.changed:
+        return f"valid dataset refused: {text}"
+    if DATASET_LEVEL.search(text):
+        return None
+    if len(done.kinds) == 1 and damaged:  # one damaged byte stream: the error must name it (or its DICOM series)
+        named = [c for p in damaged for c in ([p, p.parent] if p.suffix == ".dcm" else [p])]
+        if any(mentions(text, c) for c in named):
+            return None
+        return f"error does not name the damaged file(s) {[p.name for p in damaged]}: {text}"
+    candidates = [c for p in done.changed for c in [p, *partners(p, root)]]
+    if any(mentions(text, c) for c in candidates):
+        return None
+    return f"error names no changed file: {text}"
+
+
+def run_one(layout: str, muts: list, kit, scratch: Path) -> tuple[str | None, str | None, str]:
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        base = Path(tmp)
+        root = base / "raw"
+        files = build(layout, root, kit)
+        done = apply(muts, files)
+        out = base / "data"
+        err: BaseException | None = None
+        try:
+            prepare_dataset(str(root), str(out), split="paper")
+            outcome = "ok"
+        except InputError as caught:
+            outcome, err = "error", caught
+        except Exception as caught:  # noqa: BLE001 - the point: anything else is a finding
+            outcome, err = "raw", caught
+        if outcome == "ok":
+            check_output(out)
+            assert kit.leftovers(base, "data") == ["data"], "temporaries left next to the output"
+        else:
+            assert kit.leftovers(base, "data") == [], f"partial output after {type(err).__name__}: {err}"
+        problem = verdict(layout, done, outcome, err, root)
+        known = classify(layout, done, outcome, err, root) if problem else None
+        return problem, known, outcome
+
+
+def test_prepare_survives_damaged_datasets(kit, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    stats: Counter = Counter()
+
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None, phases=PHASES,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(layout=st.sampled_from(LAYOUTS), muts=mutations())
+    def check(layout: str, muts: list) -> None:
+        problem, known, outcome = run_one(layout, muts, kit, tmp_path)
+        stats["examples"] += 1
+        stats[outcome] += 1
+        if known:
+            stats[f"known: {known}"] += 1
+            return
+        assert problem is None, f"{layout} with {muts}: {problem}"
+
+    check()
+    with capsys.disabled():
+        print(f"\nprepare fuzz: {dict(stats)}")
+    assert stats["examples"] >= MAX_EXAMPLES * 0.9
+    assert stats["ok"] > 0 and stats["error"] > 0  # both outcomes were exercised
+
+
+# --------------------------------------------------------------------------- regression tests of known findings
+
+
+def test_truncated_nifti_is_refused_not_read_by_another_reader(kit, tmp_path: Path) -> None:
+    from covid_ct_cgan.data.readers import load_image
+
+    path = kit.save_nifti(kit.ct_volume(2, 24)[0], tmp_path / "ct.nii.gz")
+    path.write_bytes(path.read_bytes()[:200])  # header cut short
+    with pytest.raises(InputError, match="cannot read") as err:
+        load_image(path)
+    assert str(path) in str(err.value)
+
+
+def test_damaged_dicom_slice_is_named(kit, tmp_path: Path) -> None:
+    from covid_ct_cgan.data.readers import load_image
+
+    series = kit.write_dicom_series(tmp_path / "s1", kit.ct_volume(3, 24)[0])
+    (series / "001.dcm").write_bytes((series / "001.dcm").read_bytes()[:300])
+    with pytest.raises(InputError) as err:
+        load_image(series)
+    assert "001.dcm" in str(err.value)
+
+
+def test_float_picture_with_nan_is_refused(kit, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from covid_ct_cgan.data.readers import load_image
+
+    path = tmp_path / "x.tif"
+    Image.fromarray(np.full((20, 24), np.nan, np.float32)).save(path)
+    with pytest.raises(InputError, match="non-finite"):
+        load_image(path)
