@@ -1,0 +1,237 @@
+"""The fast paths give the fp32 eager result within their stated tolerances (no timing is asserted).
+
+Tolerances:
+
+* synthesis (:class:`GeneratorRunner`): bf16 autocast and compiled/frozen outputs within
+  40 dB PSNR of fp32 eager (data range 2, the model's [-1, 1]), the issue's bound;
+* training (:class:`ConditionalGanTrainer`): a bf16-autocast iteration's losses within 5%
+  of the fp32 iteration's (bf16 keeps about 3 significant digits); fused Adam's losses and
+  weights within 1e-4 of the per-tensor Adam's over three iterations; a compiled iteration
+  (``compile=True``) equal to the eager one (``aot_eager`` backend: the same kernels) or
+  within 1e-3 relative (inductor, slow test); weights and checkpoints unaffected by compiling.
+
+And the benchmark's own arithmetic (paired ratios, PSNR, target checks) on made-up numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import covid_ct_cgan.engines.trainer as trainer_module
+import covid_ct_cgan.inference.synthesis as synthesis_module
+from covid_ct_cgan.engines import ConditionalGanTrainer
+from covid_ct_cgan.inference.synthesis import GeneratorRunner
+from covid_ct_cgan.networks import DfmWeight, GlobalLocalGenerator, MultiResolutionDiscriminator, in_channels_for
+from covid_ct_cgan.transforms import make_condition
+
+SIZE = 32
+CLASSES = 4
+PSNR_BOUND_DB = 40.0
+BF16_LOSS_RTOL = 0.05
+INDUCTOR_LOSS_RTOL = 1e-3
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+
+
+def _label_maps(batch: int, size: int = SIZE, seed: int = 0) -> torch.Tensor:
+    """``(B, 1, S, S)`` label maps: two elliptic lungs with a GGO and a consolidation blob."""
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    maps = []
+    for _ in range(batch):
+        cx, cy = 0.3 + 0.05 * torch.rand(1, generator=g).item(), 0.5
+        lung = (((x - cx) / 0.15) ** 2 + ((y - cy) / 0.3) ** 2 <= 1) | (((x - 1 + cx) / 0.15) ** 2 + ((y - cy) / 0.3) ** 2 <= 1)
+        label = lung.long()
+        label[lung & (((x - cx) / 0.07) ** 2 + ((y - 0.6) / 0.08) ** 2 <= 1)] = 2
+        label[lung & (((x - 1 + cx) / 0.05) ** 2 + ((y - 0.6) / 0.06) ** 2 <= 1)] = 3
+        maps.append(label)
+    return torch.stack(maps)[:, None]
+
+
+def _tiny_generator(mode: str = "joint") -> GlobalLocalGenerator:
+    torch.manual_seed(0)
+    return GlobalLocalGenerator(CLASSES, 1, ngf=8, n_downsampling=1, n_blocks_global=1, n_blocks_local=1, mode=mode)
+
+
+# --------------------------------------------------------------------------- synthesis
+
+
+@pytest.fixture(scope="module")
+def conditions() -> torch.Tensor:
+    return make_condition(_label_maps(3), None, CLASSES)[0]
+
+
+@pytest.fixture(scope="module")
+def fp32_output(conditions: torch.Tensor) -> torch.Tensor:
+    return GeneratorRunner(_tiny_generator(), torch.device("cpu"), batch_size=3)(conditions)
+
+
+def test_runner_bf16_within_40_db_of_fp32(conditions: torch.Tensor, fp32_output: torch.Tensor) -> None:
+    out = GeneratorRunner(_tiny_generator(), torch.device("cpu"), amp=True, batch_size=3)(conditions)
+    assert out.dtype == torch.float32 and out.shape == fp32_output.shape
+    assert not torch.equal(out, fp32_output)  # bf16 really ran
+    assert _psnr(out, fp32_output) >= PSNR_BOUND_DB
+
+
+def test_runner_compiled_path_within_40_db_of_fp32(conditions: torch.Tensor, fp32_output: torch.Tensor,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled call (a fast backend) with a partial batch padded to the compiled batch size."""
+    monkeypatch.setattr(synthesis_module, "COMPILE_BACKEND", "aot_eager")
+    runner = GeneratorRunner(_tiny_generator(), torch.device("cpu"), compile=True, batch_size=4)
+    out = runner(conditions)
+    assert runner.compiled is not None and runner.compile_checked  # no silent fall-back to eager
+    assert out.shape == fp32_output.shape
+    assert _psnr(out, fp32_output) >= PSNR_BOUND_DB
+
+
+@pytest.mark.slow
+def test_runner_inductor_frozen_within_40_db_of_fp32(conditions: torch.Tensor, fp32_output: torch.Tensor) -> None:
+    runner = GeneratorRunner(_tiny_generator(), torch.device("cpu"), compile=True, batch_size=3)
+    out = runner(conditions)
+    assert runner.compiled is not None and runner.compile_checked
+    assert _psnr(out, fp32_output) >= PSNR_BOUND_DB
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _batch(stage: str) -> dict[str, torch.Tensor]:
+    size = SIZE // 2 if stage == "global" else SIZE
+    label = _label_maps(2, size, seed=1)
+    cond, region = make_condition(label, None, CLASSES)
+    image = torch.where(label > 0, -0.6, 0.1).float() + 0.05 * torch.randn(label.shape, generator=torch.Generator().manual_seed(2))
+    return {"condition": cond, "image": image, "region": region}
+
+
+def _trainer(stage: str = "joint", amp: bool = False, compile: bool = False, fused: bool = False) -> ConditionalGanTrainer:
+    generator = _tiny_generator(stage)
+    torch.manual_seed(1)
+    disc = MultiResolutionDiscriminator(CLASSES + 1, ndf=8, n_layers=2, num_d=2)
+    dfm = DfmWeight(in_channels_for(8, 2, 1), mode="dynamic" if stage == "joint" else "equal", feature_index=1)
+
+    def adam(params):
+        return torch.optim.Adam(params, 2e-4, betas=(0.5, 0.999), fused=fused)
+
+    return ConditionalGanTrainer(
+        device="cpu", max_epochs=1, train_data_loader=[_batch(stage)], generator=generator, discriminator=disc,
+        g_optimizer=adam(generator.parameters()), d_optimizer=adam(disc.parameters()),
+        dfm_net=dfm, dfm_optimizer=adam(dfm.parameters()) if dfm.learnable else None,
+        num_map_channels=CLASSES, n_layers_d=2, amp=amp, compile=compile,
+    )
+
+
+def _losses(trainer: ConditionalGanTrainer) -> dict[str, float]:
+    trainer.run()
+    output = trainer.state.output
+    output = output[0] if isinstance(output, list) else output
+    return {k: float(output[k]) for k in ("loss", "d_loss", "g_gan", "g_fm")}
+
+
+@pytest.mark.parametrize("stage", ["global", "joint"])
+def test_trainer_bf16_iteration_losses_close_to_fp32(stage: str) -> None:
+    fp32, bf16 = _losses(_trainer(stage)), _losses(_trainer(stage, amp=True))
+    assert fp32 != bf16  # bf16 really ran
+    for key, value in fp32.items():
+        assert bf16[key] == pytest.approx(value, rel=BF16_LOSS_RTOL), key
+
+
+def test_trainer_compile_matches_eager_and_keeps_plain_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trainer_module, "COMPILE_BACKEND", "aot_eager")
+    eager, compiled = _trainer(), _trainer(compile=True)
+    keys = set(compiled.generator.state_dict())
+    for _ in range(2):
+        assert _losses(compiled) == pytest.approx(_losses(eager), rel=1e-5)
+    assert compiled._g_forward is not compiled.generator  # the iteration went through the compiled wrapper
+    assert set(compiled.generator.state_dict()) == keys and not any("_orig_mod" in k for k in keys)
+    assert compiled.generator.last_desum_weight is not None  # the DESUM side effect reaches the plain module
+    for a, b in zip(eager.generator.parameters(), compiled.generator.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert isinstance(compiled.discriminator, MultiResolutionDiscriminator)
+
+
+@pytest.mark.slow
+def test_trainer_inductor_iteration_close_to_eager() -> None:
+    eager, compiled = _trainer(), _trainer(compile=True)
+    for _ in range(2):
+        assert _losses(compiled) == pytest.approx(_losses(eager), rel=INDUCTOR_LOSS_RTOL)
+
+
+# --------------------------------------------------------------------------- the benchmark's arithmetic
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The benchmark's ``measure`` and ``report`` modules (``benchmarks/`` is not a package)."""
+    folder = str(REPO_ROOT / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        import measure
+        import report
+    finally:
+        sys.path.remove(folder)
+    return types.SimpleNamespace(measure=measure, report=report)
+
+
+def test_benchmark_pairs_repeats_and_compares_outputs(bench) -> None:
+    calls: list[str] = []
+    out = torch.zeros(2, 1, 4, 4)
+
+    def variant(name: str, value: float):
+        return lambda: calls.append(name) or out + value
+
+    res = bench.measure.measure({"ref": variant("ref", 0.0), "fast": variant("fast", 0.02)}, 3, torch.device("cpu"))
+    assert calls == ["ref", "fast", "ref", "fast", "fast", "ref", "ref", "fast"]  # warm-up, then A B, B A, A B
+    assert res["ref"]["speedup"] == {"median": 1.0, "min": 1.0, "max": 1.0, "n": 3}
+    assert res["fast"]["wall_s"]["n"] == 3 and res["fast"]["cpu_speedup"]["n"] == 3
+    assert set(res["fast"]["memory"]) == {"peak_mb", "increase_mb"}
+    diff = bench.measure.compare(res["fast"]["output"], res["ref"]["output"])
+    assert diff["max_abs"] == pytest.approx(0.02) and diff["max_abs_hu"] == pytest.approx(15.0)
+    assert diff["psnr_db"] == pytest.approx(10 * math.log10(4 / 0.02**2), abs=0.01)
+    assert bench.measure.compare(out, out)["psnr_db"] == "inf"
+    assert bench.measure.paired([2.0, 3.0, 4.0], [1.0, 1.0, 2.0]) == {"median": 2.0, "min": 2.0, "max": 3.0, "n": 3}
+
+
+def test_benchmark_targets_and_markdown(bench) -> None:
+    def spread(m: float) -> dict[str, float]:
+        return {"median": m, "min": m, "max": m, "n": 1}
+
+    def res(speedup: float, peak_mb: float, psnr: float = 45.0) -> dict:
+        return {"speedup": spread(speedup), "cpu_speedup": spread(speedup), "wall_s": spread(1.0), "first_s": 1.0,
+                "memory": {"peak_mb": peak_mb, "increase_mb": 1.0}, "slices_per_s": 1.0,
+                "difference": {"max_abs": 0.0, "max_abs_hu": 0.0, "psnr_db": psnr}}
+
+    data = {
+        "mode": "quick", "started": "now", "load_average_end": [1, 1, 1], "bf16_probe": {"reason": "probe"},
+        "environment": {"cpu": "cpu", "logical_cpus": 2, "torch_threads": 2, "cpu_capability": "AVX2",
+                        "cpu_native_bf16": False, "gpu": None, "torch": "t", "monai": "m", "python": "p",
+                        "omp_wait_policy": "PASSIVE", "load_average_start": [1, 1, 1]},
+        "memory": [{"workload": "w", "stage": "joint", "image_size": 512, "ngf": 64, "fused": True, "peak_mb": 5200.0,
+                    "s_per_call": 1.0}],
+        "training": [{"stage": "joint", "image_size": 512, "stage_input": 512, "ngf": 64,
+                      "loss": {"fp32_eager": 1.0, "fast": 1.0, "compiled": 1.0},
+                      "break_even_steps": {"fp32_eager": None, "fast": 0, "compiled": 7},
+                      "results": {"fp32_eager": res(1.0, 4000.0), "fast": res(1.2, 4100.0), "compiled": res(2.5, 5200.0)}}],
+        "synthesis": [{"image_size": 512, "batch": 1, "ngf": 64, "fast_path": "compiled_fp32",
+                       "results": {"fp32_eager": res(1.0, 1.0), "compiled_fp32": res(6.0, 1.0, psnr=39.0)}}],
+        "data": [{"image_size": 256, "loader": "DataLoader", "items_per_epoch": 4, "batch_size": 2, "num_workers": 0,
+                  "epoch_s": [1, 1], "wait_s": [0.1, 0.01], "wait_share_after_first": spread(0.01)}],
+    }
+    met = {t["target"]: (t["met"], t["measured"]) for t in bench.report.targets(data)}
+    assert met["synthesis 512, batch 1: fast path >= 5x fp32 eager, within 40 dB PSNR"][0] is False  # PSNR 39 dB
+    assert met["training joint 512 ngf 64: step >= 2x fp32 eager"] == (True, "compiled 2.50x (2.50-2.50)")
+    assert met["training joint 512 ngf 64 batch 1 (fused Adam): peak memory < 5 GB"] == (False, "5.08 GB (the whole process)")
+    assert met["data waiting at 256 (DataLoader) < 5% of epoch time after the first epoch"][0] is True
+    data["targets"] = bench.report.targets(data)
+    text = bench.report.markdown(data)
+    assert "| joint | 512 (512) | 64 | compiled | 1.00 | 2.50x (2.50-2.50) |" in text
+    assert "compiled_fp32 (fast path)" in text and "## Targets" in text and "| no |" in text
