@@ -192,6 +192,41 @@ def bf16_probe(device: torch.device) -> dict[str, Any]:
     }
 
 
+def fp32_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> dict[str, Any]:
+    """The fp32 rate this machine reaches at best: a ``size`` x ``size`` matrix product, fastest of ``repeats``.
+
+    A practical ceiling (vendor GEMM, all threads, no TF32) that no fp32 network runs above;
+    divided by a network's own rate it bounds what any fp32 fast path can gain.
+    """
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+        a @ b
+        best = min(timed(lambda: a @ b, device)[0] for _ in range(repeats))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    return {"gflops": round(2 * size**3 / best / 1e9, 1), "how": f"fp32 {size}x{size} matrix product, best of {repeats}"}
+
+
+def flops(fn: Callable[[], Any]) -> int:
+    """Floating-point operations of one call of ``fn`` (PyTorch's counter: convolutions and matrix
+    products, forward and backward; element-wise work such as norms is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def compute_bound(call_flops: int, seconds: float, peak_gflops: float) -> dict[str, Any]:
+    """How close a call runs to the fp32 ceiling: its GFLOP/s, the share of the peak, and the
+    largest speed-up any fp32 path could give (peak / achieved)."""
+    rate = call_flops / seconds / 1e9
+    return {"gflop": round(call_flops / 1e9, 1), "gflops": round(rate, 1), "share_of_peak": round(rate / peak_gflops, 3),
+            "fp32_ceiling_speedup": round(peak_gflops / rate, 2)}
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """The machine and software the figures come from."""
     import monai
@@ -202,8 +237,9 @@ def environment(device: torch.device) -> dict[str, Any]:
         cpu_model = found.group(1).strip() if found else cpu_model
     except OSError:
         pass
-    native_bf16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-                       or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    from covid_ct_cgan.engines import native_bf16_cpu
+
+    native_bf16 = native_bf16_cpu()
     return {
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

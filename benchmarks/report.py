@@ -31,6 +31,15 @@ def _psnr_ok(psnr: Any) -> bool:
     return psnr == "inf" or float(psnr) >= PSNR_TARGET_DB
 
 
+def _ceiling(row: dict[str, Any]) -> str:
+    c = row.get("compute")
+    return f"; fp32 eager already at {100 * c['share_of_peak']:.0f}% of the fp32 peak (fp32 ceiling {c['fp32_ceiling_speedup']:.2f}x)" if c else ""
+
+
+def _loader(row: dict[str, Any]) -> str:
+    return row["loader"] + (", train.yaml default" if row.get("train_yaml_default") else "")
+
+
 def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets with what was measured: ``{"target", "measured", "met"}`` rows."""
     out: list[dict[str, Any]] = []
@@ -42,7 +51,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({
             "target": f"synthesis 512, batch {row['batch']}: fast path >= {SYNTHESIS_TARGET:g}x fp32 eager, "
                       f"within {PSNR_TARGET_DB:g} dB PSNR",
-            "measured": f"{row['fast_path']} {ratio(res['speedup'])}, PSNR {psnr} dB",
+            "measured": f"{row['fast_path']} {ratio(res['speedup'])}, PSNR {psnr} dB{_ceiling(row)}",
             "met": res["speedup"]["median"] >= SYNTHESIS_TARGET and _psnr_ok(psnr),
         })
     for row in data.get("training", []):
@@ -52,7 +61,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         best = max((n for n in results if n != "fp32_eager"), key=lambda n: results[n]["speedup"]["median"])
         out.append({
             "target": f"training {row['stage']} {row['image_size']} ngf {row['ngf']}: step >= {TRAINING_TARGET:g}x fp32 eager",
-            "measured": f"{best} {ratio(results[best]['speedup'])}",
+            "measured": f"{best} {ratio(results[best]['speedup'])}{_ceiling(row)}",
             "met": results[best]["speedup"]["median"] >= TRAINING_TARGET,
         })
     for row in data.get("memory", []):
@@ -67,7 +76,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         share = row.get("wait_share_after_first")
         if share:
             out.append({
-                "target": f"data waiting at {row['image_size']} ({row['loader']}) < {100 * DATA_WAIT_TARGET:g}% "
+                "target": f"data waiting at {row['image_size']} ({_loader(row)}) < {100 * DATA_WAIT_TARGET:g}% "
                           "of epoch time after the first epoch",
                 "measured": f"{100 * share['median']:.1f}% (max {100 * share['max']:.1f}%)",
                 "met": share["max"] < DATA_WAIT_TARGET,
@@ -78,7 +87,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
 def _training(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["", "## Training step (batch 1; paper networks: 9 + 3 residual blocks, ndf 64, 2 scales)", "",
              "| stage | image_size (stage input) | ngf | variant | s/step | speed-up | CPU-time ratio | first step s "
-             "| break-even steps | peak memory GB (+ step) | loss after the run |",
+             "| break-even steps | process peak GB, all variants held (+ step) | loss after the run |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         head = f"| {row['stage']} | {row['image_size']} ({row['stage_input']}) | {row['ngf']} "
@@ -147,7 +156,7 @@ def _data(rows: list[dict[str, Any]]) -> list[str]:
              "| image_size | loader | items/epoch | batch | workers | epoch s | waiting s | waiting share after epoch 1 |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        head = f"| {row['image_size']} | {row['loader']} "
+        head = f"| {row['image_size']} | {_loader(row)} "
         if row.get("error"):
             lines.append(head + f"| error: {row['error']} ||||||")
             continue
@@ -155,6 +164,23 @@ def _data(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(
             head + f"| {row['items_per_epoch']} | {row['batch_size']} | {row['num_workers']} | {row['epoch_s']} "
             f"| {row['wait_s']} | " + (f"{100 * share['median']:.1f}% (max {100 * share['max']:.1f}%) |" if share else "- |"))
+    return lines
+
+
+def _compute(data: dict[str, Any]) -> list[str]:
+    peak = data.get("fp32_peak")
+    cases = [(f"training {r['stage']} {r['image_size']} ngf {r['ngf']}", r["compute"]) for r in data.get("training", [])
+             if r.get("compute")]
+    cases += [(f"synthesis {r['image_size']} batch {r['batch']} ngf {r['ngf']}", r["compute"])
+              for r in data.get("synthesis", []) if r.get("compute")]
+    if not peak or not cases:
+        return []
+    lines = ["", f"## fp32 compute ceiling (peak {peak['gflops']:g} GFLOP/s: {peak['how']})", "",
+             "fp32 eager's rate on the convolutions and matrix products it runs; no fp32 path can be faster than "
+             "peak / rate (the ceiling); larger speed-ups need lower precision that this hardware runs natively.", "",
+             "| case | GFLOP a call | fp32 eager GFLOP/s | share of peak | fp32 ceiling |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {c['gflop']:g} | {c['gflops']:g} | {100 * c['share_of_peak']:.0f}% | {c['fp32_ceiling_speedup']:.2f}x |"
+              for name, c in cases]
     return lines
 
 
@@ -178,6 +204,7 @@ def markdown(data: dict[str, Any]) -> str:
                         ("memory", _memory_rows), ("data", _data)):
         if data.get(key):
             lines += render(data[key])
+    lines += _compute(data)
     if data.get("targets"):
         lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in data["targets"]]

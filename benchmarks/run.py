@@ -51,7 +51,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import bf16_probe, compare, environment, measure, paired, process_peak_mb, spread, sync, timed  # noqa: E402
+from measure import (bf16_probe, compare, compute_bound, environment, flops, fp32_peak, measure, paired,  # noqa: E402
+                     process_peak_mb, spread, sync, timed)
 from report import markdown, targets  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +61,8 @@ DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 SECTIONS = ("training", "synthesis", "threading", "memory", "data")
 WORKER_TAG = "@@bench "
 LOADERS = {
-    "DataLoader": None,  # train.yaml as it is: torch's DataLoader, augmentation in the training process
-    "ThreadDataLoader": "ThreadDataLoader",  # MONAI's: the next batch is prepared in a thread during the step
+    "ThreadDataLoader": None,  # train.yaml as it is: MONAI's, the next batch is prepared in a thread during the step
+    "DataLoader": "DataLoader",  # torch's, num_workers 0: the batch is prepared between steps
 }
 
 
@@ -130,7 +131,7 @@ def build_trainer(device: torch.device, stage: str, image_size: int, ngf: int, a
         ngf: generator width.
         amp: the trainer's ``amp``.
         compile: the trainer's ``compile``.
-        fused: Adam's ``fused`` (one kernel a parameter tensor) for all three optimizers.
+        fused: ``fused_adam`` of ``train.yaml`` (Adam's ``fused``, one kernel for all weights) for all three optimizers.
         seed: seeds the weights and the batch (variants built with one seed start equal).
 
     Returns:
@@ -142,9 +143,7 @@ def build_trainer(device: torch.device, stage: str, image_size: int, ngf: int, a
     torch.manual_seed(seed)
     parser = config_parser({
         "stage": stage, "image_size": image_size, "ngf": ngf, "batch_size": 1, "device": device,
-        "g_optimizer#fused": fused, "d_optimizer#fused": fused,
-        "dfm_optimizer": "$torch.optim.Adam(@dfm_net.parameters(), lr=@learning_rate, betas=@betas, "
-                         f"fused={fused}) if @dfm_net.learnable else None",
+        "fused_adam": fused,
         "train#trainer#train_data_loader": "$[None]", "train#trainer#train_handlers": [],
         "train#trainer#max_epochs": 1, "train#trainer#amp": amp, "train#trainer#compile": compile,
     })
@@ -218,8 +217,10 @@ def _guarded(row: dict[str, Any], rows: list[dict[str, Any]], report: Callable[[
     report()
 
 
-def run_training(plan: Plan, device: torch.device, amp_pays: bool, rows: list, report: Callable[[], None]) -> None:
-    """Training iteration: fp32 eager vs the default fast path (vs ``compile: true``), per stage, size and ngf."""
+def run_training(plan: Plan, device: torch.device, amp_pays: bool, peak: dict[str, Any], rows: list,
+                 report: Callable[[], None]) -> None:
+    """Training iteration: fp32 eager vs the default fast path (vs ``compile: true``), per stage, size and ngf;
+    and how near fp32 eager runs to the machine's fp32 ``peak``."""
     for stage, size, ngf in plan.training:
         print(f"  training {stage} image_size {size} ngf {ngf}", flush=True)
         row: dict[str, Any] = {"stage": stage, "image_size": size, "stage_input": size // 2 if stage == "global" else size,
@@ -230,6 +231,7 @@ def run_training(plan: Plan, device: torch.device, amp_pays: bool, rows: list, r
             row["variants"]["compiled"] = {"amp": amp_pays, "fused_adam": True, "compile": True}
 
         def work() -> None:
+            torch.compiler.reset()  # earlier cases' code counts against the recompile limit (then: silently eager)
             trainers = {}
             for name, v in row["variants"].items():
                 trainers[name], row["state_mb_per_variant"] = build_trainer(
@@ -244,13 +246,17 @@ def run_training(plan: Plan, device: torch.device, amp_pays: bool, rows: list, r
             for name, res in list(results.items())[1:]:
                 saved, extra = ref - res["wall_s"]["median"], res["first_s"] - res["wall_s"]["median"]
                 row["break_even_steps"][name] = max(0, math.ceil(extra / saved)) if saved > 0 else None
+            # after the losses were read: one more fp32 iteration, counted
+            row["compute"] = compute_bound(flops(trainers["fp32_eager"].run), results["fp32_eager"]["wall_s"]["median"],
+                                           peak["gflops"])
 
         _guarded(row, rows, report, work)
 
 
-def run_synthesis(plan: Plan, device: torch.device, probe: dict[str, Any], data_dir: Path, rows: list,
-                  report: Callable[[], None]) -> None:
-    """Synthesis throughput of the generator runner: fp32 eager, AMP, compiled AMP, compiled fp32."""
+def run_synthesis(plan: Plan, device: torch.device, probe: dict[str, Any], peak: dict[str, Any], data_dir: Path,
+                  rows: list, report: Callable[[], None]) -> None:
+    """Synthesis throughput of the generator runner: fp32 eager, AMP, compiled AMP, compiled fp32; and how
+    near fp32 eager runs to the machine's fp32 ``peak``."""
     from covid_ct_cgan.inference.synthesis import GeneratorRunner
 
     variants = {"fp32_eager": (False, False), "amp": (True, False), "compiled_amp": (True, True),
@@ -265,6 +271,7 @@ def run_synthesis(plan: Plan, device: torch.device, probe: dict[str, Any], data_
             row["skipped"] = {name: probe["reason"] for name, (amp, _) in variants.items() if amp}
 
         def work() -> None:
+            torch.compiler.reset()
             network = synthesis_network(device, size, ngf)
             conds = synthesis_conditions(data_dir, size, batch)
             runners = {name: GeneratorRunner(network, device, amp, comp, batch) for name, (amp, comp) in variants.items()}
@@ -281,7 +288,11 @@ def run_synthesis(plan: Plan, device: torch.device, probe: dict[str, Any], data_
                 res["slices_per_s"] = round(batch / res["wall_s"]["median"], 3)
                 if runners[name].compiled is None and variants[name][1]:
                     res["note"] = "compile failed: ran eagerly"
+                elif variants[name][1] and res["difference"]["psnr_db"] == "inf":
+                    res["note"] = "compiled output bit-identical to eager: check that it compiled"
             row["results"] = results
+            row["compute"] = compute_bound(flops(calls["fp32_eager"]), results["fp32_eager"]["wall_s"]["median"],
+                                           peak["gflops"])
 
         _guarded(row, rows, report, work)
 
@@ -451,7 +462,7 @@ def run_data(plan: Plan, device: torch.device, work_dir: Path, data_dir: Path, r
         for loader, target in LOADERS.items():
             print(f"  data loading image_size {size} {loader}", flush=True)
             row: dict[str, Any] = {"image_size": size, "loader": loader, "stage": "joint",
-                                   "networks": "train.yaml demo defaults"}
+                                   "networks": "train.yaml demo defaults", "train_yaml_default": target is None}
 
             def work() -> None:
                 torch.manual_seed(0)
@@ -522,7 +533,8 @@ def main(argv: list[str]) -> dict[str, Any] | None:
         plan = replace(plan, threading=[])
     mode = "quick" if args.quick else "full"
     data: dict[str, Any] = {"mode": mode, "started": time.strftime("%Y-%m-%d %H:%M"), "plan": asdict(plan),
-                            "environment": environment(device), "bf16_probe": bf16_probe(device)}
+                            "environment": environment(device), "bf16_probe": bf16_probe(device),
+                            "fp32_peak": fp32_peak(device)}
     args.out.mkdir(parents=True, exist_ok=True)
 
     def report() -> None:
@@ -542,9 +554,9 @@ def main(argv: list[str]) -> dict[str, Any] | None:
                 continue
             rows: list[dict[str, Any]] = data.setdefault(section, [])
             if section == "training":
-                run_training(plan, device, data["bf16_probe"]["amp_pays"], rows, report)
+                run_training(plan, device, data["bf16_probe"]["amp_pays"], data["fp32_peak"], rows, report)
             elif section == "synthesis":
-                run_synthesis(plan, device, data["bf16_probe"], data_dir, rows, report)
+                run_synthesis(plan, device, data["bf16_probe"], data["fp32_peak"], data_dir, rows, report)
             elif section == "threading":
                 run_threading(plan, data_dir, rows, report)
             elif section == "memory":

@@ -145,6 +145,22 @@ def test_trainer_bf16_iteration_losses_close_to_fp32(stage: str) -> None:
         assert bf16[key] == pytest.approx(value, rel=BF16_LOSS_RTOL), key
 
 
+def test_trainer_fused_adam_matches_the_per_tensor_loop() -> None:
+    """Fused Adam (the default fast path's optimizer) makes the same updates up to float rounding."""
+    plain, fused = _trainer(), _trainer(fused=True)
+    for _ in range(3):
+        assert _losses(fused) == pytest.approx(_losses(plain), rel=1e-4)
+    # weights are compared through what they compute: the biases before instance norm get only rounding
+    # noise as gradient, which Adam turns into +-lr steps of either sign in both optimizers
+    cond = _batch("joint")["condition"]
+    with torch.no_grad():
+        torch.testing.assert_close(fused.generator(cond), plain.generator(cond), rtol=0, atol=1e-4)
+        for a, b in zip(plain.discriminator(cond[:, :1].repeat(1, CLASSES + 1, 1, 1)),
+                        fused.discriminator(cond[:, :1].repeat(1, CLASSES + 1, 1, 1))):
+            torch.testing.assert_close(b[-1], a[-1], rtol=1e-3, atol=1e-4)
+    assert fused.g_optimizer.defaults["fused"] is True
+
+
 def test_trainer_compile_matches_eager_and_keeps_plain_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trainer_module, "COMPILE_BACKEND", "aot_eager")
     eager, compiled = _trainer(), _trainer(compile=True)
@@ -164,6 +180,34 @@ def test_trainer_inductor_iteration_close_to_eager() -> None:
     eager, compiled = _trainer(), _trainer(compile=True)
     for _ in range(2):
         assert _losses(compiled) == pytest.approx(_losses(eager), rel=INDUCTOR_LOSS_RTOL)
+
+
+# --------------------------------------------------------------------------- defaults of the bundle
+
+
+def test_amp_is_on_by_default_only_where_bf16_or_cuda_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    from covid_ct_cgan.engines import amp_by_default
+
+    assert amp_by_default("cuda:0") is True
+    for native in (False, True):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert amp_by_default(torch.device("cpu")) is native
+
+
+def test_train_yaml_fast_paths_are_on_by_default(tmp_path: Path) -> None:
+    """Fused Adam for the three optimizers, MONAI's ThreadDataLoader, AMP by the hardware."""
+    from monai.bundle import ConfigParser
+
+    from covid_ct_cgan.engines import amp_by_default
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "bundle" / "configs" / "train.yaml")])
+    parser.update({"stage": "joint", "work_dir": str(tmp_path), "ngf": 8, "ndf": 8, "image_size": 32})
+    for name in ("g_optimizer", "d_optimizer", "dfm_optimizer"):
+        assert parser.get_parsed_content(name).defaults["fused"] is True, name
+    assert parser.get_parsed_content("amp") is amp_by_default(parser.get_parsed_content("device"))
+    assert parser["train"]["dataloader"]["_target_"] == "ThreadDataLoader"
 
 
 # --------------------------------------------------------------------------- the benchmark's arithmetic
@@ -235,3 +279,18 @@ def test_benchmark_targets_and_markdown(bench) -> None:
     text = bench.report.markdown(data)
     assert "| joint | 512 (512) | 64 | compiled | 1.00 | 2.50x (2.50-2.50) |" in text
     assert "compiled_fp32 (fast path)" in text and "## Targets" in text and "| no |" in text
+
+
+def test_benchmark_compute_ceiling(bench) -> None:
+    """FLOPs of a known convolution, and the fp32 ceiling as peak / achieved rate in the report."""
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+    x = torch.randn(2, 8, 10, 10)
+    assert bench.measure.flops(lambda: conv(x)) == 2 * (2 * 10 * 10) * 16 * 8 * 9  # 2 FLOPs a multiply-add
+    bound = bench.measure.compute_bound(4 * 10**9, 0.5, 32.0)  # 8 GFLOP/s against a 32 GFLOP/s peak
+    assert bound == {"gflop": 4.0, "gflops": 8.0, "share_of_peak": 0.25, "fp32_ceiling_speedup": 4.0}
+    peak = bench.measure.fp32_peak(torch.device("cpu"), size=64, repeats=1)
+    assert peak["gflops"] > 0 and "64x64" in peak["how"]
+    data = {"fp32_peak": {"gflops": 32.0, "how": "made up"},
+            "training": [{"stage": "joint", "image_size": 256, "ngf": 32, "compute": bound}]}
+    text = "\n".join(bench.report._compute(data))
+    assert "| training joint 256 ngf 32 | 4 | 8 | 25% | 4.00x |" in text

@@ -44,6 +44,19 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if isinstance(module, DistributedDataParallel) else module
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles)."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(bool(check()) for check in checks if check is not None)
+
+
+def amp_by_default(device: torch.device | str) -> bool:
+    """The default of ``amp``: on CUDA, and on CPUs with native bf16; off elsewhere, where bf16 is
+    emulated and a convolution is tens of times slower than in fp32 (see ``benchmarks/``)."""
+    device = torch.device(device)
+    return device.type == "cuda" or (device.type == "cpu" and native_bf16_cpu())
+
+
 def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     """Mixed precision: bf16 autocast on CPU, fp16 autocast on CUDA; a no-op when disabled."""
     if not enabled:
@@ -81,8 +94,9 @@ class ConditionalGanTrainer(Trainer):
             (``map+context`` conditioning, SPEC 2).
         amp: mixed precision (bf16 autocast on CPU, AMP with a grad scaler on CUDA).
         compile: run the generator and discriminator through ``torch.compile`` (static
-            shapes; the first iterations compile, minutes on a CPU). The networks
-            themselves stay plain modules, so checkpoints, validation and DDP see them.
+            shapes; the first iterations compile, minutes on a CPU; clears code compiled
+            earlier in the process). The networks themselves stay plain modules, so
+            checkpoints, validation and DDP see them.
         epoch_length, non_blocking, train_handlers, key_train_metric,
         additional_metrics, postprocessing, decollate: as in MONAI's ``Trainer``.
     """
@@ -141,6 +155,10 @@ class ConditionalGanTrainer(Trainer):
         self.region_weighted = bool(region_weighted)
         self.state.non_finite = None
         self.compile = bool(compile)
+        if self.compile:
+            # code compiled for an earlier trainer (the previous stage of `training`) counts against
+            # torch.compile's recompile limit, past which it silently runs eagerly: start afresh
+            torch.compiler.reset()
         self._g_forward = _compiled(generator) if self.compile else generator
         self._d_forward = _compiled(discriminator) if self.compile else discriminator
         # toggling requires_grad of D in the generator step saves its weight gradients, but DDP
