@@ -27,7 +27,8 @@ def _memory(res: dict[str, Any]) -> str:
     return f"{m['peak_mb'] / GB:.2f} (+{m['increase_mb'] / GB:.2f})"
 
 
-def _psnr_ok(psnr: Any) -> bool:
+def psnr_within(psnr: Any) -> bool:
+    """Whether a PSNR against fp32 (a number or ``"inf"``) meets the issue's bound."""
     return psnr == "inf" or float(psnr) >= PSNR_TARGET_DB
 
 
@@ -52,7 +53,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             "target": f"synthesis 512, batch {row['batch']}: fast path >= {SYNTHESIS_TARGET:g}x fp32 eager, "
                       f"within {PSNR_TARGET_DB:g} dB PSNR",
             "measured": f"{row['fast_path']} {ratio(res['speedup'])}, PSNR {psnr} dB{_ceiling(row)}",
-            "met": res["speedup"]["median"] >= SYNTHESIS_TARGET and _psnr_ok(psnr),
+            "met": res["speedup"]["median"] >= SYNTHESIS_TARGET and psnr_within(psnr),
         })
     for row in data.get("training", []):
         results = row.get("results")
@@ -114,7 +115,7 @@ def _synthesis(rows: list[dict[str, Any]]) -> list[str]:
             continue
         for name, r in row["results"].items():
             d = r["difference"]
-            mark = " (fast path)" if name == row["fast_path"] else ""
+            mark = " (fast path)" if name == row.get("fast_path") else ""
             note = " (one timed call)" if r.get("note", "").startswith("one timed call") else ""
             note = " (compile failed: ran eagerly)" if r.get("note", "").startswith("compile failed") else note
             lines.append(
@@ -197,6 +198,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"Load average (1, 5, 15 min): {env['load_average_start']} at the start, {data.get('load_average_end')} at the end"
         + (f"; {data['duration_s']:.0f} s in all." if "duration_s" in data else "."),
         f"AMP: {data['bf16_probe']['reason']}.",
+        *[f"Re-measured {u['started']} (load average {u['load_average_start']} at the start, {u.get('load_average_end')} "
+          f"at the end): {', '.join(u['sections'])}." for u in data.get("updates", [])],
         "",
         "Speed-ups are t(fp32 eager) / t(variant) over paired repeats in one process: median (min-max).",
     ]

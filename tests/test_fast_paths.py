@@ -3,7 +3,8 @@
 Tolerances:
 
 * synthesis (:class:`GeneratorRunner`): bf16 autocast and compiled/frozen outputs within
-  40 dB PSNR of fp32 eager (data range 2, the model's [-1, 1]), the issue's bound;
+  40 dB PSNR of fp32 eager (data range 2, the model's [-1, 1]), the issue's bound; CPU
+  micro-batches within 1e-5 of whole batches;
 * training (:class:`ConditionalGanTrainer`): a bf16-autocast iteration's losses within 5%
   of the fp32 iteration's (bf16 keeps about 3 significant digits); fused Adam's losses and
   weights within 1e-4 of the per-tensor Adam's over three iterations; a compiled iteration
@@ -92,6 +93,20 @@ def test_runner_compiled_path_within_40_db_of_fp32(conditions: torch.Tensor, fp3
     assert runner.compiled is not None and runner.compile_checked  # no silent fall-back to eager
     assert out.shape == fp32_output.shape
     assert _psnr(out, fp32_output) >= PSNR_BOUND_DB
+
+
+def test_runner_cpu_micro_batches_give_the_whole_batch_result(conditions: torch.Tensor, fp32_output: torch.Tensor,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    network = _tiny_generator()
+    calls: list[int] = []
+    network.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[0]))
+    whole = GeneratorRunner(network, torch.device("cpu"), batch_size=3, cpu_pixels_per_call=None)(conditions)
+    assert calls == [3]
+    calls.clear()
+    parts = GeneratorRunner(network, torch.device("cpu"), batch_size=3, cpu_pixels_per_call=2 * SIZE * SIZE)(conditions)
+    assert calls == [2, 1]  # two samples a call
+    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(whole, fp32_output, rtol=0, atol=0)  # whole batches: the reference itself
 
 
 @pytest.mark.slow
@@ -196,7 +211,7 @@ def test_amp_is_on_by_default_only_where_bf16_or_cuda_pays(monkeypatch: pytest.M
 
 
 def test_train_yaml_fast_paths_are_on_by_default(tmp_path: Path) -> None:
-    """Fused Adam for the three optimizers, MONAI's ThreadDataLoader, AMP by the hardware."""
+    """Fused Adam for the three optimizers, MONAI's ThreadDataLoader, AMP by the hardware, CUDA settings."""
     from monai.bundle import ConfigParser
 
     from covid_ct_cgan.engines import amp_by_default
@@ -208,6 +223,13 @@ def test_train_yaml_fast_paths_are_on_by_default(tmp_path: Path) -> None:
         assert parser.get_parsed_content(name).defaults["fused"] is True, name
     assert parser.get_parsed_content("amp") is amp_by_default(parser.get_parsed_content("device"))
     assert parser["train"]["dataloader"]["_target_"] == "ThreadDataLoader"
+    # on CUDA: pinned batches copied without blocking, cuDNN autotuning (set after set_determinism)
+    assert parser.get_parsed_content("cuda_fast") is (parser.get_parsed_content("device").type == "cuda")
+    for key in ("train#dataloader#pin_memory", "train#trainer#non_blocking", "validate#dataloader#pin_memory",
+                "validate#evaluator#non_blocking"):
+        assert parser[key] == "@cuda_fast", key
+    initialize = parser["initialize"]
+    assert initialize.index("$setattr(torch.backends.cudnn, 'benchmark', @cuda_fast)") > 0
 
 
 # --------------------------------------------------------------------------- the benchmark's arithmetic

@@ -253,26 +253,20 @@ class ConditionalGanTrainer(Trainer):
             g_loss = g_gan + engine.lambda_fm * g_fm + engine.lambda_l1 * g_l1
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
-        values = {"loss": g_loss, "d_loss": d_loss, "g_gan": g_gan, "g_fm": g_fm, "g_l1": g_l1}
-        finite = finite and all(bool(torch.isfinite(v.detach()).all()) for v in values.values())
+        values = {"loss": g_loss, "d_loss": d_loss, "g_gan": g_gan, "g_fm": g_fm, "g_l1": g_l1,
+                  "desum_weight": getattr(unwrap(engine.generator), "last_desum_weight", None), "dfm_weight": dfm_weight}
+        scalars = _to_host(values)  # one device-to-host copy an iteration for every logged value
+        finite = finite and all(math.isfinite(scalars[k]) for k in ("loss", "d_loss", "g_gan", "g_fm", "g_l1"))
         if finite:
             engine._backward_step(g_loss, engine.g_optimizer)
         else:
-            engine.state.non_finite = {k: float(v.detach().float().mean()) for k, v in values.items()}
+            engine.state.non_finite = {k: scalars[k] for k in ("loss", "d_loss", "g_gan", "g_fm", "g_l1")}
         if engine.scaler is not None:
             engine.scaler.update()
         engine._set_d_grad(True)
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
 
-        desum = getattr(unwrap(engine.generator), "last_desum_weight", None)
-        output: dict[str, Any] = {
-            "image": real,
-            "pred": fake.detach(),
-            "label": batchdata.get("label"),
-            **{k: v.item() for k, v in values.items()},
-            "desum_weight": _mean_or_nan(desum),
-            "dfm_weight": _mean_or_nan(dfm_weight),
-        }
+        output: dict[str, Any] = {"image": real, "pred": fake.detach(), "label": batchdata.get("label"), **scalars}
         if output["label"] is None:
             del output["label"]
         engine.state.output = output
@@ -285,9 +279,8 @@ def _compiled(module: torch.nn.Module) -> Callable:
     return torch.compile(module, backend=COMPILE_BACKEND, dynamic=False)
 
 
-def _mean_or_nan(weight: torch.Tensor | float | None) -> float:
-    if weight is None:
-        return math.nan
-    if isinstance(weight, torch.Tensor):
-        return float(weight.detach().float().mean())
-    return float(weight)
+def _to_host(values: dict[str, torch.Tensor | float | None]) -> dict[str, float]:
+    """The mean of every value as a Python float (``nan`` for ``None``), tensors copied to the host together."""
+    tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
+    host = dict(zip(tensors, torch.stack([v.detach().float().mean() for v in tensors.values()]).tolist())) if tensors else {}
+    return {k: host[k] if k in tensors else (math.nan if v is None else float(v)) for k, v in values.items()}
