@@ -11,18 +11,24 @@ A mutation is plain data (so hypothesis can shrink and print it):
 - ``("stray", role, kind)``: add an unexpected file next to that role's files.
 
 ``role`` is ``image``, ``lesion`` or ``lung``; ``index`` picks a file of that role
-(modulo their number). :func:`apply` returns what was changed, for the oracle.
+(modulo their number). :func:`apply` returns what was changed, for the oracle;
+:func:`attempt`, :func:`common_verdict` and :func:`names_damaged` are the rules that
+oracle shares between the fuzzed readers.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from hypothesis import strategies as st
 from PIL import Image
+
+from covid_ct_cgan.errors import InputError
 
 ROLES = ("image", "lesion", "lung")
 DTYPES = ("uint8", "int8", "int16", "uint16", "int32", "float32", "float64")
@@ -256,3 +262,53 @@ def apply(muts: list[tuple], files: dict[str, list[Path]]) -> Applied:
             if new.stat().st_size == 0:  # an empty picture cannot be written: an empty file stands for it
                 done.damaged.append(new)
     return done
+
+
+# --------------------------------------------------------------------------- the oracle's shared rules
+
+
+def mentions(text: str, path: Path) -> bool:
+    """``text`` names ``path`` itself (not merely a longer name that starts with it)."""
+    return re.search(re.escape(str(path)) + r"(?![\w.-])", text) is not None
+
+
+def attempt(call: Callable[[], object]) -> tuple[str, BaseException | None]:
+    """Run ``call``: ``("ok", None)``, ``("error", the InputError)`` or ``("raw", any other exception)``."""
+    try:
+        call()
+        return "ok", None
+    except InputError as caught:
+        return "error", caught
+    except Exception as caught:  # noqa: BLE001 - the point: anything else is a finding
+        return "raw", caught
+
+
+def common_verdict(done: Applied, outcome: str, err: BaseException | None, read: Callable[[Path], bool],
+                   what: str) -> str | None:
+    """What broke the rules every fuzzed reader keeps, or None.
+
+    No exception other than :class:`InputError`; nothing damaged or non-finite that the
+    reader reads (``read``) accepted; an error in one line, and only for changed input
+    (``what`` names the input in the finding). For an error, None leaves to the caller
+    whether it names the right file.
+    """
+    if outcome == "raw":
+        return f"raw {type(err).__name__}: {err}"
+    if outcome == "ok":
+        damaged = [p for p in done.damaged if read(p)]
+        if damaged:
+            return f"damaged file(s) accepted: {[p.name for p in damaged]}"
+        nonfinite = [p for p in done.nonfinite if read(p)]
+        return f"NaN/inf values accepted: {[p.name for p in nonfinite]}" if nonfinite else None
+    text = str(err)
+    if "\n" in text:
+        return f"error message spans several lines: {text!r}"
+    if not done.changed:
+        return f"valid {what} refused: {text}"
+    return None
+
+
+def names_damaged(text: str, damaged: list[Path]) -> bool:
+    """``text`` names one of the damaged files (or, for a DICOM slice, its series folder)."""
+    named = [c for p in damaged for c in ([p, p.parent] if p.suffix == ".dcm" else [p])]
+    return any(mentions(text, c) for c in named)

@@ -30,7 +30,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from fuzz_inputs import apply, mutations
+from fuzz_inputs import apply, attempt, common_verdict, mentions, mutations, names_damaged
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -73,11 +73,6 @@ def build(layout: str, root: Path, kit) -> dict[str, list[Path]]:
             files["lesion"].append(kit.save_nifti(codes, root / f"{name}_lesion.nii.gz", kit.DICOM_MASK_AFFINE))
             files["lung"].append(kit.save_nifti(lung, root / f"{name}_lung.nii.gz", kit.DICOM_MASK_AFFINE))
     return files
-
-
-def mentions(text: str, path: Path) -> bool:
-    """``text`` names ``path`` itself (not merely a longer name that starts with it)."""
-    return re.search(re.escape(str(path)) + r"(?![\w.-])", text) is not None
 
 
 def partners(path: Path, root: Path) -> list[Path]:
@@ -139,24 +134,15 @@ def is_read(path: Path, root: Path) -> bool:
 
 def verdict(layout: str, done, outcome: str, err: BaseException | None, root: Path) -> str | None:
     """None when the example followed the rules, else what went wrong."""
-    if outcome == "raw":
-        return f"raw {type(err).__name__}: {err}"
-    damaged = [p for p in done.damaged if is_read(p, root)]
-    if outcome == "ok":
-        if damaged:
-            return f"damaged file(s) accepted: {[p.name for p in damaged]}"
-        nonfinite = [p for p in done.nonfinite if is_read(p, root)]
-        return f"NaN/inf values accepted: {[p.name for p in nonfinite]}" if nonfinite else None
+    broken = common_verdict(done, outcome, err, lambda p: is_read(p, root), "dataset")
+    if broken or outcome != "error":
+        return broken
     text = str(err)
-    if "\n" in text:
-        return f"error message spans several lines: {text!r}"
-    if not done.changed:
-        return f"valid dataset refused: {text}"
     if DATASET_LEVEL.search(text):
         return None
+    damaged = [p for p in done.damaged if is_read(p, root)]
     if len(done.kinds) == 1 and damaged:  # one damaged byte stream: the error must name it (or its DICOM series)
-        named = [c for p in damaged for c in ([p, p.parent] if p.suffix == ".dcm" else [p])]
-        if any(mentions(text, c) for c in named):
+        if names_damaged(text, damaged):
             return None
         return f"error does not name the damaged file(s) {[p.name for p in damaged]}: {text}"
     candidates = [c for p in done.changed for c in [p, *partners(p, root)]]
@@ -172,14 +158,7 @@ def run_one(layout: str, muts: list, kit, scratch: Path) -> tuple[str | None, st
         files = build(layout, root, kit)
         done = apply(muts, files)
         out = base / "data"
-        err: BaseException | None = None
-        try:
-            prepare_dataset(str(root), str(out), split="paper")
-            outcome = "ok"
-        except InputError as caught:
-            outcome, err = "error", caught
-        except Exception as caught:  # noqa: BLE001 - the point: anything else is a finding
-            outcome, err = "raw", caught
+        outcome, err = attempt(lambda: prepare_dataset(str(root), str(out), split="paper"))
         if outcome == "ok":
             check_output(out)
             assert kit.leftovers(base, "data") == ["data"], "temporaries left next to the output"

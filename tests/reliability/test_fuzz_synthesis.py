@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import tempfile
 import traceback
 from collections import Counter
@@ -24,7 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from fuzz_inputs import apply, mutations
+from fuzz_inputs import apply, attempt, common_verdict, mentions, mutations, names_damaged
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -65,10 +64,6 @@ def build(fmt: str, root: Path, kit) -> dict[str, list[Path]]:
         files["image"] += sorted(series.iterdir())
         files["lesion"].append(kit.save_nifti(kit.label_map(lung, codes), root / "labels" / "ser.nii.gz", kit.DICOM_MASK_AFFINE))
     return files
-
-
-def mentions(text: str, path: Path) -> bool:
-    return re.search(re.escape(str(path)) + r"(?![\w.-])", text) is not None
 
 
 def partners(path: Path, root: Path) -> list[Path]:
@@ -119,22 +114,13 @@ def classify(done, outcome: str, err: BaseException | None, root: Path) -> str |
 
 
 def verdict(done, outcome: str, err: BaseException | None, root: Path) -> str | None:
-    if outcome == "raw":
-        return f"raw {type(err).__name__}: {err}"
-    damaged = [p for p in done.damaged if is_read(p, root)]
-    if outcome == "ok":
-        if damaged:
-            return f"damaged file(s) accepted: {[p.name for p in damaged]}"
-        nonfinite = [p for p in done.nonfinite if is_read(p, root)]
-        return f"NaN/inf values accepted: {[p.name for p in nonfinite]}" if nonfinite else None
+    broken = common_verdict(done, outcome, err, lambda p: is_read(p, root), "input")
+    if broken or outcome != "error":
+        return broken
     text = str(err)
-    if "\n" in text:
-        return f"error message spans several lines: {text!r}"
-    if not done.changed:
-        return f"valid input refused: {text}"
+    damaged = [p for p in done.damaged if is_read(p, root)]
     if len(done.kinds) == 1 and damaged:
-        named = [c for p in damaged for c in ([p, p.parent] if p.suffix == ".dcm" else [p])]
-        return None if any(mentions(text, c) for c in named) else f"error does not name the damaged file: {text}"
+        return None if names_damaged(text, damaged) else f"error does not name the damaged file: {text}"
     candidates = [c for p in done.changed for c in [p, *partners(p, root)]] + [root / "images", root / "labels", root]
     return None if any(mentions(text, c) for c in candidates) else f"error names no changed file: {text}"
 
@@ -147,17 +133,10 @@ def run_one(fmt: str, muts: list, kit, checkpoint: Path, scratch: Path) -> tuple
         done = apply(muts, files)
         out = base / "out"
         source = root / "datalist.json" if fmt == "datalist" else root
-        err: BaseException | None = None
-        try:
-            run_synthesis.__wrapped__(
-                kit.make_generator(), checkpoint=checkpoint, output_dir=out, input=source,
-                image_size=kit.IMAGE_SIZE, batch_size=4,
-            )
-            outcome = "ok"
-        except InputError as caught:
-            outcome, err = "error", caught
-        except Exception as caught:  # noqa: BLE001 - the point: anything else is a finding
-            outcome, err = "raw", caught
+        outcome, err = attempt(lambda: run_synthesis.__wrapped__(
+            kit.make_generator(), checkpoint=checkpoint, output_dir=out, input=source,
+            image_size=kit.IMAGE_SIZE, batch_size=4,
+        ))
         if outcome == "ok":
             check_output(out, len(collect_inputs(source)[0]))
             assert kit.leftovers(base, "out") == ["out"], "temporaries left next to the output"
