@@ -17,6 +17,7 @@ from monai.handlers import CheckpointSaver
 from PIL import Image
 
 from ..fileio import atomic_path
+from ..figures import pyplot, write_figure
 from .trainer import autocast_context, unwrap
 
 logger = logging.getLogger(__name__)
@@ -195,11 +196,7 @@ class ValidationCurveWriter:
         self._plot(rows, names)
 
     def _plot(self, rows: list[dict[str, str]], names: list[str]) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         epochs = [int(r["epoch"]) for r in rows]
         fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
         for ax, name in zip(axes[0], names):
@@ -207,10 +204,7 @@ class ValidationCurveWriter:
             ax.set_xlabel("epoch")
             ax.set_title(name)
             ax.grid(alpha=0.3)
-        fig.tight_layout()
-        with atomic_path(self.output_dir / "validation_curve.png", overwrite=True) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
+        write_figure(fig, self.output_dir / "validation_curve.png", overwrite=True)
 
 
 class NonFiniteLossGuard:

@@ -34,7 +34,8 @@ import numpy as np
 from .. import intensity
 from ..engines.handlers import label_picture, to_uint8_picture
 from ..errors import InputError, exit_on_input_error
-from ..fileio import atomic_path, staged_directory, write_text
+from ..figures import pyplot, write_figure
+from ..fileio import staged_directory, write_text
 from ..inference import SynthesisInput, load_input
 from ..labels import GGO
 from .image_quality import csv_text
@@ -189,11 +190,7 @@ def segmentation_section(rows: Sequence[Mapping[str, str]], experiment: str) -> 
 
 def dice_plot(rows: Sequence[Mapping[str, str]], path: Path) -> Path:
     """``dice_vs_ratio.png``: Dice (%) against the synthetic ratio, one panel per experiment, 95% fold intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, experiment, title in zip(axes, ("A", "B"), ("A: real replaced by synthetic", "B: synthetic added")):
         for c in CLASSES:
@@ -209,11 +206,7 @@ def dice_plot(rows: Sequence[Mapping[str, str]], path: Path) -> Path:
     axes[0].legend()
     prov = provenance_line(rows, ("image_size", "epochs", "seed")).strip("*")
     fig.suptitle(f"UNet Dice vs synthetic ratio ({prov})", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- model grid
@@ -227,11 +220,7 @@ def _slice_of(path: Path, label: Path | None, z: int, scale: str | None) -> tupl
 def model_grid(per_image: Sequence[Mapping[str, str]], image_quality_dir: Path, path: Path, rows: int = 4,
                window_level: float = -600.0, window_width: float = 1500.0) -> Path:
     """``model_grid.png``: label map | real | each model, for the same test label maps (most lesion first)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     comp = [r for r in per_image if r["region"] == "complemented"]
     models = list(dict.fromkeys(r["model"] for r in comp))
     keys = list(dict.fromkeys((r["image"], r["label"], int(r["z"])) for r in comp))
@@ -261,11 +250,7 @@ def model_grid(per_image: Sequence[Mapping[str, str]], image_quality_dir: Path, 
             if j == 0:
                 ax.set_ylabel(Path(image).name.split(".")[0], fontsize=8)
     fig.suptitle(f"Same test label maps, every model (lung window L {window_level:g} W {window_width:g})", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- Table V
