@@ -85,11 +85,17 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _section(title: str, columns: list[str], note: str = "") -> list[str]:
+    """A Markdown section: a blank line, the heading, an optional paragraph, the table's header and rule."""
+    return ["", f"## {title}", "", *([note, ""] if note else []), "| " + " | ".join(columns) + " |",
+            "|" + "---|" * len(columns)]
+
+
 def _training(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["", "## Training step (batch 1; paper networks: 9 + 3 residual blocks, ndf 64, 2 scales)", "",
-             "| stage | image_size (stage input) | ngf | variant | s/step | speed-up | CPU-time ratio | first step s "
-             "| break-even steps | process peak GB, all variants held (+ step) | loss after the run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = _section("Training step (batch 1; paper networks: 9 + 3 residual blocks, ndf 64, 2 scales)",
+                     ["stage", "image_size (stage input)", "ngf", "variant", "s/step", "speed-up", "CPU-time ratio",
+                      "first step s", "break-even steps", "process peak GB, all variants held (+ step)",
+                      "loss after the run"])
     for row in rows:
         head = f"| {row['stage']} | {row['image_size']} ({row['stage_input']}) | {row['ngf']} "
         if "results" not in row:
@@ -104,10 +110,9 @@ def _training(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _synthesis(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["", "## Synthesis (GeneratorRunner, joint generator, 9 + 3 residual blocks)", "",
-             "| image_size | batch | ngf | variant | slices/s | speed-up | CPU-time ratio | first call s "
-             "| max abs diff (HU) | PSNR vs fp32 dB | peak memory GB (+ call) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = _section("Synthesis (GeneratorRunner, joint generator, 9 + 3 residual blocks)",
+                     ["image_size", "batch", "ngf", "variant", "slices/s", "speed-up", "CPU-time ratio", "first call s",
+                      "max abs diff (HU)", "PSNR vs fp32 dB", "peak memory GB (+ call)"])
     for row in rows:
         head = f"| {row['image_size']} | {row['batch']} | {row['ngf']} "
         if "results" not in row:
@@ -127,10 +132,9 @@ def _synthesis(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _threading(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["", "## OpenMP wait policy (fp32 eager, two worker processes stepped alternately)", "",
-             "| workload | s/call, OMP_WAIT_POLICY unset | s/call, PASSIVE | speed-up of PASSIVE | CPU-time ratio "
-             "| load average during |",
-             "|---|---|---|---|---|---|"]
+    lines = _section("OpenMP wait policy (fp32 eager, two worker processes stepped alternately)",
+                     ["workload", "s/call, OMP_WAIT_POLICY unset", "s/call, PASSIVE", "speed-up of PASSIVE",
+                      "CPU-time ratio", "load average during"])
     for row in rows:
         if "error" in row:
             lines.append(f"| {row['workload']} | error: {row['error']} |||||")
@@ -142,8 +146,8 @@ def _threading(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _memory_rows(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["", "## Peak memory of a process that only trains (imports, networks, Adam, activations)", "",
-             "| workload | peak memory GB | s/step |", "|---|---|---|"]
+    lines = _section("Peak memory of a process that only trains (imports, networks, Adam, activations)",
+                     ["workload", "peak memory GB", "s/step"])
     for row in rows:
         if "error" in row:
             lines.append(f"| {row['workload']} | error: {row['error']} ||")
@@ -153,9 +157,9 @@ def _memory_rows(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _data(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["", "## Data loading (train.yaml pipeline, its demo networks, joint stage)", "",
-             "| image_size | loader | items/epoch | batch | workers | epoch s | waiting s | waiting share after epoch 1 |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = _section("Data loading (train.yaml pipeline, its demo networks, joint stage)",
+                     ["image_size", "loader", "items/epoch", "batch", "workers", "epoch s", "waiting s",
+                      "waiting share after epoch 1"])
     for row in rows:
         head = f"| {row['image_size']} | {_loader(row)} "
         if row.get("error"):
@@ -176,10 +180,11 @@ def _compute(data: dict[str, Any]) -> list[str]:
               for r in data.get("synthesis", []) if r.get("compute")]
     if not peak or not cases:
         return []
-    lines = ["", f"## fp32 compute ceiling (peak {peak['gflops']:g} GFLOP/s: {peak['how']})", "",
-             "fp32 eager's rate on the convolutions and matrix products it runs; no fp32 path can be faster than "
-             "peak / rate (the ceiling); larger speed-ups need lower precision that this hardware runs natively.", "",
-             "| case | GFLOP a call | fp32 eager GFLOP/s | share of peak | fp32 ceiling |", "|---|---|---|---|---|"]
+    lines = _section(f"fp32 compute ceiling (peak {peak['gflops']:g} GFLOP/s: {peak['how']})",
+                     ["case", "GFLOP a call", "fp32 eager GFLOP/s", "share of peak", "fp32 ceiling"],
+                     note="fp32 eager's rate on the convolutions and matrix products it runs; no fp32 path can be faster "
+                          "than peak / rate (the ceiling); larger speed-ups need lower precision that this hardware "
+                          "runs natively.")
     lines += [f"| {name} | {c['gflop']:g} | {c['gflops']:g} | {100 * c['share_of_peak']:.0f}% | {c['fp32_ceiling_speedup']:.2f}x |"
               for name, c in cases]
     return lines
@@ -209,6 +214,6 @@ def markdown(data: dict[str, Any]) -> str:
             lines += render(data[key])
     lines += _compute(data)
     if data.get("targets"):
-        lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        lines += _section("Targets", ["target", "measured", "met"])
         lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in data["targets"]]
     return "\n".join(lines) + "\n"
