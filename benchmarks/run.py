@@ -11,9 +11,9 @@ interrupted run keeps what it measured). Sections (what they build, see ``benchm
 
 * ``training``: one iteration of the ``train#trainer`` of ``train.yaml`` + ``paper.yaml``
   (G forward, D step, DFM step, G step) on a fixed batch, per stage, ``image_size``
-  256 and 512, ngf 32 and 64, batch 1: fp32 eager (the reference), ``fast`` (the
-  default fast path: AMP where it pays, fused Adam) and ``compiled`` (``fast`` +
-  ``compile: true``; full mode).
+  256 and 512, ngf 32 and 64, batch 1: fp32 eager (the reference), ``fast`` (train.yaml's
+  defaults: AMP by the hardware, fused Adam) and ``compiled`` (``fast`` + ``compile: true``;
+  full mode).
 * ``synthesis``: :class:`covid_ct_cgan.inference.synthesis.GeneratorRunner` on phantom
   label maps at 256 and 512, batch 1 and 8: fp32 eager (whole batches), fp32 default (CPU
   micro-batches), AMP, compiled/frozen AMP and compiled/frozen fp32, with the largest
@@ -122,8 +122,8 @@ def config_parser(overrides: dict[str, Any], paper: bool = True) -> Any:
     return parser
 
 
-def build_trainer(device: torch.device, stage: str, image_size: int, ngf: int, amp: bool = False,
-                  compile: bool = False, fused: bool = False, seed: int = 0) -> tuple[Any, float]:
+def build_trainer(device: torch.device, stage: str, image_size: int, ngf: int, amp: bool | None = False,
+                  compile: bool = False, fused: bool | None = False, seed: int = 0) -> tuple[Any, float]:
     """The ``train#trainer`` of ``train.yaml`` + ``paper.yaml`` for one stage, batch 1, fed one fixed batch.
 
     Args:
@@ -131,9 +131,10 @@ def build_trainer(device: torch.device, stage: str, image_size: int, ngf: int, a
         stage: ``global``, ``local`` or ``joint``.
         image_size: the bundle's ``image_size`` (the global stage trains at half of it).
         ngf: generator width.
-        amp: the trainer's ``amp``.
+        amp: the trainer's ``amp`` (``None``: train.yaml's default for ``device``).
         compile: the trainer's ``compile``.
-        fused: ``fused_adam`` of ``train.yaml`` (Adam's ``fused``, one kernel for all weights) for all three optimizers.
+        fused: ``fused_adam`` of ``train.yaml`` (Adam's ``fused``, one kernel for all weights) for all three
+            optimizers (``None``: train.yaml's default).
         seed: seeds the weights and the batch (variants built with one seed start equal).
 
     Returns:
@@ -143,12 +144,13 @@ def build_trainer(device: torch.device, stage: str, image_size: int, ngf: int, a
     from covid_ct_cgan.transforms import make_condition
 
     torch.manual_seed(seed)
-    parser = config_parser({
+    overrides = {
         "stage": stage, "image_size": image_size, "ngf": ngf, "batch_size": 1, "device": device,
-        "fused_adam": fused,
         "train#trainer#train_data_loader": "$[None]", "train#trainer#train_handlers": [],
-        "train#trainer#max_epochs": 1, "train#trainer#amp": amp, "train#trainer#compile": compile,
-    })
+        "train#trainer#max_epochs": 1, "train#trainer#compile": compile,
+    }
+    overrides.update({key: value for key, value in (("fused_adam", fused), ("amp", amp)) if value is not None})
+    parser = config_parser(overrides)
     size = parser.get_parsed_content("stage_image_size")
     num_classes = parser.get_parsed_content("num_classes")
     gen = torch.Generator().manual_seed(seed)
@@ -219,18 +221,17 @@ def _guarded(row: dict[str, Any], rows: list[dict[str, Any]], report: Callable[[
     report()
 
 
-def run_training(plan: Plan, device: torch.device, amp_pays: bool, peak: dict[str, Any], rows: list,
-                 report: Callable[[], None]) -> None:
-    """Training iteration: fp32 eager vs the default fast path (vs ``compile: true``), per stage, size and ngf;
-    and how near fp32 eager runs to the machine's fp32 ``peak``."""
+def run_training(plan: Plan, device: torch.device, peak: dict[str, Any], rows: list, report: Callable[[], None]) -> None:
+    """Training iteration: fp32 eager vs train.yaml's defaults, the fast path (vs ``compile: true``), per stage,
+    size and ngf; and how near fp32 eager runs to the machine's fp32 ``peak``."""
     for stage, size, ngf in plan.training:
         print(f"  training {stage} image_size {size} ngf {ngf}", flush=True)
         row: dict[str, Any] = {"stage": stage, "image_size": size, "stage_input": size // 2 if stage == "global" else size,
                                "ngf": ngf, "batch": 1,
                                "variants": {"fp32_eager": {"amp": False, "fused_adam": False, "compile": False},
-                                            "fast": {"amp": amp_pays, "fused_adam": True, "compile": False}}}
+                                            "fast": {"amp": None, "fused_adam": None, "compile": False}}}
         if plan.train_compiled:
-            row["variants"]["compiled"] = {"amp": amp_pays, "fused_adam": True, "compile": True}
+            row["variants"]["compiled"] = {"amp": None, "fused_adam": None, "compile": True}
 
         def work() -> None:
             torch.compiler.reset()  # earlier cases' code counts against the recompile limit (then: silently eager)
@@ -238,6 +239,8 @@ def run_training(plan: Plan, device: torch.device, amp_pays: bool, peak: dict[st
             for name, v in row["variants"].items():
                 trainers[name], row["state_mb_per_variant"] = build_trainer(
                     device, stage, size, ngf, amp=v["amp"], compile=v["compile"], fused=v["fused_adam"])
+                # what train.yaml's defaults resolved to on this device
+                v.update(amp=trainers[name].amp, fused_adam=bool(trainers[name].g_optimizer.defaults["fused"]))
             results = measure({name: tr.run for name, tr in trainers.items()}, plan.train_repeats, device)
             for res in results.values():
                 res.pop("output")
@@ -576,7 +579,7 @@ def main(argv: list[str]) -> dict[str, Any] | None:
                 continue
             rows: list[dict[str, Any]] = data.setdefault(section, [])
             if section == "training":
-                run_training(plan, device, data["bf16_probe"]["amp_pays"], data["fp32_peak"], rows, report)
+                run_training(plan, device, data["fp32_peak"], rows, report)
             elif section == "synthesis":
                 run_synthesis(plan, device, data["bf16_probe"], data["fp32_peak"], data_dir, rows, report)
             elif section == "threading":
