@@ -207,6 +207,20 @@ def running_workflow() -> Any:
     )
 
 
+def running_config(config: Mapping[str, Any] | None = None) -> dict:
+    """A private copy of ``config``, or of the running ``monai.bundle run``'s raw config (with its overrides)."""
+    return copy.deepcopy(dict(config) if config is not None else running_workflow().parser.config)
+
+
+def run_ids(parser: Any, keys: Sequence[str]) -> None:
+    """Evaluate the ids ``keys`` of a parsed config in order (each item of a list, or the expression); absent ones are skipped."""
+    for key in keys:
+        if key in parser:
+            value = parser[key]
+            for item in [f"{key}#{i}" for i in range(len(value))] if isinstance(value, list) else [key]:
+                parser.get_parsed_content(item)
+
+
 @exit_on_input_error
 def run_stages(stages: Sequence[str], config: Mapping[str, Any] | None = None) -> None:
     """Run stages in order, each from the same config with ``stage`` set.
@@ -218,15 +232,10 @@ def run_stages(stages: Sequence[str], config: Mapping[str, Any] | None = None) -
     """
     from monai.bundle import ConfigParser
 
-    raw = copy.deepcopy(dict(config) if config is not None else running_workflow().parser.config)
+    raw = running_config(config)
     for stage in stages:
         logger.info(f"==== stage '{stage}' ====")
         parser = ConfigParser(copy.deepcopy(raw))
         parser["stage"] = stage
         parser.parse(reset=True)
-        for key in ("initialize", "run", "finalize"):
-            if key in parser:
-                value = parser[key]
-                ids = [f"{key}#{i}" for i in range(len(value))] if isinstance(value, list) else [key]
-                for item in ids:
-                    parser.get_parsed_content(item)
+        run_ids(parser, ("initialize", "run", "finalize"))

@@ -22,7 +22,6 @@ replaced only with ``overwrite``)::
 
 from __future__ import annotations
 
-import csv
 import math
 import shutil
 from collections.abc import Mapping, Sequence
@@ -39,7 +38,7 @@ from ..fileio import staged_directory, write_text
 from ..inference import SynthesisInput, load_input
 from ..labels import GGO
 from .image_quality import csv_text
-from .segmentation import CLASSES
+from .segmentation import CLASSES, read_csv
 
 FOLDER = "report"
 CLASS_TITLES = {"ggo": "GGO", "consolidation": "Consolidation", "infection": "Infection"}
@@ -49,11 +48,6 @@ PAPER_NOTE = (
     "0.8893, pix2pix 26.56 / 0.8870); infection Dice 89.19 with 50% replaced (89.57 real only), 90.19 with 40% "
     "added; without DESUM 84.60, without DFM 86.10."
 )
-
-
-def _read(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def _f(value: Any) -> float:
@@ -322,7 +316,7 @@ def run_report(
     sections = ["# Evaluation report", PAPER_NOTE]
     with staged_directory(target, overwrite=overwrite) as stage:
         if "image_quality" in found:
-            rows = _read(found["image_quality"])
+            rows = read_csv(found["image_quality"])
             text, wide = image_quality_section(rows)
             sections.append(text)
             write_text(csv_text(wide, list(wide[0]) if wide else ["model"]), stage / "table_ii_image_quality.csv")
@@ -330,12 +324,12 @@ def run_report(
             per_image_path = iq_dir / "per_image.csv"
             if per_image_path.is_file():
                 shutil.copyfile(per_image_path, stage / "image_quality_per_image.csv")
-                model_grid(_read(per_image_path), iq_dir, stage / "model_grid.png", grid_rows, window_level, window_width)
+                model_grid(read_csv(per_image_path), iq_dir, stage / "model_grid.png", grid_rows, window_level, window_width)
                 sections.append("![models on the same label maps](model_grid.png)")
         else:
             sections.append(f"## Table II: image quality\n\nNot run (no {sources['image_quality']}).")
         if "segmentation" in found:
-            rows = _read(found["segmentation"])
+            rows = read_csv(found["segmentation"])
             for experiment, name in (("A", "table_iii_replace.csv"), ("B", "table_iv_add.csv")):
                 text, wide = segmentation_section(rows, experiment)
                 sections.append(text)
@@ -348,7 +342,7 @@ def run_report(
             sections.append("## Tables III and IV: segmentation\n\nNot run (no segmentation results; "
                             "run segmentation.yaml run and pass its results folder as segmentation_dir).")
         if "ablation" in found:
-            rows = _read(found["ablation"])
+            rows = read_csv(found["ablation"])
             text, wide = ablation_section(rows)
             sections.append(text)
             write_text(csv_text(wide, list(wide[0]) if wide else ["ablation"]), stage / "table_v_ablation.csv")

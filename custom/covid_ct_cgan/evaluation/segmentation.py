@@ -377,12 +377,6 @@ def summarise(
 # --------------------------------------------------------------------------- the runner
 
 
-def _running_config() -> dict:
-    from ..engines.stages import running_workflow  # the same look-up the training stages use
-
-    return copy.deepcopy(running_workflow().parser.config)
-
-
 def run_names(experiments: Sequence[str], ratios: Sequence[float]) -> list[tuple[str, str, float]]:
     """``(run name, experiment, ratio)`` of every run; ratio 0 is one shared run, ``real_only``."""
     out: list[tuple[str, str, float]] = []
@@ -470,16 +464,16 @@ def run_experiments(
     """
     from monai.bundle import ConfigParser
 
-    raw = copy.deepcopy(dict(config)) if config is not None else _running_config()
+    from ..engines.stages import run_ids, running_config  # the same look-up and run as the training stages
+
+    raw = running_config(config)
     datalist, target = Path(datalist), Path(output_dir) / RESULTS
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise InputError("already exists and is not empty; pass overwrite=true to replace it", target)
     plan = run_names(experiments, ratios)
     if any(exp == "B" and ratio > int(synthetic_variants) for _, exp, ratio in plan) and not synthetic_datalist:
         raise InputError(f"experiment B up to ratio {max(ratios)} needs synthetic_variants >= {math.ceil(max(ratios))}")
-    if not datalist.is_file():
-        raise InputError("datalist not found; prepare the data first or set data_dir", datalist)
-    test = test_datalist(datalist, test_key, include_infection_free)
+    test = test_datalist(datalist, test_key, include_infection_free)  # refuses a missing datalist
     with staged_directory(target, overwrite=overwrite) as stage:
         if synthetic_datalist:
             synthetic_path, source = Path(synthetic_datalist), f"given: {synthetic_datalist}"
@@ -505,10 +499,7 @@ def run_experiments(
             train_items = parser.get_parsed_content("train#datalist")
             n_syn = sum(it.get("origin") == "synthetic" for it in train_items)
             sizes[name] = (len(train_items) - n_syn, n_syn)
-            for key in ("initialize", "train_one"):
-                value = parser[key] if key in parser else []
-                for i in range(len(value)) if isinstance(value, list) else [None]:
-                    parser.get_parsed_content(key if i is None else f"{key}#{i}")
+            run_ids(parser, ("initialize", "train_one"))
             write_json({"experiment": experiment, "ratio": ratio, "train_real": sizes[name][0],
                         "train_synthetic": sizes[name][1],
                         "train_items": [{k: str(v).replace(str(stage), str(target)) for k, v in it.items()}
