@@ -91,22 +91,33 @@ class _Scores:
     grids: dict[str, list[torch.Tensor]] = field(default_factory=lambda: {r: [] for r in image_metrics.REGIONS})
 
 
-def load_datalist(datalist: str | Path, key: str) -> list[dict[str, Any]]:
-    """Items of one list of a prepared ``datalist.json`` (absolute paths).
+def load_datalist(
+    datalist: str | Path,
+    key: str,
+    missing: str = "datalist not found; prepare the data first (train.yaml prepare) or set data_dir",
+    allow_empty: bool = False,
+) -> list[dict[str, Any]]:
+    """Items of one list of a ``datalist.json`` (absolute paths).
+
+    Args:
+        datalist: the file.
+        key: its list.
+        missing: the error when the file does not exist (what it is and how to make it).
+        allow_empty: return an empty list instead of refusing it.
 
     Raises:
-        InputError: missing file, missing or empty list.
+        InputError: missing file, missing (or, unless allowed, empty) list.
     """
     from monai.data import load_decathlon_datalist
 
     datalist = Path(datalist)
     if not datalist.is_file():
-        raise InputError("datalist not found; prepare the data first (train.yaml prepare) or set data_dir", datalist)
+        raise InputError(missing, datalist)
     try:
         items = load_decathlon_datalist(str(datalist), True, key)
     except (ValueError, KeyError) as err:
         raise InputError(f"cannot read list {key!r} ({err})", datalist) from None
-    if not items:
+    if not items and not allow_empty:
         raise InputError(f"list {key!r} is empty", datalist)
     return items
 

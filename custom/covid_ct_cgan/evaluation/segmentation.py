@@ -66,7 +66,7 @@ from monai.transforms import MapTransform
 from ..errors import InputError, exit_on_input_error
 from ..fileio import staged_directory, write_json, write_text
 from ..labels import CONSOLIDATION, GGO
-from .image_quality import csv_text
+from .image_quality import csv_text, load_datalist
 from .provenance import data_description, provenance
 from .statistics import fold_interval, interval_row, mean_score, patient_bootstrap, pooled_ratio
 
@@ -214,15 +214,9 @@ def load_synthetic(datalist: str | Path, key: str = "synthetic") -> list[dict[st
     Raises:
         InputError: missing file or list, or items without ``source``.
     """
-    from monai.data import load_decathlon_datalist
-
     path = Path(datalist)
-    if not path.is_file():
-        raise InputError("synthetic datalist not found (a run_synthesis output's datalist.json)", path)
-    try:
-        items = load_decathlon_datalist(str(path), True, key)
-    except (ValueError, KeyError) as err:
-        raise InputError(f"cannot read list {key!r} ({err})", path) from None
+    items = load_datalist(path, key, "synthetic datalist not found (a run_synthesis output's datalist.json)",
+                          allow_empty=True)
     for i, it in enumerate(items):
         if "source" not in it:
             raise InputError(f"item {i} has no 'source' (the real image it was generated from)", path)
@@ -238,15 +232,12 @@ def test_datalist(datalist: str | Path, key: str = "test_segmentation", include_
         include_infection_free: keep slices without infection (they measure false positives).
 
     Raises:
-        InputError: missing datalist or list, or no slice left.
+        InputError: missing datalist or list (or a list that cannot be read), or no slice left.
     """
-    from monai.data import load_decathlon_datalist
     from monai.transforms import LoadImage
 
     path = Path(datalist)
-    if not path.is_file():
-        raise InputError("datalist not found; prepare the data first or set data_dir", path)
-    items = load_decathlon_datalist(str(path), True, key)
+    items = load_datalist(path, key, "datalist not found; prepare the data first or set data_dir", allow_empty=True)
     root = path.parent.resolve()
     out = []
     for it in items:
