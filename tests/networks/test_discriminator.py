@@ -9,10 +9,11 @@ from covid_ct_cgan.networks import (
     DfmWeight,
     MultiResolutionDiscriminator,
     NLayerDiscriminator,
+    count_parameters,
     downsample,
     in_channels_for,
 )
-from covid_ct_cgan.networks.discriminator import feature_channels
+from covid_ct_cgan.networks.discriminator import feature_channels, receptive_field
 
 
 def pair(maps, batch: int = 3, size: int = 32) -> torch.Tensor:
@@ -58,12 +59,13 @@ def test_multi_resolution_validates_num_d():
         MultiResolutionDiscriminator(5, num_d=4)
 
 
-def test_region_masks_follow_the_receptive_field(maps):
+@pytest.mark.parametrize("padding", [2, 1])  # pix2pixHD, pix2pix
+def test_region_masks_follow_the_receptive_field(maps, padding):
     """An output outside the mask must not change when only the region's pixels change (no norm: local)."""
     torch.manual_seed(0)
-    d = MultiResolutionDiscriminator(5, ndf=4, n_layers=2, num_d=2, norm="none")
-    x = pair(maps, 1, 48)
-    region = torch.zeros(1, 1, 48, 48)
+    d = MultiResolutionDiscriminator(5, ndf=4, n_layers=2, num_d=2, norm="none", padding=padding)
+    x = pair(maps, 1, 64)
+    region = torch.zeros(1, 1, 64, 64)
     region[..., 30:36, 8:14] = 1
     masks = d.region_masks(region)
     changed = x + 0.5 * torch.randn_like(x) * region
@@ -76,7 +78,7 @@ def test_region_masks_follow_the_receptive_field(maps):
             assert torch.equal(f0[outside], f1[outside])
             assert 0 < mask.mean() < 1  # the region is seen by some outputs, not all
             assert not torch.equal(f0[~outside], f1[~outside])
-    full = d.region_masks(torch.ones(1, 1, 48, 48))
+    full = d.region_masks(torch.ones(1, 1, 64, 64))
     assert all(bool((m == 1).all()) for feats in full for m in feats)
 
 
@@ -149,3 +151,76 @@ def test_discriminator_and_dfm_weight_script(maps):
             for fa, fb in zip(a, b):
                 torch.testing.assert_close(fa, fb, rtol=0, atol=1e-5)
         torch.testing.assert_close(torch.jit.script(w)(eager), w(eager), rtol=0, atol=1e-6)
+
+
+def _measured_receptive_field(d: NLayerDiscriminator, size: int) -> tuple[int, int]:
+    """Height and width of the input pixels that one central patch score depends on (gradient support)."""
+    x = torch.randn(1, 5, size, size, dtype=torch.float64, requires_grad=True)
+    score = d(x)[-1]
+    h, w = score.shape[-2:]
+    score[0, 0, h // 2, w // 2].backward()
+    rows = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 3))).flatten()
+    cols = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 2))).flatten()
+    assert 0 < rows[0] and rows[-1] < size - 1 and 0 < cols[0] and cols[-1] < size - 1  # not cut by the border
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+@pytest.mark.parametrize("padding", [2, 1])
+@pytest.mark.parametrize("n_layers, expected", [(3, 70), (2, 34)])
+def test_receptive_field_is_pix2pix_70_with_three_layers(n_layers, expected, padding):
+    """pix2pix's ``basic`` D (n_layers 3) is the 70x70 PatchGAN: formula and measured gradient support agree."""
+    torch.manual_seed(0)
+    d = NLayerDiscriminator(5, ndf=4, n_layers=n_layers, norm="none", padding=padding).double()
+    assert d.receptive_field == receptive_field(d.strides) == expected
+    assert _measured_receptive_field(d, 160) == (expected, expected)
+    assert receptive_field([2, 2, 2, 1, 1], kernel=4) == 1 + 3 * (1 + 2 + 4 + 8 + 8)
+
+
+def test_pix2pix_basic_discriminator_options(maps):
+    """norm='batch', padding 1, no bias before the norm layers: pix2pix's 30x30 patch map at 256 px."""
+    torch.manual_seed(0)
+    d = NLayerDiscriminator(5, ndf=4, n_layers=3, norm="batch", padding=1, use_bias=False)
+    convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.padding == (1, 1) and c.kernel_size == (4, 4) for c in convs)
+    assert [c.bias is not None for c in convs] == [True, False, False, False, True]  # first and last keep theirs
+    norms = [m for m in d.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [n.num_features for n in norms] == [8, 16, 32]  # the first layer has no norm
+    feats = d(torch.randn(2, 5, 256, 256))
+    assert [f.shape[-1] for f in feats] == [128, 64, 32, 31, 30]
+    assert feats[-1].shape == (2, 1, 30, 30)
+    # the published model (6-channel input: A and B images, ndf 64): "2.769 M" parameters in pix2pix's log
+    assert count_parameters(NLayerDiscriminator(6, 64, 3, norm="batch", padding=1, use_bias=False)) == 2_768_705
+    multi = MultiResolutionDiscriminator(5, ndf=4, n_layers=3, num_d=1, norm="batch", padding=1, use_bias=False)
+    biases = [c.bias is not None for c in multi.modules() if isinstance(c, torch.nn.Conv2d)]
+    assert biases == [True, False, False, False, True]
+    assert multi.discriminators[0].padding == 1
+    with pytest.raises(ValueError, match="padding must be in 0..2"):
+        NLayerDiscriminator(5, padding=3)
+
+
+def test_default_discriminator_state_dict_keys_unchanged():
+    """Checkpoints saved before the pix2pix options still load: the default keys are pinned."""
+    d = MultiResolutionDiscriminator(5, ndf=4, n_layers=2, num_d=2)
+    layer_keys = [f"layers.{i}.0.{p}" for i in range(4) for p in ("weight", "bias")]
+    assert list(d.state_dict()) == [f"discriminators.{k}.{key}" for k in range(2) for key in layer_keys]
+    assert all(c.padding == (2, 2) for c in d.modules() if isinstance(c, torch.nn.Conv2d))
+    batch = MultiResolutionDiscriminator(5, ndf=4, n_layers=2, num_d=1, norm="batch")  # batch norm, biases kept
+    assert "discriminators.0.layers.1.0.bias" in batch.state_dict()
+    assert "discriminators.0.layers.1.1.running_mean" in batch.state_dict()
+
+
+@torch.no_grad()
+def test_init_gain_draws_pix2pix_weights():
+    torch.manual_seed(0)
+    d = NLayerDiscriminator(5, ndf=32, n_layers=3, norm="batch", init_gain=0.02)
+    convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+    weights = torch.cat([c.weight.flatten() for c in convs])
+    assert abs(float(weights.mean())) < 1e-3 and abs(float(weights.std()) - 0.02) < 1e-3
+    assert all(bool((c.bias == 0).all()) for c in convs if c.bias is not None)
+    gammas = torch.cat([m.weight for m in d.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert abs(float(gammas.mean()) - 1) < 5e-3 and 0.01 < float(gammas.std()) < 0.03
+    torch.manual_seed(0)
+    default = NLayerDiscriminator(5, ndf=32, n_layers=3, norm="batch")
+    assert float(default.layers[0][0].weight.detach().std()) > 0.05  # PyTorch's default: 1 / sqrt(3 * 80)
+    with pytest.raises(ValueError, match="init gain must be positive"):
+        NLayerDiscriminator(5, init_gain=0.0)

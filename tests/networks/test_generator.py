@@ -12,6 +12,7 @@ from covid_ct_cgan.networks import (
     LocalEnhancer,
     ResnetBlock,
     UNetGenerator,
+    count_parameters,
     downsample,
     norm_layer,
 )
@@ -206,3 +207,83 @@ def test_unet_generator(maps):
         32,
         32,
     ]
+
+
+def _dropouts(u: UNetGenerator) -> list[float]:
+    return [m.p for m in u.modules() if isinstance(m, torch.nn.Dropout)]
+
+
+def test_unet_norm_dropout_and_bias_options():
+    """pix2pix's ``--norm``, ``use_bias`` and ``use_dropout`` (0.5 after the 8*ngf levels below the innermost)."""
+    assert _dropouts(UNetGenerator(4, ngf=4, depth=8)) == [0.5, 0.5, 0.5]  # unet_256: three
+    assert _dropouts(UNetGenerator(4, ngf=4, depth=7)) == [0.5, 0.5]  # unet_128: two
+    assert _dropouts(UNetGenerator(4, ngf=4, depth=5)) == []
+    assert _dropouts(UNetGenerator(4, ngf=4, depth=8, dropout=0.0)) == []
+    assert _dropouts(UNetGenerator(4, ngf=4, depth=8, dropout=0.3)) == [0.3, 0.3, 0.3]
+    for norm, kind in (("batch", torch.nn.BatchNorm2d), ("instance", torch.nn.InstanceNorm2d)):
+        u = UNetGenerator(4, ngf=4, depth=6, norm=norm)
+        norms = [m for m in u.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d))]
+        assert len(norms) == 4 + 5 and all(type(m) is kind for m in norms)  # encoders 1..4, decoders 1..5
+    no_bias = UNetGenerator(4, ngf=4, depth=6, use_bias=False)
+    convs = [m for m in no_bias.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    output_conv = no_bias.decoders[-1][1]
+    assert [c is output_conv for c in convs if c.bias is not None] == [True]  # only the output convolution
+    with pytest.raises(ValueError, match="dropout must be in"):
+        UNetGenerator(4, dropout=1.0)
+
+
+def test_unet_default_state_dict_keys_unchanged():
+    """Checkpoints saved before the pix2pix options still load: the default (batch norm, biases) keys are pinned."""
+    u = UNetGenerator(4, ngf=4, depth=3)
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    expected = (
+        ["encoders.0.0.weight", "encoders.0.0.bias", "encoders.1.1.weight", "encoders.1.1.bias"]
+        + [f"encoders.1.2.{k}" for k in bn]
+        + ["encoders.2.1.weight", "encoders.2.1.bias"]
+        + ["decoders.0.1.weight", "decoders.0.1.bias"] + [f"decoders.0.2.{k}" for k in bn]
+        + ["decoders.1.1.weight", "decoders.1.1.bias"] + [f"decoders.1.2.{k}" for k in bn]
+        + ["decoders.2.1.weight", "decoders.2.1.bias"]
+    )
+    assert list(u.state_dict()) == expected
+
+
+def test_unet_as_published_has_pix2pix_parameter_count():
+    """``--netG unet_256 --norm batch`` on 3 -> 3 channels: "54.414 M" parameters in pix2pix's log."""
+    u = UNetGenerator(3, 3, ngf=64, depth=8, norm="batch", use_bias=False)
+    assert count_parameters(u) == 54_413_955
+    widths = [64, 128, 256, 512, 512, 512, 512, 512]
+    with_bias = count_parameters(UNetGenerator(3, 3, ngf=64, depth=8))  # one bias per encoder and inner decoder conv
+    assert with_bias == 54_413_955 + sum(widths) + sum(widths[:-1])
+
+
+@torch.no_grad()
+def test_unet_init_gain():
+    torch.manual_seed(0)
+    u = UNetGenerator(4, ngf=16, depth=6, init_gain=0.02)
+    convs = [m for m in u.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    weights = torch.cat([c.weight.flatten() for c in convs])
+    assert abs(float(weights.std()) - 0.02) < 1e-3
+    assert all(bool((c.bias == 0).all()) for c in convs)
+
+
+@torch.no_grad()
+def test_batch_norm_unet_eval_mode_is_per_sample_and_deterministic(maps):
+    """Validation, sample grids and synthesis run ``model.eval()``: running statistics, no dropout, so a sample's
+    output does not depend on its batch (what the synthesis runner's padding and slicing rely on)."""
+    torch.manual_seed(0)
+    u = UNetGenerator(4, ngf=4, depth=5, dropout=0.5)
+    x = maps(3, 32)
+    for _ in range(3):  # some running statistics
+        u(x)
+    train_batch, train_alone = u(x)[:1], u(x[:1])
+    assert not torch.allclose(train_batch, train_alone, atol=1e-3)  # train mode: batch statistics
+    u.eval()
+    y = u(x)
+    torch.testing.assert_close(u(x), y, rtol=0, atol=0)
+    torch.testing.assert_close(u(x[:1]), y[:1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(u(torch.cat([x[2:], x[:1]])), torch.cat([y[2:], y[:1]]), rtol=0, atol=1e-6)
+    from covid_ct_cgan.inference.synthesis import GeneratorRunner
+
+    runner = GeneratorRunner(u.train(), torch.device("cpu"), cpu_pixels_per_call=32 * 32)  # one sample a call
+    assert not u.training
+    torch.testing.assert_close(runner(x), y, rtol=0, atol=1e-6)

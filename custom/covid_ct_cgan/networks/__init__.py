@@ -6,7 +6,8 @@ The proposed model and the two baselines are built from the same parts:
   ``DfmWeight(mode="dynamic")``;
 - ``pix2pixhd``: ``GlobalLocalGenerator(desum="sum")``, ``MultiResolutionDiscriminator(num_d=2)``,
   ``DfmWeight(mode="equal")``;
-- ``pix2pix``: ``UNetGenerator``, ``MultiResolutionDiscriminator(num_d=1)``, L1 loss weight 100.
+- ``pix2pix``: ``UNetGenerator(norm="batch", use_bias=False)``, ``MultiResolutionDiscriminator(num_d=1,
+  norm="batch", padding=1, use_bias=False)`` (the 70x70 PatchGAN), cross-entropy GAN loss, L1 loss weight 100.
 """
 
 from .blocks import ResnetBlock, downsample, norm_layer

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from torch import Tensor, nn
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 NORMS: tuple[str, ...] = ("instance", "batch", "none")
 
@@ -28,6 +32,36 @@ def norm_layer(norm: str, channels: int) -> nn.Module:
     if norm == "none":
         return nn.Identity()
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def init_normal_(module: ModuleT, gain: float = 0.02) -> ModuleT:
+    """pix2pix's (and pix2pixHD's) weight initialisation, in place.
+
+    Convolution, transposed-convolution and linear weights are drawn from
+    ``N(0, gain)``, batch-norm scales from ``N(1, gain)``; their biases are set to 0.
+    Other modules keep PyTorch's default initialisation.
+
+    Args:
+        module: network to initialise (every submodule is visited).
+        gain: standard deviation of the normal distributions (pix2pix ``init_gain``: 0.02).
+
+    Returns:
+        ``module`` itself.
+
+    Raises:
+        ValueError: ``gain`` not positive.
+    """
+    if not gain > 0:
+        raise ValueError(f"init gain must be positive, got {gain}")
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+    return module
 
 
 class ResnetBlock(nn.Module):

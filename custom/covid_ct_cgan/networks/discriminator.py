@@ -1,15 +1,15 @@
 """Discriminators: pix2pixHD's N-layer PatchGAN, the multi-resolution discriminator and the DFM weighting net."""
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
 
-from .blocks import downsample, norm_layer
+from .blocks import downsample, init_normal_, norm_layer
 
 DFM_MODES: tuple[str, ...] = ("dynamic", "dynamic_from_half", "fixed", "equal")
 KERNEL = 4
-PADDING = 2  # pix2pixHD: ceil((kernel - 1) / 2)
+PADDING = 2  # pix2pixHD: ceil((kernel - 1) / 2); pix2pix uses 1
 MAX_CHANNELS = 512
 
 
@@ -46,42 +46,93 @@ def in_channels_for(ndf: int, n_layers: int, feature_index: int) -> int:
     return feature_channels(ndf, n_layers)[feature_index]
 
 
-class NLayerDiscriminator(nn.Module):
-    """pix2pixHD's N-layer PatchGAN returning all intermediate features.
+def receptive_field(strides: List[int], kernel: int = KERNEL) -> int:
+    """Receptive field (pixels per side) of one output of a stack of ``kernel`` x ``kernel`` convolutions.
 
-    4x4 convolutions (padding 2): ``n_layers`` with stride 2 (the first without
-    norm), one with stride 1, then a 1-channel stride-1 convolution without
-    sigmoid (least-squares GAN). LeakyReLU(0.2) after every hidden layer.
+    ``1 + sum_i (kernel - 1) * prod_{j < i} stride_j``; padding does not change it.
+
+    Args:
+        strides: the stride of every convolution, input side first.
+        kernel: their kernel size.
+
+    Returns:
+        the receptive field in input pixels (pix2pix's 70 for ``n_layers`` 3).
+    """
+    field, jump = 1, 1
+    for stride in strides:
+        field += (kernel - 1) * jump
+        jump *= stride
+    return field
+
+
+class NLayerDiscriminator(nn.Module):
+    """pix2pixHD's N-layer PatchGAN returning all intermediate features (pix2pix's ``basic`` D with ``n_layers`` 3).
+
+    4x4 convolutions: ``n_layers`` with stride 2 (the first without norm), one
+    with stride 1, then a 1-channel stride-1 convolution without sigmoid (raw
+    scores for the least-squares or the cross-entropy-with-logits GAN loss).
+    LeakyReLU(0.2) after every hidden layer. With ``n_layers`` 3 every patch
+    score sees 70x70 input pixels (:attr:`receptive_field`), whatever the padding.
 
     Args:
         in_channels: map channels plus image channels.
         ndf: width of the first layer (doubling, at most 512).
         n_layers: stride-2 layers.
-        norm: normalisation name.
+        norm: normalisation name (pix2pixHD ``"instance"``, pix2pix ``"batch"``).
+        padding: zero padding of every convolution (pix2pixHD 2, pix2pix 1); at most 2.
+        use_bias: bias of the convolutions followed by a norm layer (pix2pix: ``False``
+            with batch norm, whose shift makes it redundant); the first and last convolutions
+            always have one.
+        init_gain: ``None`` keeps PyTorch's initialisation; a number draws the weights as
+            pix2pix does, see :func:`~covid_ct_cgan.networks.blocks.init_normal_`.
 
     Returns (forward):
         list of ``n_layers + 2`` feature maps; the last is the patch prediction ``(B, 1, h, w)``.
+
+    Raises:
+        ValueError: ``padding`` outside 0..2.
     """
 
-    def __init__(self, in_channels: int, ndf: int = 64, n_layers: int = 3, norm: str = "instance") -> None:
+    __jit_unused_properties__ = ["receptive_field"]
+
+    def __init__(
+        self,
+        in_channels: int,
+        ndf: int = 64,
+        n_layers: int = 3,
+        norm: str = "instance",
+        padding: int = PADDING,
+        use_bias: bool = True,
+        init_gain: Optional[float] = None,
+    ) -> None:
         super().__init__()
+        if not 0 <= padding <= KERNEL // 2:
+            raise ValueError(f"padding must be in 0..{KERNEL // 2}, got {padding}")
         ch = feature_channels(ndf, n_layers)
-        layers = [nn.Sequential(nn.Conv2d(in_channels, ch[0], KERNEL, 2, PADDING), nn.LeakyReLU(0.2, inplace=True))]
+        layers = [nn.Sequential(nn.Conv2d(in_channels, ch[0], KERNEL, 2, padding), nn.LeakyReLU(0.2, inplace=True))]
         strides = [2]
         for i in range(1, n_layers + 1):
             stride = 2 if i < n_layers else 1
             layers.append(
                 nn.Sequential(
-                    nn.Conv2d(ch[i - 1], ch[i], KERNEL, stride, PADDING),
+                    nn.Conv2d(ch[i - 1], ch[i], KERNEL, stride, padding, bias=use_bias),
                     norm_layer(norm, ch[i]),
                     nn.LeakyReLU(0.2, inplace=True),
                 )
             )
             strides.append(stride)
-        layers.append(nn.Sequential(nn.Conv2d(ch[n_layers], 1, KERNEL, 1, PADDING)))
+        layers.append(nn.Sequential(nn.Conv2d(ch[n_layers], 1, KERNEL, 1, padding)))
         strides.append(1)
         self.layers = nn.ModuleList(layers)
         self.strides = strides
+        self.padding = padding
+        if init_gain is not None:
+            init_normal_(self, init_gain)
+
+    @property
+    def receptive_field(self) -> int:
+        """Input pixels (per side) that one patch score sees: 70 with ``n_layers`` 3."""
+        return receptive_field(self.strides)
 
     def forward(self, x: Tensor) -> List[Tensor]:
         features: List[Tensor] = []
@@ -94,7 +145,7 @@ class NLayerDiscriminator(nn.Module):
     def region_masks(self, mask: Tensor) -> list[Tensor]:
         """Which outputs of every layer see a region: 1 where the receptive field touches it.
 
-        Max pooling with the convolutions' geometry (4x4, same strides, padding 2)
+        Max pooling with the convolutions' geometry (4x4, same strides and padding)
         marks an output as soon as one input in its window is marked, layer after
         layer, which is exactly "the receptive field touches the region".
 
@@ -106,7 +157,7 @@ class NLayerDiscriminator(nn.Module):
         """
         masks = []
         for stride in self.strides:
-            mask = nn.functional.max_pool2d(mask, KERNEL, stride, PADDING)
+            mask = nn.functional.max_pool2d(mask, KERNEL, stride, self.padding)
             masks.append(mask)
         return masks
 
@@ -118,8 +169,11 @@ class MultiResolutionDiscriminator(nn.Module):
         in_channels: map channels plus image channels.
         ndf: width of each PatchGAN.
         n_layers: stride-2 layers of each PatchGAN.
-        num_d: number of resolutions (1 to 3; the paper uses 2).
+        num_d: number of resolutions (1 to 3; the paper uses 2, pix2pix 1).
         norm: normalisation name.
+        padding: convolution padding of each PatchGAN (pix2pixHD 2, pix2pix 1).
+        use_bias: bias of the convolutions followed by a norm layer, see :class:`NLayerDiscriminator`.
+        init_gain: ``None`` (PyTorch's initialisation) or pix2pix's ``N(0, init_gain)`` initialisation.
 
     Returns (forward):
         list per scale (D1 = full resolution first) of the feature lists of :class:`NLayerDiscriminator`.
@@ -129,7 +183,15 @@ class MultiResolutionDiscriminator(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, ndf: int = 64, n_layers: int = 3, num_d: int = 2, norm: str = "instance"
+        self,
+        in_channels: int,
+        ndf: int = 64,
+        n_layers: int = 3,
+        num_d: int = 2,
+        norm: str = "instance",
+        padding: int = PADDING,
+        use_bias: bool = True,
+        init_gain: Optional[float] = None,
     ) -> None:
         super().__init__()
         if not 1 <= num_d <= 3:
@@ -137,7 +199,7 @@ class MultiResolutionDiscriminator(nn.Module):
         self.n_layers = n_layers
         self.num_d = num_d
         self.discriminators = nn.ModuleList(
-            [NLayerDiscriminator(in_channels, ndf, n_layers, norm) for _ in range(num_d)]
+            [NLayerDiscriminator(in_channels, ndf, n_layers, norm, padding, use_bias, init_gain) for _ in range(num_d)]
         )
 
     def forward(self, x: Tensor) -> List[List[Tensor]]:

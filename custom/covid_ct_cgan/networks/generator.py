@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .blocks import ResnetBlock, downsample, norm_layer
+from .blocks import ResnetBlock, downsample, init_normal_, norm_layer
 
 GENERATOR_MODES: tuple[str, ...] = ("global", "local", "joint")
 DESUM_MODES: tuple[str, ...] = ("dynamic", "dynamic_from_global", "fixed", "sum")
@@ -301,12 +301,18 @@ class GlobalLocalGenerator(nn.Module):
 
 
 class UNetGenerator(nn.Module):
-    """pix2pix's U-Net generator (baseline), written with plain convolutions as in pix2pix.
+    """pix2pix's U-Net generator (baseline), written with plain convolutions as in pix2pix's ``unet_256``.
 
-    ``depth`` stride-2 4x4 convolutions (LeakyReLU 0.2, norm; widths ``ngf * min(2**i, 8)``),
-    mirrored by transposed convolutions (ReLU, norm) with skip connections, tanh
-    at the end; dropout in the decoder levels at width ``8 * ngf`` below the
-    innermost, as pix2pix.
+    ``depth`` stride-2 4x4 convolutions (LeakyReLU 0.2, norm; widths ``ngf * min(2**i, 8)``;
+    the outermost and innermost without norm), mirrored by transposed convolutions
+    (ReLU, norm) with skip connections, tanh at the end; dropout after the decoder
+    levels 4 .. ``depth - 2`` (the ``8 * ngf`` levels below the innermost: three at
+    depth 8), as pix2pix's ``use_dropout``.
+
+    Batch norm (the default, as pix2pix) makes a training-mode output depend on the
+    other samples of the batch; in eval mode (``model.eval()``, what validation, the
+    sample grids and synthesis use) it uses the running statistics and dropout is off,
+    so every sample's output depends on that sample alone (pix2pix's ``--eval``).
 
     Args:
         in_channels: input channels of the map.
@@ -315,7 +321,14 @@ class UNetGenerator(nn.Module):
         depth: number of down-sampling levels (pix2pix: 8 for 256 px); the input
             size must be divisible by ``2 ** depth``.
         norm: normalisation name (pix2pix default ``"batch"``).
-        dropout: dropout probability in the ``8 * ngf`` decoder levels (pix2pix: 0.5).
+        dropout: dropout probability in the ``8 * ngf`` decoder levels (pix2pix: 0.5; 0 for none).
+        use_bias: bias of every convolution but the output one (pix2pix: ``False`` with
+            batch norm, whose shift makes it redundant).
+        init_gain: ``None`` keeps PyTorch's initialisation; a number draws the weights as
+            pix2pix does, see :func:`~covid_ct_cgan.networks.blocks.init_normal_`.
+
+    Raises:
+        ValueError: ``depth`` below 1 or ``dropout`` outside ``[0, 1)``.
     """
 
     def __init__(
@@ -326,10 +339,14 @@ class UNetGenerator(nn.Module):
         depth: int = 8,
         norm: str = "batch",
         dropout: float = 0.5,
+        use_bias: bool = True,
+        init_gain: Optional[float] = None,
     ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.size_factor = 2**depth
         ch = [ngf * min(2**i, 8) for i in range(depth)]
         encoders: list[nn.Module] = []
@@ -337,9 +354,9 @@ class UNetGenerator(nn.Module):
         for i in range(depth):
             innermost = i == depth - 1
             if i == 0:
-                enc: list[nn.Module] = [nn.Conv2d(in_channels, ch[0], 4, stride=2, padding=1)]
+                enc: list[nn.Module] = [nn.Conv2d(in_channels, ch[0], 4, stride=2, padding=1, bias=use_bias)]
             else:
-                enc = [nn.LeakyReLU(0.2), nn.Conv2d(ch[i - 1], ch[i], 4, stride=2, padding=1)]
+                enc = [nn.LeakyReLU(0.2), nn.Conv2d(ch[i - 1], ch[i], 4, stride=2, padding=1, bias=use_bias)]
                 if not innermost:
                     enc.append(norm_layer(norm, ch[i]))
             encoders.append(nn.Sequential(*enc))
@@ -347,12 +364,18 @@ class UNetGenerator(nn.Module):
             if i == 0:
                 dec: list[nn.Module] = [nn.ReLU(), nn.ConvTranspose2d(dec_in, out_channels, 4, 2, 1), nn.Tanh()]
             else:
-                dec = [nn.ReLU(), nn.ConvTranspose2d(dec_in, ch[i - 1], 4, 2, 1), norm_layer(norm, ch[i - 1])]
+                dec = [
+                    nn.ReLU(),
+                    nn.ConvTranspose2d(dec_in, ch[i - 1], 4, 2, 1, bias=use_bias),
+                    norm_layer(norm, ch[i - 1]),
+                ]
                 if 4 <= i < depth - 1 and dropout > 0:
                     dec.append(nn.Dropout(dropout))
             decoders.append(nn.Sequential(*dec))
         self.encoders = nn.ModuleList(encoders)
         self.decoders = nn.ModuleList(decoders[::-1])  # innermost first
+        if init_gain is not None:
+            init_normal_(self, init_gain)
 
     def forward(self, x: Tensor) -> Tensor:
         """Synthesise an image; ``x`` is ``(B, in_channels, H, W)`` with ``H``, ``W`` divisible by ``2 ** depth``."""
