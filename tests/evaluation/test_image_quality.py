@@ -15,9 +15,10 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from covid_ct_cgan import intensity
 from covid_ct_cgan.errors import InputError
-from covid_ct_cgan.evaluation.image_quality import evaluate_image_quality, load_datalist, mean_lung_intensity
+from covid_ct_cgan.evaluation.image_quality import evaluate_image_quality, generated_region, load_datalist, mean_lung_intensity
 from covid_ct_cgan.evaluation.models import trained_model
 from covid_ct_cgan.networks import GlobalLocalGenerator, UNetGenerator
+from covid_ct_cgan.transforms import synthesis_region
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundle" / "configs"
@@ -51,7 +52,8 @@ def test_evaluation_scores_models_and_the_mean_lung_baseline(
 ) -> None:
     model = trained_model("ours", [CONFIGS / "train.yaml"], tiny_overrides, checkpoint=generator_checkpoint)
     out = tmp_path / "evaluation"
-    summary = evaluate_image_quality([model], dataset, out, fid_image_size=32, fid_epochs=1, fid_batch_size=2)
+    summary = evaluate_image_quality([model], dataset, out, fid_image_size=32, fid_epochs=1, fid_batch_size=2,
+                                     realism={"folds": 2, "iterations": 20, "kid_subsets": 10})
     folder = out / "image_quality"
     assert {p.name for p in folder.iterdir()} >= {"image_quality.csv", "per_image.csv", "settings.json", "synthesis"}
     assert [(r["model"], r["region"]) for r in summary] == [
@@ -59,6 +61,12 @@ def test_evaluation_scores_models_and_the_mean_lung_baseline(
     assert all(r["images"] == 3 and math.isfinite(r["fid"]) and r["fid"] >= -1e-9 for r in summary)
     assert all(r["commit"] and r["seed"] == "0" for r in summary)
     assert summary[0]["epochs"] == "global ?, local ?, joint 2" and summary[0]["image_size"] == "32"
+    # realism beside FID for every model and the baseline: KID per region, the rest once per model (both rows)
+    assert all(math.isfinite(r["kid"]) and r["kid_sd"] >= 0 and r["realism_region"] == "lung" for r in summary)
+    assert all(0.0 <= r["two_sample_accuracy"] <= 1.0 and r["two_sample_folds"] == 2 and r["two_sample_crops"] == 24
+               for r in summary)
+    assert summary[0]["vesselness_ratio"] == summary[1]["vesselness_ratio"] > 0.1  # a random generator draws speckle
+    assert summary[2]["vesselness_ratio"] < 0.1  # the flat mean-lung fill has no tubes
     with open(folder / "per_image.csv", newline="") as f:
         per_image = list(csv.DictReader(f))
     assert len(per_image) == 2 * 3 * 2  # models x slices x regions
@@ -88,8 +96,27 @@ def test_evaluation_scores_models_and_the_mean_lung_baseline(
     written = nib.load(folder / per_image[-1]["generated"]).get_fdata()
     assert written.shape == (32, 32)
 
+    settings = json.loads((folder / "settings.json").read_text())
+    assert settings["realism"]["folds"] == 2 and settings["realism"]["vessel_sigmas_mm"] == [0.75, 1.5, 2.25, 3.0]
+    ratio = [np.mean([float(r[k]) for r in per_image if r["model"] == "ours" and r["region"] == "lung_only"])
+             for k in ("vesselness", "vesselness_real")]
+    assert summary[0]["vesselness_ratio"] == pytest.approx(ratio[0] / ratio[1], rel=1e-4)  # from the per-slice values
+
     with pytest.raises(InputError, match="overwrite"):
         evaluate_image_quality([model], dataset, out, fid_image_size=32, fid_epochs=1, fid_batch_size=2)
+    with pytest.raises(InputError, match="unknown key"):
+        evaluate_image_quality([model], dataset, tmp_path / "other", fid_image_size=32, fid_epochs=1,
+                               realism={"crop": 16})
+
+
+def test_generated_region_is_the_region_the_model_draws(dataset: Path) -> None:
+    label = nib.load(load_datalist(dataset, "test_synthesis")[0]["label"]).get_fdata().astype(np.uint8)
+    assert np.array_equal(generated_region(label, {}), label > 0)  # the mean-lung baseline and map-only models
+    assert np.array_equal(generated_region(label, {"condition": "map", "context_region": "lesion"}), label > 0)
+    lesion = {"condition": "map+context", "context_region": "lesion", "context_dilation": 4, "image_size": 64}
+    region = generated_region(label, lesion)  # 4 px at 64 px = 2 px at the slice's 32 px, as run_synthesis scales it
+    expected = synthesis_region(torch.from_numpy(label.astype(np.int64))[None], "lesion", 2)[0].numpy()
+    assert np.array_equal(region, expected) and region.sum() < (label > 0).sum() and (region >= (label >= 2)).all()
 
 
 def test_missing_checkpoint_is_one_clear_error(dataset: Path, tmp_path: Path, tiny_overrides: dict) -> None:

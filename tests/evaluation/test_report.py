@@ -13,6 +13,9 @@ from PIL import Image
 from covid_ct_cgan.evaluation import ablation, image_quality, segmentation
 from covid_ct_cgan.evaluation.report import run_report
 
+REALISM = {"kid": 0.0123, "kid_sd": 0.004, "vesselness_ratio": 0.62, "two_sample_accuracy": 0.71,
+           "two_sample_low": 0.6, "two_sample_high": 0.82, "two_sample_folds": 5, "two_sample_crops": 24,
+           "realism_region": "lung"}
 PROV = {"data": "data:test (6 slices, 2 patients)", "image_size": "32", "epochs": "global 1, local 1, joint 1",
         "seed": "0", "commit": "abc1234"}
 
@@ -33,7 +36,7 @@ def _image_quality(folder: Path, dataset: Path) -> list[str]:
         for region in ("complemented", "lung_only"):
             summary.append({"model": model, "region": region, "images": 3, "psnr": 25.0 + k, "psnr_sd": 1.0,
                             "ssim": 0.8, "ssim_sd": 0.01, "rmse": 0.1, "rmse_sd": 0.01, "rmse_hu": 75.0,
-                            "fid": 0.5 - 0.1 * k, **PROV, "checkpoint": "ckpt", "feature_net": "test features"})
+                            "fid": 0.5 - 0.1 * k, **REALISM, **PROV, "checkpoint": "ckpt", "feature_net": "test features"})
             for it in items:
                 rel = f"synthesis/{model}/images/{Path(it['image']).name}"
                 (folder / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -78,18 +81,24 @@ def test_report_has_every_table_csv_and_figure(dataset: Path, tmp_path: Path) ->
     folder = out / "report"
     assert path == folder / "report.md"
     assert {p.name for p in folder.iterdir()} == {
-        "report.md", "table_ii_image_quality.csv", "table_iii_replace.csv", "table_iv_add.csv", "table_v_ablation.csv",
+        "report.md", "table_ii_image_quality.csv", "table_realism.csv", "table_iii_replace.csv", "table_iv_add.csv", "table_v_ablation.csv",
         "image_quality.csv", "image_quality_per_image.csv", "segmentation_summary.csv", "ablation.csv",
         "dice_vs_ratio.png", "model_grid.png"}
     text = path.read_text()
-    for title in ("Table II", "Table III", "Table IV", "Table V"):
+    for title in ("Table II", "Realism: measures that see structure", "Table III", "Table IV", "Table V"):
         assert f"## {title}" in text
     assert "Not run" not in text
     for model in models:
         assert f"| {model} |" in text
     assert "| 10% | 81.00 ± 1.00 |" in text  # ratio row: mean ± fold half-width
     assert "[70.0, 90.0]" in text  # the patient bootstrap interval
-    assert text.count("commit: abc1234") == 4  # every table says where its numbers come from
+    assert text.count("commit: abc1234") == 5  # every table says where its numbers come from
+    # the realism table: KID ± its subset sd, the vesselness ratio and the two-sample accuracy with its interval
+    assert "| ours | lung | 0.500 | 0.0123 ± 0.0040 | 0.500 | 0.0123 ± 0.0040 | 0.62 | 0.71 [0.60, 0.82] | 5 | 24 |" in text
+    with open(folder / "table_realism.csv", newline="") as f:
+        realism = list(csv.DictReader(f))
+    assert [r["model"] for r in realism] == models
+    assert float(realism[2]["fid_complemented"]) == pytest.approx(0.3) and realism[0]["two_sample_high"] == "0.82"
     assert "epochs: global 1, local 1, joint 1" in text and "image size: 32" in text
     assert "| w/o DESUM (F1 + F2) |" in text and "| D = 1 |" in text
     assert "![Dice against the synthetic ratio](dice_vs_ratio.png)" in text

@@ -20,11 +20,21 @@ user's Inception-v3). PSNR and SSIM reward blur: a sharp, plausible lung can
 score below the mean-lung fill; FID and the segmentation experiments measure
 realism and usefulness.
 
+Realism measures that see structure (:mod:`.realism`, settings ``realism``):
+KID on the same features as the FID (each region), and, once per model inside
+its *generated region* (the lung; for ``map+context`` with ``context_region:
+lesion`` the dilated lesions, as :func:`~covid_ct_cgan.inference.run_synthesis`
+draws them), the vesselness ratio (mean Frangi response, generated / real on the
+same slices) and the classifier two-sample test (held-out accuracy of a CNN
+telling real from generated crops of the region; 0.5 = indistinguishable).
+The model-level values are repeated on both region rows.
+
 Outputs (``<output_dir>/image_quality/``, built under a temporary name and
 moved into place; replaced only with ``overwrite``)::
 
-    image_quality.csv     model x region: PSNR, SSIM, RMSE (model scale and HU), FID, provenance
-    per_image.csv         every slice, model and region
+    image_quality.csv     model x region: PSNR, SSIM, RMSE (model scale and HU), FID, KID; vesselness ratio,
+                          two-sample accuracy and its interval (per model); provenance
+    per_image.csv         every slice, model and region (with the slice's vesselness, generated and real)
     synthesis/<model>/    run_synthesis output of each model; mean_lung/images/ for the baseline
     settings.json         data, feature network, mean lung intensity, models and their checkpoints
 """
@@ -42,17 +52,26 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .. import intensity
 from ..errors import InputError, exit_on_input_error
 from ..fileio import staged_directory, write_json, write_text
+from ..logs import progress
 from ..inference import ModelGrid, SynthesisInput, load_input, write_like
 from ..labels import lung_region
+from ..transforms import synthesis_region
 from . import image_metrics
 from .fid_features import FeatureExtractor, fid, inception_extractor, mask_outside_lung, train_feature_network
 from .models import TrainedModel, synthesise, trained_model
 from .provenance import data_description, provenance
+from .realism import (
+    RealismSettings,
+    classifier_two_sample_test,
+    kid,
+    mean_vesselness,
+    paired_region_crops,
+    vesselness_ratio,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +81,12 @@ PER_IMAGE = "per_image.csv"
 MEAN_LUNG = "mean_lung"
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "model", "region", "images", "psnr", "psnr_sd", "ssim", "ssim_sd", "rmse", "rmse_sd", "rmse_hu", "fid",
-    "data", "image_size", "epochs", "seed", "commit", "checkpoint", "feature_net",
+    "kid", "kid_sd", "vesselness_ratio", "two_sample_accuracy", "two_sample_low", "two_sample_high",
+    "two_sample_folds", "two_sample_crops", "realism_region", "data", "image_size", "epochs", "seed", "commit", "checkpoint", "feature_net",
 )
 PER_IMAGE_COLUMNS: tuple[str, ...] = (
     "model", "region", "image", "label", "patient", "slice", "z", "generated", "psnr", "ssim", "rmse", "rmse_hu",
+    "vesselness", "vesselness_real",
 )
 
 
@@ -81,14 +102,18 @@ class _Slice:
     real: np.ndarray
     label: np.ndarray
     scale: str
+    pixel_mm: float = 1.0
 
 
 @dataclass
 class _Scores:
-    """One model's per-slice metrics and its composites' FID features."""
+    """One model's per-slice metrics, its composites' FID inputs and what the realism measures need."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     grids: dict[str, list[torch.Tensor]] = field(default_factory=lambda: {r: [] for r in image_metrics.REGIONS})
+    generated: list[np.ndarray] = field(default_factory=list)
+    regions: list[np.ndarray] = field(default_factory=list)
+    vesselness: list[tuple[float, float]] = field(default_factory=list)
 
 
 def load_datalist(
@@ -123,15 +148,16 @@ def load_datalist(
 
 
 def real_slices(items: Sequence[Mapping[str, Any]], window_level: float, window_width: float) -> list[_Slice]:
-    """Every lung slice of the datalist items, on the model scale [-1, 1]."""
+    """Every lung slice of the datalist items, on the model scale [-1, 1] (with the in-plane pixel size in mm)."""
     out = []
-    for it in tqdm(items, desc="reading real slices", unit="item", disable=None, leave=False):
+    for it in progress(items, desc="reading real slices", unit="slice", leave=False):
         loaded = load_input(SynthesisInput(Path(it["image"]).name, Path(it["image"]), Path(it["label"]), it.get("scale")))
+        pixel_mm = float(np.sqrt((np.asarray(loaded.geometry.affine)[:3, :2] ** 2).sum(axis=0)).mean())
         for z in loaded.lung_slices():
             out.append(_Slice(
                 str(it["image"]), str(it["label"]), str(it.get("patient", "")), str(it.get("slice", z)), z,
                 np.asarray(intensity.to_model(loaded.image[:, :, z], loaded.scale, window_level, window_width)),
-                loaded.label[:, :, z], loaded.scale,
+                loaded.label[:, :, z], loaded.scale, pixel_mm,
             ))
     return out
 
@@ -152,15 +178,78 @@ def _grid(image: np.ndarray, label: np.ndarray, size: int) -> torch.Tensor:
     return ModelGrid(size).to_grid(image, label)[0]
 
 
+def generated_region(label: np.ndarray, settings: Mapping[str, Any]) -> np.ndarray:
+    """The region a model draws in a label-map slice ``[x, y]``, as :func:`~covid_ct_cgan.inference.run_synthesis` does.
+
+    Args:
+        label: the label map (the slice's own resolution).
+        settings: the model's ``condition``, ``context_region``, ``context_dilation`` (model pixels) and
+            ``image_size``; the mean-lung baseline passes ``{}`` (the lung).
+
+    Returns:
+        Boolean mask: the lung, or for ``map+context`` with ``context_region: lesion`` the dilated lesions.
+    """
+    mode = settings.get("context_region", "lung") if settings.get("condition", "map") == "map+context" else "lung"
+    dilation = int(round(int(settings.get("context_dilation", 0)) * max(label.shape[:2]) / int(settings.get("image_size", 1))))
+    return synthesis_region(torch.from_numpy(np.asarray(label, dtype=np.int64))[None], mode, dilation)[0].numpy()
+
+
+def _region_description(settings: Mapping[str, Any]) -> str:
+    if settings.get("condition", "map") == "map+context" and settings.get("context_region", "lung") == "lesion":
+        return f"lesions dilated {int(settings.get('context_dilation', 0))} px at {settings.get('image_size')} px"
+    return "lung"
+
+
+class _Vesselness:
+    """Mean vesselness of generated slices and (cached) of the real ones, inside a region."""
+
+    def __init__(self, settings: RealismSettings) -> None:
+        self.settings = settings
+        self.cache: dict[tuple[str, int, bytes], float] = {}
+
+    def _mean(self, image: np.ndarray, region: np.ndarray, s: _Slice) -> float:
+        pixel_mm = s.pixel_mm if s.scale == "hu" else self.settings.picture_pixel_mm
+        return mean_vesselness(image, region, pixel_mm, self.settings.vessel_sigmas_mm, self.settings.vessel_gamma)
+
+    def __call__(self, generated: np.ndarray, region: np.ndarray, s: _Slice) -> tuple[float, float]:
+        """``(generated, real)`` mean vesselness of a slice inside ``region``."""
+        key = (s.image, s.z, np.packbits(region).tobytes())
+        if key not in self.cache:
+            self.cache[key] = self._mean(s.real, region, s)
+        return self._mean(generated, region, s), self.cache[key]
+
+
 def _score_slice(scores: _Scores, model: str, s: _Slice, generated: np.ndarray, generated_path: str,
-                 extractor: FeatureExtractor, window_width: float) -> None:
+                 extractor: FeatureExtractor, window_width: float, region: np.ndarray, vessel: _Vesselness) -> None:
     lung = lung_region(s.label)
     metrics = image_metrics.slice_metrics(generated, s.real, lung, window_width if s.scale == "hu" else None)
-    for region, values in metrics.items():
-        scores.rows.append({"model": model, "region": region, "image": s.image, "label": s.label_path,
-                            "patient": s.patient, "slice": s.slice, "z": s.z, "generated": generated_path, **values})
+    gen_vessel, real_vessel = vessel(generated, region, s)
+    for name, values in metrics.items():
+        scores.rows.append({"model": model, "region": name, "image": s.image, "label": s.label_path,
+                            "patient": s.patient, "slice": s.slice, "z": s.z, "generated": generated_path, **values,
+                            "vesselness": gen_vessel, "vesselness_real": real_vessel})
     scores.grids["complemented"].append(_grid(generated, s.label, extractor.image_size))
     scores.grids["lung_only"].append(_grid(mask_outside_lung(generated, s.label), s.label, extractor.image_size))
+    scores.generated.append(generated)
+    scores.regions.append(region)
+    scores.vesselness.append((gen_vessel, real_vessel))
+
+
+def _realism(scores: _Scores, slices: Sequence[_Slice], settings: RealismSettings, seed: int,
+             description: str) -> dict[str, Any]:
+    """The model-level realism values: vesselness ratio and the classifier two-sample test."""
+    gen_vessel, real_vessel = zip(*scores.vesselness) if scores.vesselness else ((), ())
+    out: dict[str, Any] = {"vesselness_ratio": vesselness_ratio(gen_vessel, real_vessel), "realism_region": description,
+                           "two_sample_accuracy": math.nan, "two_sample_low": math.nan, "two_sample_high": math.nan,
+                           "two_sample_folds": 0, "two_sample_crops": 0}
+    if settings.two_sample:
+        real, gen, groups = paired_region_crops([s.real for s in slices], scores.generated, scores.regions,
+                                                settings.crop_size, settings.crops_per_slice, seed)
+        test = classifier_two_sample_test(real, gen, groups, settings.folds, settings.iterations, settings.batch_size,
+                                          settings.learning_rate, seed)
+        out.update({"two_sample_accuracy": test.accuracy, "two_sample_low": test.low, "two_sample_high": test.high,
+                    "two_sample_folds": test.folds, "two_sample_crops": test.crops})
+    return out
 
 
 def _generated_slices(rows: list[dict[str, Any]], folder: Path, slices: list[_Slice]) -> dict[tuple[str, int], tuple[np.ndarray, str]]:
@@ -177,13 +266,16 @@ def _generated_slices(rows: list[dict[str, Any]], folder: Path, slices: list[_Sl
     return out
 
 
-def _summary_rows(name: str, scores: _Scores, real_grids: dict[str, list[torch.Tensor]], extractor: FeatureExtractor,
-                  prov: dict[str, str], checkpoint: str) -> list[dict[str, Any]]:
+def _summary_rows(name: str, scores: _Scores, real_features: dict[str, torch.Tensor], extractor: FeatureExtractor,
+                  prov: dict[str, str], checkpoint: str, realism: dict[str, Any], settings: RealismSettings,
+                  seed: int) -> list[dict[str, Any]]:
     out = []
     for region in image_metrics.REGIONS:
         rows = [r for r in scores.rows if r["region"] == region]
-        fid_value = fid(extractor(torch.stack(scores.grids[region])), extractor(torch.stack(real_grids[region])))
-        row: dict[str, Any] = {"model": name, "region": region, "images": len(rows), "fid": fid_value}
+        features = extractor(torch.stack(scores.grids[region]))
+        kid_mean, kid_sd = kid(features, real_features[region], settings.kid_subsets, settings.kid_subset_size, seed)
+        row: dict[str, Any] = {"model": name, "region": region, "images": len(rows),
+                               "fid": fid(features, real_features[region]), "kid": kid_mean, "kid_sd": kid_sd, **realism}
         for metric in ("psnr", "ssim", "rmse", "rmse_hu"):
             values = np.array([r[metric] for r in rows], dtype=np.float64)
             values = values[np.isfinite(values)]
@@ -222,6 +314,7 @@ def evaluate_image_quality(
     fid_batch_size: int = 8,
     fid_learning_rate: float = 1e-3,
     fid_cache_dir: str | Path | None = None,
+    realism: RealismSettings | Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
     """Score trained models on the test label maps (see the module docstring); the library form of ``run``.
@@ -244,13 +337,14 @@ def evaluate_image_quality(
         fid_batch_size: its batch size.
         fid_learning_rate: its learning rate.
         fid_cache_dir: where trained feature networks are cached; default ``<output_dir>/fid_features``.
-        device: where networks run.
+        realism: KID, vesselness and two-sample settings (:class:`~.realism.RealismSettings` or its keys).
+        device: where networks run (the two-sample classifier always runs on the CPU).
 
     Returns:
         The summary rows (``image_quality.csv``).
 
     Raises:
-        InputError: missing data or checkpoints, an existing output without ``overwrite``.
+        InputError: missing data or checkpoints, an existing output without ``overwrite``, bad ``realism`` keys.
     """
     datalist = Path(datalist)
     output_dir = Path(output_dir)
@@ -262,6 +356,7 @@ def evaluate_image_quality(
         raise InputError(f"model names must be unique, got {names}")
     if not models and not mean_lung_baseline:
         raise InputError("no model to evaluate")
+    realism_settings = RealismSettings.from_config(realism)
     test_items = load_datalist(datalist, test_key)
     train_items = load_datalist(datalist, train_key)
     level, width = (models[0].settings["window_level"], models[0].settings["window_width"]) if models else (-600.0, 1500.0)
@@ -271,15 +366,19 @@ def evaluate_image_quality(
             train_items, fid_cache_dir or output_dir / "fid_features", fid_network, fid_image_size, fid_epochs,
             fid_batch_size, fid_learning_rate, seed, level, width, device,
         )
-    real_grids = {
-        "complemented": [_grid(s.real, s.label, feature_extractor.image_size) for s in slices],
-        "lung_only": [_grid(mask_outside_lung(s.real, s.label), s.label, feature_extractor.image_size) for s in slices],
+    real_features = {
+        "complemented": feature_extractor(torch.stack([_grid(s.real, s.label, feature_extractor.image_size)
+                                                       for s in slices])),
+        "lung_only": feature_extractor(torch.stack([_grid(mask_outside_lung(s.real, s.label), s.label,
+                                                          feature_extractor.image_size) for s in slices])),
     }
+    vessel = _Vesselness(realism_settings)
     data = data_description(datalist.parent, test_key, test_items)
     summary: list[dict[str, Any]] = []
     per_image: list[dict[str, Any]] = []
     settings: dict[str, Any] = {"datalist": str(datalist), "test_key": test_key, "train_key": train_key,
-                                "feature_net": feature_extractor.description, "models": {}}
+                                "feature_net": feature_extractor.description, "realism": realism_settings.as_dict(),
+                                "models": {}}
     with staged_directory(target, overwrite=overwrite) as stage:
         for model in models:
             logger.info(f"image quality: model {model.name}")
@@ -292,9 +391,12 @@ def evaluate_image_quality(
                     raise InputError(f"synthesis of model {model.name!r} produced no slice for {s.image} (z {s.z})")
                 image, rel = generated[(s.image, s.z)]
                 gen = np.asarray(intensity.to_model(image, s.scale, level, width))
-                _score_slice(scores, model.name, s, gen, str(Path("synthesis") / rel), feature_extractor, width)
+                _score_slice(scores, model.name, s, gen, str(Path("synthesis") / rel), feature_extractor, width,
+                             generated_region(s.label, model.settings), vessel)
             prov = provenance(data, model.settings["image_size"], model.epochs, model.seed)
-            summary += _summary_rows(model.name, scores, real_grids, feature_extractor, prov, str(model.checkpoint))
+            values = _realism(scores, slices, realism_settings, seed, _region_description(model.settings))
+            summary += _summary_rows(model.name, scores, real_features, feature_extractor, prov, str(model.checkpoint),
+                                     values, realism_settings, seed)
             per_image += scores.rows
             settings["models"][model.name] = {"checkpoint": str(model.checkpoint), "configs": model.configs,
                                               "epochs": model.epochs, **model.settings}
@@ -309,12 +411,17 @@ def evaluate_image_quality(
                 name = Path(it["image"]).name.split(".")[0]
                 rel = Path("synthesis") / MEAN_LUNG / "images" / f"{name}_v0.nii.gz"
                 for s in (s for s in slices if s.image == str(it["image"])):
-                    gen = np.where(lung_region(s.label), np.float32(fill), s.real).astype(np.float32)
+                    lung = lung_region(s.label)
+                    gen = np.where(lung, np.float32(fill), s.real).astype(np.float32)
                     composite[:, :, s.z] = intensity.from_model(gen, s.scale, level, width)
-                    _score_slice(scores, MEAN_LUNG, s, gen, str(rel), feature_extractor, width)
+                    _score_slice(scores, MEAN_LUNG, s, gen, str(rel), feature_extractor, width, lung, vessel)
                 write_like(composite, loaded.geometry, stage / rel)
             prov = provenance(data, "slice size", "none (training-set mean)", seed)
-            summary += _summary_rows(MEAN_LUNG, scores, real_grids, feature_extractor, prov, "")
+            # the baseline's slices were scored item by item: pair them with the real slices in that order
+            order = [s for it in test_items for s in slices if s.image == str(it["image"])]
+            values = _realism(scores, order, realism_settings, seed, "lung")
+            summary += _summary_rows(MEAN_LUNG, scores, real_features, feature_extractor, prov, "", values,
+                                     realism_settings, seed)
             per_image += scores.rows
         write_text(csv_text(summary, SUMMARY_COLUMNS), stage / SUMMARY)
         write_text(csv_text(per_image, PER_IMAGE_COLUMNS), stage / PER_IMAGE)
