@@ -309,6 +309,5 @@ def common_verdict(done: Applied, outcome: str, err: BaseException | None, read:
 
 
 def names_damaged(text: str, damaged: list[Path]) -> bool:
-    """``text`` names one of the damaged files (or, for a DICOM slice, its series folder)."""
-    named = [c for p in damaged for c in ([p, p.parent] if p.suffix == ".dcm" else [p])]
-    return any(mentions(text, c) for c in named)
+    """``text`` names one of the damaged files itself (for a DICOM slice: the file, not merely its series folder)."""
+    return any(mentions(text, p) for p in damaged)

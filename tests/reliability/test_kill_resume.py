@@ -1,20 +1,30 @@
-"""Kill and resume: SIGKILL a training stage at random points, resume, compare with an uninterrupted run.
+"""Kill and resume: SIGKILL a training stage at random and at chosen points, resume, compare with an uninterrupted run.
 
 A tiny ``train_local`` stage of ``train.yaml`` (32-px images, 8-channel networks,
-3 iterations an epoch, 4 epochs, a mid-epoch checkpoint every 2 iterations) runs
+3 iterations an epoch, 3 epochs, a mid-epoch checkpoint every 2 iterations) runs
 in child processes forked from a server that has already imported torch and
 MONAI (``multiprocessing`` "forkserver"), so a start costs seconds, not the
-imports; a child runs ``monai.bundle.run("train_local", ...)`` as the command
-line does. The parent kills it with SIGKILL (no clean-up handler runs).
+imports; a child runs ``run_bundle("train_local", ...)`` (``monai.bundle.run`` with the
+command recorded) as the command line does and dies by SIGKILL (no clean-up handler runs):
 
-Checked after every kill: every checkpoint is readable with
-``weights_only=True`` and holds the full state (none is cut short: they are
-written atomically); the newest readable checkpoint is at least at the last
-epoch the run reported saved (no completed epoch is lost). Checked at the end:
-the killed-and-resumed run ends at the same iteration as an uninterrupted one,
-with the same optimizer step counts, learning-rate schedule and finite weights;
-and resuming is deterministic: two resumes from the same checkpoint end with
-bit-identical weights.
+- at random points: when a randomly drawn iteration starts, a timer thread of the
+  child sends SIGKILL after a random delay (up to an iteration's time), so the
+  kill lands wherever the process is then (a training step, the epoch-end
+  validation, a checkpoint write); :data:`KILLS` such kills in a row, each
+  resumed;
+- in the middle of writing a checkpoint;
+- during an epoch-end validation (after the LR step, before the epoch checkpoint);
+- exactly at an epoch end, just after the epoch checkpoint is in place.
+
+Checked after every kill: every checkpoint is readable with ``weights_only=True``,
+holds the full state (none is cut short: they are written atomically) and a
+consistent schedule (each LR scheduler has stepped once per completed epoch, and
+its optimizer trains at the scheduler's rate); the newest readable checkpoint is
+at least at the last epoch the run reported saved (no completed epoch is lost).
+Checked at the end: the killed-and-resumed run ends at the same iteration as an
+uninterrupted one, with the same optimizer step counts, learning-rate schedule
+and finite weights; and resuming is deterministic: two resumes from the same
+checkpoint end with bit-identical weights.
 
 Not checked, because it does not hold (docs, "Reliability"): bit-equality of the
 final weights with the uninterrupted run. Checkpoints do not hold the random
@@ -34,7 +44,7 @@ import re
 import shutil
 import signal
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -50,9 +60,8 @@ TINY = {
     "phantom_size": 64, "amp": False, "checkpoint_every": 2, "keep_checkpoints": 2, "seed": 0,
 }
 SCHEMA = ("generator", "discriminator", "dfm", "g_optimizer", "d_optimizer", "g_lr_scheduler", "d_lr_scheduler", "trainer")
-KILLS = 3
+KILLS = 3  # random kills in a row (docs, "Reliability")
 CHILD_TIMEOUT = 120
-TRAINING_STARTED = re.compile(r"ConditionalGanTrainer - INFO - Engine run (resuming|starting)")
 SAVED_EPOCH = re.compile(r"Saved checkpoint at epoch: (\d+)")
 RESUMED_FROM = re.compile(r"resumed from \S*checkpoint_(epoch|iteration)=(\d+)\.pt")
 PRELOAD = ["torch", "monai", "monai.bundle", "ignite.engine", "covid_ct_cgan.engines.handlers",
@@ -100,12 +109,42 @@ def _kill_in_validation(epoch: int) -> None:
     ValidationHandler.__call__ = call
 
 
+def _kill_after_epoch_checkpoint(epoch: int) -> None:
+    """SIGKILL the process as soon as ``checkpoint_epoch=<epoch>.pt`` is in place (renamed, older files removed)."""
+    from covid_ct_cgan.engines.handlers import _RemoveAfterSave
+
+    real_call = _RemoveAfterSave.__call__
+
+    def call(self, checkpoint, filename, metadata=None):  # noqa: ANN001
+        real_call(self, checkpoint, filename, metadata)
+        if filename == f"checkpoint_epoch={epoch}.pt":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    _RemoveAfterSave.__call__ = call
+
+
+def _kill_after_delay(iteration: int, delay: float) -> None:
+    """When ``iteration`` starts, start a timer thread that SIGKILLs the process ``delay`` seconds later."""
+    from covid_ct_cgan.engines import ConditionalGanTrainer
+
+    real_iteration = ConditionalGanTrainer._iteration
+
+    def _iteration(self, engine, batchdata):  # noqa: ANN001
+        if engine.state.iteration == iteration:
+            threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        return real_iteration(self, engine, batchdata)
+
+    ConditionalGanTrainer._iteration = _iteration
+
+
 def _train_child(overrides: dict, log_path: str, kill: tuple | None = None) -> None:
-    """Body of a child: ``monai.bundle.run("train_local", ...)``, output appended to ``log_path``.
+    """Body of a child: ``run_bundle("train_local", ...)``, output appended to ``log_path``.
 
     Args:
         kill: ``("in_save", n)`` dies inside the n-th checkpoint write;
-            ``("in_validation", epoch)`` when that epoch's validation starts.
+            ``("in_validation", epoch)`` when that epoch's validation starts;
+            ``("after_epoch_checkpoint", epoch)`` just after that epoch's checkpoint is written;
+            ``("timer", iteration, seconds)`` that many seconds after ``iteration`` starts.
     """
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
@@ -114,13 +153,13 @@ def _train_child(overrides: dict, log_path: str, kill: tuple | None = None) -> N
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     os.chdir(REPO_ROOT)
     torch.set_num_threads(1)
-    if kill is not None and kill[0] == "in_save":
-        _kill_inside_torch_save(kill[1])
-    elif kill is not None:
-        _kill_in_validation(kill[1])
-    from monai.bundle import run
+    if kill is not None:
+        arm = {"in_save": _kill_inside_torch_save, "in_validation": _kill_in_validation,
+               "after_epoch_checkpoint": _kill_after_epoch_checkpoint, "timer": _kill_after_delay}[kill[0]]
+        arm(*kill[1:])
+    from covid_ct_cgan.settings import run_bundle
 
-    run("train_local", config_file=TRAIN_YAML, **overrides)
+    run_bundle("train_local", config_file=TRAIN_YAML, **overrides)
 
 
 # --------------------------------------------------------------------------- the parent's side
@@ -159,22 +198,6 @@ class Runner:
         proc.join(CHILD_TIMEOUT)
         assert proc.exitcode == -signal.SIGKILL, f"the child did not die as planned ({proc.exitcode})"
 
-    def kill_during_training(self, delay: float) -> bool:
-        """Start a child, wait for training to start, SIGKILL it ``delay`` s later. False if it ended first."""
-        offset = len(self.log_text())
-        proc = self.start()
-        deadline = time.time() + CHILD_TIMEOUT
-        while proc.is_alive() and not TRAINING_STARTED.search(self.log_text()[offset:]):
-            assert time.time() < deadline, "training did not start"
-            time.sleep(0.02)
-        time.sleep(delay)
-        alive = proc.is_alive()
-        if alive:
-            proc.kill()  # SIGKILL
-        proc.join(30)
-        assert proc.exitcode == (-signal.SIGKILL if alive else 0), self.log_text()[offset:][-3000:]
-        return alive
-
 
 def _seconds(stamp: str) -> float:
     h, m, rest = stamp.split(":")
@@ -199,12 +222,30 @@ def audit(stage_dir: Path) -> dict:
     return {"files": files, "good": good, "bad": bad}
 
 
+def check_schedule(path: Path, ckpt: dict, epoch_length: int) -> None:
+    """Each LR scheduler of a checkpoint stepped once per completed epoch; each optimizer trains at its rate."""
+    epochs_done = ckpt["trainer"]["iteration"] // epoch_length
+    schedulers = [k for k in ckpt if k.endswith("_lr_scheduler")]
+    assert schedulers, f"{path.name} holds no LR scheduler"
+    for key in schedulers:
+        assert ckpt[key]["last_epoch"] == epochs_done, (
+            f"{path.name}: {key} stepped {ckpt[key]['last_epoch']} times after {epochs_done} completed epoch(s)"
+        )
+        optimizer = key.replace("_lr_scheduler", "_optimizer")
+        if optimizer in ckpt:
+            rates = [group["lr"] for group in ckpt[optimizer]["param_groups"]]
+            assert rates == ckpt[key]["_last_lr"], f"{path.name}: {optimizer} at {rates}, {key} at {ckpt[key]['_last_lr']}"
+
+
 def check_after_kill(runner: Runner, epoch_length: int) -> dict:
     """The rules after a kill; returns the audit and the iteration a resume starts from."""
     from covid_ct_cgan.engines.stages import load_latest_checkpoint
 
     state = audit(runner.stage_dir)
     assert state["bad"] == [], f"unreadable or incomplete checkpoint(s) after a kill: {state['bad']}"
+    for path in state["good"]:
+        if path.name != "best_generator.pt":
+            check_schedule(path, load(path), epoch_length)
     saved_epochs = [int(n) for n in SAVED_EPOCH.findall(runner.log_text())]
     found = load_latest_checkpoint(runner.stage_dir, required=SCHEMA)
     if found is None:
@@ -218,6 +259,26 @@ def check_after_kill(runner: Runner, epoch_length: int) -> dict:
     return {**state, "iteration": iteration}
 
 
+def check_end_like_reference(runner: Runner, reference: dict) -> dict:
+    """The resumed run's final checkpoint: same iteration, optimizer steps and schedule as the uninterrupted run."""
+    ref, got = reference["state"], final_state(runner.stage_dir)
+    total = EPOCHS * reference["epoch_length"]
+    assert got["trainer"]["iteration"] == ref["trainer"]["iteration"] == total  # the end of epoch EPOCHS
+    assert adam_steps(got["g_optimizer"]) == adam_steps(ref["g_optimizer"]) == {total}
+    assert adam_steps(got["d_optimizer"]) == adam_steps(ref["d_optimizer"]) == {total}
+    for key in (k for k in ref if k.endswith("_lr_scheduler")):
+        assert got[key]["last_epoch"] == ref[key]["last_epoch"] == EPOCHS, key
+        assert got[key]["_last_lr"] == ref[key]["_last_lr"], key
+    for key in (k for k in ref if k.endswith("_optimizer")):
+        assert [g["lr"] for g in got[key]["param_groups"]] == [g["lr"] for g in ref[key]["param_groups"]], key
+    with open(runner.stage_dir / "validation.csv", newline="") as handle:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
+    assert epochs == list(range(1, EPOCHS + 1)), f"validated epochs {epochs}"
+    assert set(got["generator"]) == set(ref["generator"])
+    assert all(torch.isfinite(v).all() for v in got["generator"].values())
+    return got
+
+
 def final_state(stage_dir: Path) -> dict:
     from covid_ct_cgan.engines.stages import load_latest_checkpoint
 
@@ -228,11 +289,6 @@ def final_state(stage_dir: Path) -> dict:
 
 def adam_steps(optimizer_state: dict) -> set[int]:
     return {int(s["step"]) for s in optimizer_state["state"].values()}
-
-
-def resumed_at_epoch_end(log: str, epoch_length: int) -> bool:
-    """A resume started from a mid-epoch checkpoint saved at an epoch's last iteration (see the xfail test)."""
-    return any(kind == "iteration" and int(n) % epoch_length == 0 for kind, n in RESUMED_FROM.findall(log))
 
 
 @pytest.fixture(scope="module")
@@ -267,36 +323,32 @@ def reference(forkserver, work_dir: Path) -> dict:
 def test_random_kills_lose_no_epoch_and_end_like_an_uninterrupted_run(
     forkserver, work_dir: Path, reference: dict, capsys: pytest.CaptureFixture
 ) -> None:
+    """:data:`KILLS` kills at random points in a row, each resumed; every one lands before the stage ends."""
     runner = Runner(forkserver, work_dir, "killed")
     rng = random.Random(2024)
     length = reference["epoch_length"]
     total = EPOCHS * length
-    kills, attempts, resume_points = 0, 0, []
-    while kills < KILLS and attempts < 2 * KILLS:
-        attempts += 1
+    per_iteration = reference["seconds"] / total
+    kill_points, resume_points = [], []
+    for _ in range(KILLS):
         done = resume_points[-1] if resume_points else 0
-        remaining = reference["seconds"] * (1 - done / total)
-        if not runner.kill_during_training(rng.uniform(0.05, 0.7) * max(remaining, 0.5)):
-            break  # the stage finished before the kill: nothing left to interrupt
-        kills += 1
+        # spread the kills (leave iterations for the later ones); start the last timer 2 iterations before the
+        # end and wait at most one iteration's share of the reference run (epoch ends included), so it lands
+        left = KILLS - len(kill_points)
+        iteration = rng.randint(done + 1, max(done + 1, done + -(-(total - 2 - done) // left)))
+        delay = rng.uniform(0.0, 1.0) * per_iteration
+        runner.run_and_die(("timer", iteration, delay))
+        kill_points.append(f"{iteration}+{delay * 1000:.0f}ms")
         resume_points.append(check_after_kill(runner, length)["iteration"])
-    assert kills >= 2, f"only {kills} kill(s) landed during training"
     runner.run_to_end()
     assert audit(runner.stage_dir)["bad"] == []
-    ref, got = reference["state"], final_state(runner.stage_dir)
-    assert got["trainer"]["iteration"] == ref["trainer"]["iteration"] == total  # the end of epoch EPOCHS
-    assert adam_steps(got["g_optimizer"]) == adam_steps(ref["g_optimizer"]) == {total}
-    assert adam_steps(got["d_optimizer"]) == adam_steps(ref["d_optimizer"]) == {total}
-    assert set(got["generator"]) == set(ref["generator"])
-    assert all(torch.isfinite(v).all() for v in got["generator"].values())
-    schedule_kept = got["g_lr_scheduler"]["last_epoch"] == ref["g_lr_scheduler"]["last_epoch"] == EPOCHS
-    if not resumed_at_epoch_end(runner.log_text(), length):  # else: the known issue of the xfail test below
-        assert schedule_kept
-        assert got["g_optimizer"]["param_groups"][0]["lr"] == ref["g_optimizer"]["param_groups"][0]["lr"]
+    got = check_end_like_reference(runner, reference)
+    ref = reference["state"]
     differ = max(float((got["generator"][k].float() - ref["generator"][k].float()).abs().max()) for k in ref["generator"])
     with capsys.disabled():
-        print(f"\nkill/resume: {kills} kills survived in {attempts} starts, resume points {resume_points} of {total} "
-              f"iterations, LR schedule kept: {schedule_kept}, max |weight difference| vs uninterrupted {differ:.3g}")
+        print(f"\nkill/resume: {KILLS} random kills landed (iteration started + delay: {kill_points}), resume points "
+              f"{resume_points} of {total} iterations, LR schedule kept, max |weight difference| vs uninterrupted "
+              f"{differ:.3g}")
 
 
 def test_kill_inside_a_checkpoint_write_leaves_no_corrupt_file_and_resumes_deterministically(
@@ -315,21 +367,34 @@ def test_kill_inside_a_checkpoint_write_leaves_no_corrupt_file_and_resumes_deter
     shutil.copy(first.log, second.log)
     first.run_to_end()
     second.run_to_end()
-    a, b = final_state(first.stage_dir), final_state(second.stage_dir)
-    assert a["trainer"]["iteration"] == b["trainer"]["iteration"] == reference["state"]["trainer"]["iteration"]
-    assert adam_steps(a["g_optimizer"]) == {EPOCHS * reference["epoch_length"]}
+    a, b = check_end_like_reference(first, reference), check_end_like_reference(second, reference)
     for key in a["generator"]:
         assert torch.equal(a["generator"][key], b["generator"][key]), key
 
 
 def test_kill_in_epoch_end_validation_keeps_the_schedule(forkserver, work_dir: Path, reference: dict) -> None:
+    """Killed after epoch 2's LR step, before its checkpoint: the resume repeats the rest of epoch 2 and its step.
+
+    The mid-epoch saver does not write at an epoch's last iteration (iteration 6 here, a multiple of
+    ``checkpoint_every``): such a checkpoint, written before the epoch-end LR step, would resume at the
+    next epoch with one scheduler step lost.
+    """
     runner = Runner(forkserver, work_dir, "epoch_end")
-    runner.run_and_die(("in_validation", 2))  # checkpoint_iteration=6.pt (the end of epoch 2) is on disk
-    check_after_kill(runner, reference["epoch_length"])
+    runner.run_and_die(("in_validation", 2))
+    length = reference["epoch_length"]
+    assert not (runner.stage_dir / f"checkpoint_iteration={2 * length}.pt").exists()
+    assert check_after_kill(runner, length)["iteration"] < 2 * length  # epoch 2 is redone
     runner.run_to_end()
-    got = final_state(runner.stage_dir)
-    assert got["trainer"]["iteration"] == reference["state"]["trainer"]["iteration"]
-    with open(runner.stage_dir / "validation.csv", newline="") as handle:
-        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
-    assert epochs == list(range(1, EPOCHS + 1))
-    assert got["g_lr_scheduler"]["last_epoch"] == reference["state"]["g_lr_scheduler"]["last_epoch"] == EPOCHS
+    check_end_like_reference(runner, reference)
+
+
+def test_kill_just_after_an_epoch_checkpoint_keeps_the_schedule(forkserver, work_dir: Path, reference: dict) -> None:
+    """Killed exactly at an epoch end, once its checkpoint is in place: the resume neither loses nor repeats a step."""
+    epoch = 2  # a mid-epoch checkpoint of this epoch (iteration 4) is on disk too, older
+    runner = Runner(forkserver, work_dir, "after_epoch")
+    runner.run_and_die(("after_epoch_checkpoint", epoch))
+    length = reference["epoch_length"]
+    assert check_after_kill(runner, length)["iteration"] == epoch * length
+    runner.run_to_end()
+    assert RESUMED_FROM.findall(runner.log_text()) == [("epoch", str(epoch))]
+    check_end_like_reference(runner, reference)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -81,18 +82,45 @@ def test_read_only_location_is_refused_by_every_writer(tmp_path: Path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the EROFS case above covers it")
-def test_folder_without_write_permission_is_refused(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
+def _refuses_locked_folder(locked: Path) -> None:
+    with pytest.raises(InputError, match="Permission denied"):
+        check_writable(locked)
+    with pytest.raises(InputError, match="Permission denied"):
+        write_json({}, locked / "a.json")
+
+
+def test_folder_without_write_permission_is_refused() -> None:
+    """A folder the user may not write to is refused; as root (who may write anywhere) the check runs as ``nobody``."""
+    base = Path(tempfile.mkdtemp())
+    locked = base / "locked"
     locked.mkdir()
+    base.chmod(0o755)  # reachable by the unprivileged user
     locked.chmod(0o555)
+    report = base / "child_error.txt"  # written by the unprivileged child when its check fails
+    report.write_text("")
+    report.chmod(0o666)
     try:
-        with pytest.raises(InputError, match="Permission denied"):
-            check_writable(locked)
-        with pytest.raises(InputError, match="Permission denied"):
-            write_json({}, locked / "a.json")
+        if os.geteuid() != 0:
+            _refuses_locked_folder(locked)
+            return
+        pid = os.fork()
+        if pid == 0:  # the child drops root, runs the check and reports by its exit status
+            status = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                _refuses_locked_folder(locked)
+                status = 0
+            except BaseException as err:  # noqa: BLE001 - reported to the parent
+                report.write_text(repr(err))
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, f"as nobody: {report.read_text()}"
+        assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o755)
+        shutil.rmtree(base)
 
 
 def test_check_writable_space_and_obstacles(tmp_path: Path) -> None:

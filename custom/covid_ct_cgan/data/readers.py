@@ -31,7 +31,8 @@ Layouts (:func:`detect_layout` names them):
 ``dicom``
     One or more series folders ``<dataset_dir>/<series>/`` of DICOM files
     (read through ITK, so HU via RescaleSlope/Intercept and the geometry of
-    ImagePositionPatient/PixelSpacing). The lesion mask of a series is the
+    ImagePositionPatient/PixelSpacing; a damaged file of a series is an error
+    naming it, where ITK alone would skip it). The lesion mask of a series is the
     NIfTI ``<dataset_dir>/<series>_lesion.nii.gz`` next to the folder, on
     the series' voxel grid; an optional lung mask is
     ``<dataset_dir>/<series>_lung.nii.gz``. Patient id = series folder name.
@@ -371,9 +372,15 @@ def load_image(path: str | Path, is_mask: bool = False) -> tuple[np.ndarray, np.
         ``(array [x, y, z] float32, affine 4x4, scale)``; 2D files get ``z = 1``.
         Volumes are reoriented to LPS axis codes.
 
+    A damaged file is an error naming it, never read another way or skipped:
+    NIfTI is read by ``NibabelReader`` alone (MONAI's fallback to ITK would read
+    a cut-short ``.nii.gz`` as garbage); a DICOM series must give one slice per
+    file (ITK leaves out files it cannot read), else the error names the first
+    damaged file; NaN/inf values are refused before any conversion.
+
     Raises:
-        InputError: unreadable or corrupt file, unsupported shape, non-finite
-            values, a picture that is not 8-bit.
+        InputError: unreadable or corrupt file (for a DICOM series: the damaged
+            file), unsupported shape, non-finite values, a picture that is not 8-bit.
     """
     from monai.data import ITKReader, NibabelReader, PILReader
     from monai.transforms import LoadImage  # imported on first read: MONAI takes seconds to import
@@ -386,8 +393,9 @@ def load_image(path: str | Path, is_mask: bool = False) -> tuple[np.ndarray, np.
     try:
         data = LoadImage(image_only=True, dtype=np.float32)(str(path), reader=reader)
     except Exception as err:  # any reader failure is a bad file for the user
-        detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot read this file ({detail[:200]})", path) from None
+        if path.is_dir():  # name the damaged file of the series, not only its folder
+            _check_dicom_files(path, _dicom_files(path), f"ITK cannot read the series: {_one_line(err, 120)}")
+        raise InputError(f"cannot read this file ({_one_line(err)})", path) from None
     array = np.asarray(data)
     if path.is_dir():
         _check_series_complete(path, array)
@@ -414,22 +422,64 @@ def load_image(path: str | Path, is_mask: bool = False) -> tuple[np.ndarray, np.
     return array.astype(np.float32, copy=False), affine, scale
 
 
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line (a reader's message may span several), at most ``limit`` characters."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    """The DICOM files of a series folder (hidden files left out), sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and _is_dicom_file(p))
+
+
+def _check_dicom_files(folder: Path, files: list[Path], context: str) -> None:
+    """Raise an error naming the first damaged DICOM file of a series, if any.
+
+    A file is damaged when pydicom cannot parse it, it holds no pixel data, or
+    its uncompressed pixel data cannot be decoded (cut short). Compressed pixel
+    data is not decoded here (pydicom may lack the codec that ITK has).
+
+    Args:
+        folder: the series folder.
+        files: its DICOM files.
+        context: what went wrong with the series as a whole (added to the message).
+
+    Raises:
+        InputError: naming the first damaged file (the others by name).
+    """
+    import pydicom
+
+    bad: list[tuple[Path, str]] = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f)
+            if "PixelData" not in ds:
+                raise ValueError("no pixel data")
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            if syntax is None or not syntax.is_compressed:
+                ds.pixel_array  # noqa: B018 - decoding is the check
+        except Exception as err:  # noqa: BLE001 - any failure: this file is not a readable image
+            bad.append((f, _one_line(err, 120)))
+    if bad:
+        others = f"; also damaged: {', '.join(f.name for f, _ in bad[1:6])}" if len(bad) > 1 else ""
+        raise InputError(
+            f"damaged DICOM file of the series {folder.name} ({bad[0][1]}; {context}){others}", bad[0][0]
+        )
+
+
 def _check_series_complete(folder: Path, array: np.ndarray) -> None:
     """ITK skips unreadable files and files of other series: every DICOM file must have become a slice."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and _is_dicom_file(p))
+    files = _dicom_files(folder)
     slices = array.shape[2] if array.ndim >= 3 else 1
     if len(files) <= slices:  # (a multi-frame file holds several slices)
         return
-    import pydicom
-
-    bad = []
-    for f in files:
-        try:
-            pydicom.dcmread(f).pixel_array
-        except Exception:  # noqa: BLE001 - any failure: this file is not a readable image
-            bad.append(f.name)
-    why = f"unreadable: {', '.join(bad[:5])}" if bad else "the folder holds several series or sizes; keep one series per folder"
-    raise InputError(f"DICOM series of {len(files)} files gave {slices} slices ({why})", folder)
+    _check_dicom_files(folder, files, f"ITK read {slices} slice(s) from the series' {len(files)} files")
+    raise InputError(
+        f"DICOM series of {len(files)} files gave {slices} slices (the folder holds several series or sizes; "
+        "keep one series per folder)",
+        folder,
+    )
 
 
 def _reorient(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

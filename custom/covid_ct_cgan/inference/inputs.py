@@ -259,7 +259,7 @@ def _nifti_geometry(path: Path) -> Geometry:
     try:
         img = nib.load(str(path))
     except Exception as err:  # noqa: BLE001 - load_image already read it; this is a safety net
-        raise InputError(f"cannot read this NIfTI header ({err})", path) from None
+        raise InputError(f"cannot read this NIfTI header ({' '.join(str(err).split())[:200]})", path) from None
     header = img.header.copy()
     slope, inter = header.get_slope_inter()
     scaled = (slope not in (None, 1.0) and not np.isnan(slope)) or (inter not in (None, 0.0) and not np.isnan(inter))
