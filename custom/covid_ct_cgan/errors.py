@@ -5,17 +5,29 @@ user) with a message that names the file. Entry points that the bundle
 configs call are wrapped in :func:`exit_on_input_error`, which turns the
 error into a single ``ERROR: ...`` line on stderr and exit status 2, instead
 of a traceback from deep inside a library.
+
+The same decorator turns Ctrl-C (``KeyboardInterrupt``) into one
+``INTERRUPTED: ...`` line saying where the run stopped and the command that
+resumes it, and exit status 130 (128 + SIGINT, as a shell reports it). Code
+that knows more about where it is (the training stage, its epoch) wraps the
+interruptible work in :class:`interrupt_note`.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+INTERRUPTED_STATUS = 130
+_WHERE = "_covid_ct_cgan_where"  # attribute of the KeyboardInterrupt: where the run stopped
 
 
 class InputError(ValueError):
@@ -26,15 +38,95 @@ class InputError(ValueError):
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 
+class interrupt_note:  # noqa: N801 - used like contextlib's lower-case context managers
+    """While active, a Ctrl-C reports ``describe()`` as where the run stopped (the innermost note wins).
+
+    Args:
+        describe: called when the interrupt passes through, e.g.
+            ``lambda: f"in stage 'global' at epoch {trainer.state.epoch}"``.
+    """
+
+    def __init__(self, describe: Callable[[], str]) -> None:
+        self.describe = describe
+
+    def __enter__(self) -> interrupt_note:
+        from .logs import quiet_interrupts  # the loggers of the handlers built for this work exist by now
+
+        quiet_interrupts()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(exc, KeyboardInterrupt) and not hasattr(exc, _WHERE):
+            try:
+                setattr(exc, _WHERE, self.describe())
+            except Exception:  # noqa: BLE001 - a failing description must not hide the interrupt
+                pass
+
+
+def _quote(arg: str) -> str:
+    """Shell quoting that keeps a list argument readable: ``"['a.yaml','b.yaml']"``."""
+    quoted = shlex.quote(arg)
+    if quoted != arg and not any(c in arg for c in '"$`\\!'):
+        return f'"{arg}"'
+    return quoted
+
+
+def resume_command(argv: Sequence[str] | None = None) -> str:
+    """The command line that runs this process again, with ``--resume True`` if it set ``resume``.
+
+    ``python -m monai.bundle ...`` is written as such (``sys.argv[0]`` is then the
+    module's ``__main__.py``), and under ``torchrun`` the ``torchrun`` command
+    with the same number of processes is given.
+
+    Args:
+        argv: the arguments (default: ``sys.argv``).
+
+    Returns:
+        A shell-quoted command line.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    program = Path(argv[0]) if argv else Path("python")
+    args = argv[1:]
+    for i, arg in enumerate(args):
+        if arg == "--resume" and i + 1 < len(args):
+            args[i + 1] = "True"
+        elif arg.startswith("--resume="):
+            args[i] = "--resume=True"
+    if program.name == "__main__.py":
+        parts = program.parent.parts
+        module = ".".join(parts[parts.index("site-packages") + 1:]) if "site-packages" in parts else program.parent.name
+        head = ["-m", module]
+    else:
+        head = [str(program)]
+    if os.environ.get("TORCHELASTIC_RUN_ID") and os.environ.get("LOCAL_WORLD_SIZE"):
+        launcher = ["torchrun", f"--nproc_per_node={os.environ['LOCAL_WORLD_SIZE']}"]
+        return " ".join(_quote(a) for a in launcher + head + args)
+    return " ".join(_quote(a) for a in ["python"] + head + args)
+
+
+def _is_secondary_rank() -> bool:
+    rank = os.environ.get("RANK")
+    return rank is not None and rank.isdigit() and int(rank) > 0
+
+
 def exit_on_input_error(func: F) -> F:
-    """Decorate an entry point so an :class:`InputError` exits with one line and status 2."""
+    """Decorate an entry point: an :class:`InputError` exits with one ``ERROR:`` line and status 2,
+    Ctrl-C with one ``INTERRUPTED:`` line (where it stopped, how to resume) and status 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .logs import quiet_interrupts  # the run's log handlers exist by now
+
+        quiet_interrupts()
         try:
             return func(*args, **kwargs)
         except InputError as err:
             print(f"ERROR: {err}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        except KeyboardInterrupt as err:
+            if not _is_secondary_rank():  # under torchrun, one line from rank 0
+                where = getattr(err, _WHERE, None) or f"in {func.__name__}"
+                print(f"INTERRUPTED: stopped {where}; resume with: {resume_command()}", file=sys.stderr, flush=True)
+            raise SystemExit(INTERRUPTED_STATUS) from None
 
     return wrapper  # type: ignore[return-value]

@@ -1,4 +1,5 @@
-"""Losses: least-squares GAN over all scales, feature matching per scale, the DFM loss, pix2pix's L1.
+"""Losses: GAN loss over all scales (least squares or pix2pix's cross-entropy), feature matching per scale,
+the DFM loss, pix2pix's L1.
 
 Discriminator outputs are nested lists, per scale (D1 = full resolution
 first) of per-layer features, the patch prediction last (see
@@ -8,15 +9,19 @@ first) of per-layer features, the patch prediction last (see
 each term becomes a weighted mean over the outputs whose receptive field
 touches the region to synthesise.
 
-How the paper's objective is put together by the trainer::
+How the paper's objective is put together by the trainer
+(:class:`~covid_ct_cgan.engines.ConditionalGanTrainer`; ``gan_loss`` is
+``lsgan_loss`` unless ``gan_mode="vanilla"``)::
 
-    # discriminator step (real_f = d(map, real), fake_f = d(map, fake.detach()))
-    loss_d = 0.5 * (lsgan_loss(real_f, True) + lsgan_loss(fake_f, False))
-    b = dfm_net(real_f)                                      # (B,), looks at D1's features
+    # discriminator step (real_f = d(map, real), fake_f = d(map, fake.detach()), one forward)
+    loss_d = 0.5 * (gan_loss(real_f, True) + gan_loss(fake_f, False))
+    b = dfm_net(fake_f)                                      # (B,), looks at D1's features of the fake pair
     loss_dfm_net = dfm_weight_objective(feature_matching(real_f, fake_f), b)   # only the DFM net learns
-    # generator step (fake_f = d(map, fake), real_f as above)
-    fm = feature_matching(real_f, fake_f)                    # (num_scales, B)
-    loss_g = lsgan_loss(fake_f, True) + lambda_fm * dfm_loss(fm, b)            # b detached inside
+    # d's optimizer steps; generator step with the updated d, both pairs through the same state:
+    fake_g = d(map, fake)                                    # gradients reach the generator
+    real_g = d(map, real)                                    # without gradients
+    fm = feature_matching(real_g, fake_g)                    # (num_scales, B)
+    loss_g = gan_loss(fake_g, True) + lambda_fm * dfm_loss(fm, b)              # b detached inside
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torch import Tensor
 
 Features = Sequence[Sequence[Tensor]]
 EPS = 1e-8
+GAN_MODES = ("lsgan", "vanilla")
 
 
 def _weighted_mean(values: Tensor, weight: Tensor, dims: tuple[int, ...]) -> Tensor:
@@ -60,6 +66,42 @@ def lsgan_loss(predictions: Features, target_is_real: bool, weights: Features | 
     loss = predictions[0][-1].new_zeros(())
     for i, scale in enumerate(predictions):
         err = (scale[-1] - target) ** 2
+        loss = loss + (err.mean() if weights is None else _weighted_mean(err, weights[i][-1], (0, 1, 2, 3)))
+    return loss
+
+
+def gan_loss(
+    predictions: Features, target_is_real: bool, weights: Features | None = None, mode: str = "lsgan"
+) -> Tensor:
+    """GAN loss summed over the scales: least squares (``"lsgan"``) or cross-entropy on logits (``"vanilla"``).
+
+    ``"lsgan"`` is :func:`lsgan_loss` (pix2pixHD, the paper). ``"vanilla"`` is
+    pix2pix's ``GANLoss("vanilla")``: ``BCEWithLogitsLoss`` of each scale's
+    patch logits against 1 (real) or 0 (fake), averaged over the patches; the
+    scales are summed as in :func:`lsgan_loss` (pix2pix has one).
+
+    Args:
+        predictions: per scale, the discriminator's feature list (patch logits last).
+        target_is_real: target 1 if true, else 0.
+        weights: optional region weights shaped like ``predictions``: each scale's
+            loss is then averaged over the weighted patches only.
+        mode: ``"lsgan"`` or ``"vanilla"``.
+
+    Returns:
+        scalar loss.
+
+    Raises:
+        ValueError: unknown ``mode``.
+    """
+    if mode == "lsgan":
+        return lsgan_loss(predictions, target_is_real, weights)
+    if mode != "vanilla":
+        raise ValueError(f"GAN loss mode must be one of {GAN_MODES}, got {mode!r}")
+    loss = predictions[0][-1].new_zeros((), dtype=torch.float32)
+    for i, scale in enumerate(predictions):
+        logits = scale[-1].float()
+        target = torch.ones_like(logits) if target_is_real else torch.zeros_like(logits)
+        err = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
         loss = loss + (err.mean() if weights is None else _weighted_mean(err, weights[i][-1], (0, 1, 2, 3)))
     return loss
 

@@ -11,7 +11,14 @@ from PIL import Image
 from scipy import ndimage
 
 from covid_ct_cgan.data import phantom
-from covid_ct_cgan.data.phantom import PhantomCase, generate_phantom_case, generate_phantom_dataset, save_montage
+from covid_ct_cgan.data.phantom import (
+    PHANTOM_MARKER,
+    PhantomCase,
+    generate_phantom_case,
+    generate_phantom_dataset,
+    read_phantom_marker,
+    save_montage,
+)
 from covid_ct_cgan.errors import InputError
 
 
@@ -200,7 +207,8 @@ def test_dataset_layout_and_geometry(tmp_path: Path) -> None:
         assert 0.6 * 512 <= sx * 48 <= 0.8 * 512  # the field of view of a 512-pixel scan
         assert 1.0 <= sz <= 5.0
         assert not ((msk > 0) & (lung == 0)).any()
-    assert sorted(p.name for p in out.iterdir()) == ["rp_im", "rp_lung_msk", "rp_msk"]
+    assert sorted(p.name for p in out.iterdir()) == [".phantom.json", "rp_im", "rp_lung_msk", "rp_msk"]
+    assert read_phantom_marker(out) == {"num_patients": 2, "size": 48, "num_slices": 3, "seed": 11}
 
 
 def test_patient_does_not_depend_on_the_number_of_patients(tmp_path: Path) -> None:
@@ -220,7 +228,7 @@ def test_refuses_a_non_empty_folder_without_overwrite(tmp_path: Path) -> None:
         generate_phantom_dataset(out, num_patients=1, size=32, num_slices=1)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     generate_phantom_dataset(out, num_patients=1, size=32, num_slices=1, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["rp_im", "rp_lung_msk", "rp_msk"]
+    assert sorted(p.name for p in out.iterdir()) == [PHANTOM_MARKER, "rp_im", "rp_lung_msk", "rp_msk"]
 
 
 def test_leaves_nothing_behind_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,7 +244,18 @@ def test_leaves_nothing_behind_on_failure(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(phantom, "write_nifti", failing_write)
     with pytest.raises(OSError, match="disk full"):
         generate_phantom_dataset(tmp_path / "rp", num_patients=2, size=32, num_slices=1)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # the marker was staged with the volumes: no phantom without one
+
+
+def test_marker_of_other_folders(tmp_path: Path) -> None:
+    assert read_phantom_marker(tmp_path / "missing") is None
+    (tmp_path / PHANTOM_MARKER).write_text("not json")
+    assert read_phantom_marker(tmp_path) is None
+    (tmp_path / PHANTOM_MARKER).write_text("[1, 2]")
+    assert read_phantom_marker(tmp_path) is None
+    with pytest.raises(InputError, match=r"^size must be an integer >= 16, got 8$"):
+        generate_phantom_dataset(tmp_path / "rp", num_patients=1, size=8, num_slices=1)
+    assert not (tmp_path / "rp").exists()
 
 
 # --------------------------------------------------------------------------- montage

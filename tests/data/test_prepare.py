@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import types
@@ -13,8 +15,10 @@ import pytest
 from monai.data import load_decathlon_datalist
 
 from covid_ct_cgan.data import prepare as prep
+from covid_ct_cgan.data.phantom import PHANTOM_MARKER
 from covid_ct_cgan.data.prepare import SPLITS, prepare_dataset, prepare_if_needed, run_prepare, split_items
 from covid_ct_cgan.errors import InputError
+from covid_ct_cgan.fileio import staged_directory, write_json
 
 
 def load_datalist(data_dir):
@@ -34,6 +38,11 @@ def assert_no_patient_in_two_splits(datalist):
 
 def snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def tree(folder):
+    """Every path under ``folder`` (files and folders, hidden ones included) with a file's bytes."""
+    return {p.relative_to(folder): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
 
 
 # --------------------------------------------------------------------------- layouts
@@ -330,11 +339,10 @@ def fake_phantom(monkeypatch, builders):
 
     def generate_phantom_dataset(out_dir, num_patients, size, num_slices, seed, overwrite):
         calls.append((num_patients, size, num_slices, seed))
-        if overwrite and out_dir.exists():
-            import shutil
-
-            shutil.rmtree(out_dir)
-        builders.write_radiopaedia(out_dir, n_patients=num_patients, nz=num_slices, size=size)
+        with staged_directory(out_dir, overwrite=overwrite) as tmp:  # as the real generator: marker inside
+            builders.write_radiopaedia(tmp, n_patients=num_patients, nz=num_slices, size=size)
+            params = {"num_patients": num_patients, "size": size, "num_slices": num_slices, "seed": seed}
+            write_json(params, tmp / PHANTOM_MARKER)
         return out_dir
 
     module = types.ModuleType("covid_ct_cgan.data.phantom")
@@ -354,9 +362,9 @@ def test_prepare_if_needed_phantom_then_reuse(tmp_path, fake_phantom, capsys):
     again = prepare_if_needed(None, str(out), **kwargs)
     assert f"prepared data found at {out}" in capsys.readouterr().out
     assert again == json.loads(json.dumps(first)) and snapshot(out) == before and len(fake_phantom) == 1
-    with pytest.raises(InputError, match=r"other settings \(dataset_dir, seed\); pass overwrite=true"):
+    with pytest.raises(InputError, match=r"other settings or data: data_seed was 0, now 5; pass overwrite=true"):
         prepare_if_needed("", str(out), seed=5, **kwargs)
-    assert snapshot(out) == before
+    assert snapshot(out) == before and len(fake_phantom) == 1  # refused before the phantom was touched
     prepare_if_needed("", str(out), seed=5, overwrite=True, **kwargs)
     assert load_datalist(out)["properties"]["seed"] == 5 and fake_phantom[-1] == (3, 24, 2, 5)
 
@@ -365,9 +373,14 @@ def test_prepare_if_needed_notices_changed_raw_files(tmp_path, builders):
     raw = builders.write_radiopaedia(tmp_path / "raw", n_patients=3, nz=2, size=24)
     out = tmp_path / "data"
     prepare_if_needed(str(raw), str(out))
-    builders.write_radiopaedia(tmp_path / "raw", n_patients=4, nz=2, size=24)
-    with pytest.raises(InputError, match="raw files that have changed"):
+    builders.write_radiopaedia(tmp_path / "raw", n_patients=4, nz=2, size=24)  # 1-3 rewritten with the same bytes
+    added = "3 added (rp_im/4.nii.gz, rp_lung_msk/4.nii.gz, rp_msk/4.nii.gz)"
+    with pytest.raises(InputError) as err:
         prepare_if_needed(str(raw), str(out))
+    assert str(err.value) == (
+        f"{out}: holds data prepared with other settings or data: the raw files in dataset_dir differ from those "
+        f"it was prepared from: {added}; pass overwrite=true to prepare it again"
+    )
 
 
 def test_run_prepare_phantom_dir_not_ours(tmp_path, fake_phantom):
@@ -380,9 +393,218 @@ def test_run_prepare_phantom_dir_not_ours(tmp_path, fake_phantom):
 
 
 def test_real_phantom_prepares(tmp_path):
-    phantom = pytest.importorskip("covid_ct_cgan.data.phantom")
-    assert callable(phantom.generate_phantom_dataset)
     summary = prep.run_prepare("", str(tmp_path / "data"), phantom_patients=5, phantom_size=64, phantom_slices=3)
     datalist = load_datalist(tmp_path / "data")
     assert summary["scale"] == "hu" and all(datalist[s] for s in SPLITS)
     assert_no_patient_in_two_splits(datalist)
+    marker = json.loads((tmp_path / "phantom_raw" / PHANTOM_MARKER).read_text())
+    assert marker == {"num_patients": 5, "size": 64, "num_slices": 3, "seed": 0}
+    assert datalist["properties"]["settings"]["phantom_patients"] == 5
+
+
+# --------------------------------------------------------------------------- a work folder that never traps you (issues 13.7, 15.3)
+
+
+def test_other_data_in_data_dir_refused_before_the_phantom(tmp_path, fake_phantom):
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "notes.txt").write_text("someone else's data")
+    before = tree(tmp_path)
+    for call in (lambda: prepare_if_needed("", str(work / "data")), lambda: run_prepare("", str(work / "data"))):
+        with pytest.raises((InputError, SystemExit)) as err:
+            call()
+        if err.type is InputError:
+            assert str(err.value).startswith(f"{work / 'data'}: holds other files and no datalist.json; pass overwrite=true")
+        else:
+            assert err.value.code == 2
+        assert tree(tmp_path) == before and fake_phantom == []  # nothing generated, nothing written
+    prepare_if_needed("", str(work / "data"), overwrite=True, phantom_patients=3, phantom_size=24, phantom_slices=2)
+    assert load_datalist(work / "data")["properties"]["layout"] == "radiopaedia" and len(fake_phantom) == 1
+
+
+def test_phantom_overrides_then_defaults_name_the_setting_and_overwrite_forwards(tmp_path, fake_phantom):
+    out, phantom = tmp_path / "work" / "data", tmp_path / "work" / "phantom_raw"
+    small = dict(phantom_size=24, phantom_slices=2)
+    prepare_if_needed("", str(out), phantom_patients=4, **small)
+    before = tree(tmp_path)
+    with pytest.raises(InputError) as err:
+        prepare_if_needed("", str(out), phantom_patients=3, **small)
+    assert str(err.value) == (
+        f"{out}: holds data prepared with other settings or data: phantom_patients was 4, now 3; "
+        "pass overwrite=true to prepare it again"
+    )
+    assert tree(tmp_path) == before and fake_phantom == [(4, 24, 2, 0)]  # the phantom was not regenerated first
+    prepare_if_needed("", str(out), phantom_patients=4, **small)  # back to the recorded settings: reused as is
+    assert tree(tmp_path) == before and len(fake_phantom) == 1
+
+    prepare_if_needed("", str(out), phantom_patients=3, overwrite=True, **small)
+    assert fake_phantom[-1] == (3, 24, 2, 0) and json.loads((phantom / PHANTOM_MARKER).read_text())["num_patients"] == 3
+    assert load_datalist(out)["properties"]["settings"]["phantom_patients"] == 3
+    after = snapshot(out)
+    prepare_if_needed("", str(out), phantom_patients=3, overwrite=True, **small)  # overwrite keeps matching data
+    assert snapshot(out) == after and len(fake_phantom) == 2
+
+
+def test_phantom_of_other_settings_needs_overwrite(tmp_path, fake_phantom):
+    work = tmp_path / "work"
+    run_prepare("", str(work / "data"), phantom_patients=4, phantom_size=24, phantom_slices=2)
+    shutil.rmtree(work / "data")
+    before = tree(tmp_path)
+    with pytest.raises(InputError) as err:
+        prepare_if_needed("", str(work / "data"), phantom_patients=3, phantom_size=24, phantom_slices=2)
+    assert str(err.value) == (
+        f"{work / 'phantom_raw'}: holds a phantom generated with other settings (phantom_patients was 4, now 3); "
+        "pass overwrite=true to generate it again"
+    )
+    assert tree(tmp_path) == before and len(fake_phantom) == 1
+    prepare_if_needed("", str(work / "data"), phantom_patients=3, phantom_size=24, phantom_slices=2, overwrite=True)
+    assert fake_phantom[-1] == (3, 24, 2, 0) and (work / "data" / "datalist.json").is_file()
+
+
+def test_copied_work_folder_and_touched_files_are_the_same_data(tmp_path, builders, fake_phantom):
+    work = tmp_path / "work"
+    prepare_if_needed("", str(work / "data"), phantom_patients=3, phantom_size=24, phantom_slices=2)
+    copy = tmp_path / "copy"
+    shutil.copytree(work, copy, copy_function=shutil.copy)  # as `cp -r`: new modification times
+    assert (copy / "phantom_raw" / "rp_im" / "1.nii.gz").stat().st_mtime_ns != (
+        work / "phantom_raw" / "rp_im" / "1.nii.gz").stat().st_mtime_ns
+    before = tree(copy)
+    prepare_if_needed("", str(copy / "data"), phantom_patients=3, phantom_size=24, phantom_slices=2)
+    assert tree(copy) == before and len(fake_phantom) == 1
+
+    raw = builders.write_radiopaedia(tmp_path / "raw", n_patients=3, nz=2, size=24)
+    out = tmp_path / "data"
+    prepare_if_needed(str(raw), str(out))
+    moved = tmp_path / "moved_raw"
+    shutil.copytree(raw, moved, copy_function=shutil.copy)
+    for path in moved.rglob("*.nii.gz"):
+        os.utime(path, ns=(1, 1))  # other times, same bytes
+    before = tree(out)
+    prepare_if_needed(str(moved), str(out))  # a moved dataset with the same contents is the same data
+    assert tree(out) == before
+    victim = moved / "rp_msk" / "2.nii.gz"
+    data = bytearray(victim.read_bytes())
+    data[-5] ^= 0xFF  # same size, other bytes
+    victim.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"raw files in dataset_dir differ from those it was prepared from: "
+                                         r"1 changed \(rp_msk/2.nii.gz\); pass overwrite=true"):
+        prepare_if_needed(str(moved), str(out))
+    assert tree(out) == before
+
+
+def test_failed_runs_leave_no_empty_folders(tmp_path, builders, fake_phantom, monkeypatch):
+    raw = builders.write_radiopaedia(tmp_path / "raw", n_patients=3, nz=2, size=24)
+    (raw / "rp_im" / "2.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    before = tree(tmp_path)
+    with pytest.raises(InputError, match="cannot read"):
+        prepare_if_needed(str(raw), str(tmp_path / "new_work" / "data"))
+    assert tree(tmp_path) == before  # no empty work folder, no lock file
+
+    def failing_generator(**kwargs):
+        (kwargs["out_dir"].parent).mkdir(parents=True, exist_ok=True)  # it got as far as the work folder
+        raise InputError("disk on fire", kwargs["out_dir"])
+
+    monkeypatch.setattr(sys.modules["covid_ct_cgan.data.phantom"], "generate_phantom_dataset", failing_generator)
+    for call in (prepare_if_needed, prep.run_prepare.__wrapped__):
+        with pytest.raises(InputError, match="disk on fire"):
+            call("", str(tmp_path / "w2" / "data"), phantom_size=24, phantom_slices=2)
+        assert tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- split: predefined (issue 14.1)
+
+
+def _predefined_dataset(root, builders, train=("t1", "t2", "t3", "t4", "t5"), test=("s1", "s2", "s3")):
+    builders.write_slices(root / "train", list(train), size=24)
+    builders.write_slices(root / "test", list(test), size=24)
+    return root
+
+
+def test_predefined_split_keeps_train_and_test_apart(tmp_path, builders):
+    raw = _predefined_dataset(tmp_path / "raw", builders)
+    summaries = {}
+    for seed in (0, 1):
+        out = tmp_path / f"data{seed}"
+        summaries[seed] = prepare_dataset(str(raw), str(out), split="predefined", validation_fraction=0.4, seed=seed)
+        datalist = load_datalist(out)
+        sources = {name: sorted(it["source"] for it in datalist[name]) for name in SPLITS}
+        assert sources["test_synthesis"] == sources["test_segmentation"] == [f"test/images/s{k}.png" for k in (1, 2, 3)]
+        learn = sources["training"] + sources["validation"]
+        assert sorted(learn) == [f"train/images/t{k}.png" for k in range(1, 6)]
+        assert len(sources["validation"]) == 2 and not set(sources["training"]) & set(sources["validation"])
+        assert {it["subset"] for name in ("training", "validation") for it in datalist[name]} == {"train"}
+        assert datalist["properties"]["split"] == "predefined"
+        summaries[seed]["validation"] = sources["validation"]
+    assert summaries[0]["validation"] != summaries[1]["validation"]  # carved with data_seed
+    assert "test_synthesis and test_segmentation both hold the same 3 slices of test/" in summaries[0]["notes"][1]
+
+
+def test_predefined_split_refused_without_train_and_test(tmp_path, builders, fake_phantom):
+    flat = builders.write_slices(tmp_path / "flat", ["1", "2", "3"], size=24)
+    volumes = builders.write_radiopaedia(tmp_path / "rp", n_patients=3, nz=2, size=24)
+    extra = _predefined_dataset(tmp_path / "extra", builders)
+    builders.write_slices(extra / "val", ["v1"], size=24)
+    only_train = builders.write_slices(tmp_path / "only" / "train", ["1", "2"], size=24).parent
+    wanted = r"split=predefined needs the dataset's own train/ \(with train/images and train/labels\) and test/"
+    cases = [(flat, "not one images/ folder"), (volumes, "this is a radiopaedia dataset"),
+             (extra, "and no other image folders; found test/, train/, val/"), (only_train, "found train/$")]
+    for dataset, detail in cases:
+        with pytest.raises(InputError, match=wanted + ".*" + detail) as err:
+            prepare_dataset(str(dataset), str(tmp_path / "data"), split="predefined")
+        assert str(err.value).startswith(f"{dataset}: ")
+    with pytest.raises(InputError, match="split=predefined needs a dataset with its own train/ and test/ folders"):
+        prepare_if_needed("", str(tmp_path / "work" / "data"), split="predefined")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "work").exists() and fake_phantom == []
+
+
+def test_predefined_split_real_medseg_test_slices_never_train(tmp_path, medseg_slices_dir):
+    out = tmp_path / "data"
+    summary = prepare_dataset(str(medseg_slices_dir), str(out), split="predefined")
+    datalist = load_datalist(out)
+    test_files = sorted(f"test/images/{p.name}" for p in (medseg_slices_dir / "test" / "images").iterdir())
+    train_files = sorted(f"train/images/{p.name}" for p in (medseg_slices_dir / "train" / "images").iterdir())
+    assert len(test_files) == 48 and len(train_files) == 50 and summary["slices_kept"] == 98
+    for name in ("test_synthesis", "test_segmentation"):
+        assert sorted(it["source"] for it in datalist[name]) == test_files
+    learn = [it for name in ("training", "validation") for it in datalist[name]]
+    assert sorted(it["source"] for it in learn) == train_files
+    test_images = {it["image"] for it in datalist["test_segmentation"]}
+    assert not test_images & {it["image"] for it in learn}  # no test slice trains a generator or a segmenter
+    assert len(datalist["validation"]) == 5
+
+
+def test_train_yaml_forwards_patient_regex_and_overwrite(tmp_path, builders, repo_root):
+    raw = builders.write_slices(tmp_path / "raw", ["p1_1", "p1_2", "p2_1", "p3_1"], size=24)
+    work = tmp_path / "work"
+    command = [sys.executable, "-m", "monai.bundle", "run", "prepare_if_needed",
+               "--config_file", str(repo_root / "bundle" / "configs" / "train.yaml"),
+               "--dataset_dir", str(raw), "--work_dir", str(work)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(command + ["--patient_regex", r"(p\d+)_\d+"], capture_output=True, text=True, env=env,
+                           cwd=repo_root, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    datalist = load_datalist(work / "data")
+    assert {it["patient"] for s in SPLITS for it in datalist[s]} == {"p1", "p2", "p3"}
+    second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=repo_root, timeout=300)
+    errors = [line for line in second.stderr.splitlines() if line.startswith("ERROR")]
+    assert second.returncode == 2 and errors == [
+        f"ERROR: {work / 'data'}: holds data prepared with other settings or data: patient_regex was "
+        "'(p\\\\d+)_\\\\d+', now unset; pass overwrite=true to prepare it again"
+    ]
+    third = subprocess.run(command + ["--overwrite", "True"], capture_output=True, text=True, env=env, cwd=repo_root,
+                           timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert len({it["patient"] for s in SPLITS for it in load_datalist(work / "data")[s]}) == 4
+
+
+def test_flags_given_as_words(tmp_path, builders):
+    raw = builders.write_radiopaedia(tmp_path / "raw", n_patients=3, nz=2, size=24)
+    out = tmp_path / "data"
+    prepare_if_needed(str(raw), str(out), keep_effusion="false")
+    assert load_datalist(out)["properties"]["keep_effusion"] is False
+    with pytest.raises(InputError, match="data_seed was 0, now 1"):
+        prepare_if_needed(str(raw), str(out), seed=1, overwrite="false")  # the word false is not a true value
+    prepare_if_needed(str(raw), str(out), seed=1, overwrite="TRUE")
+    assert load_datalist(out)["properties"]["seed"] == 1
+    with pytest.raises(InputError, match=r"^overwrite must be true or false, got 'yes please'$"):
+        prepare_if_needed(str(raw), str(out), seed=2, overwrite="yes please")

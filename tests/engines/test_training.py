@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import run
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from covid_ct_cgan.settings import run_bundle as run  # monai.bundle.run with the command recorded
 
 from covid_ct_cgan.engines.handlers import linear_decay_lambda
 from covid_ct_cgan.engines.stages import checkpoint_candidates
@@ -44,8 +46,12 @@ def test_training_runs_every_stage_and_hands_over(work_dir: Path) -> None:
         rows = (out / stage / "validation.csv").read_text().strip().splitlines()
         assert rows[0] == "epoch,val_ssim,val_psnr" and len(rows) == 3
     joint = _ckpt(out / "joint" / "checkpoint_epoch=2.pt")
-    assert "dfm_optimizer" in joint  # the DFM net learns in the joint stage only
-    assert "dfm_optimizer" not in _ckpt(out / "local" / "checkpoint_epoch=2.pt")
+    assert {"dfm_optimizer", "dfm_lr_scheduler"} <= set(joint)  # the DFM net learns in the joint stage only
+    assert not {"dfm_optimizer", "dfm_lr_scheduler"} & set(_ckpt(out / "local" / "checkpoint_epoch=2.pt"))
+    # the DFM net is on G's and D's schedule: after 2 epochs of 2 (1 constant, 1 decaying) the rate is 0
+    rates = {k: joint[k]["param_groups"][0]["lr"] for k in ("g_optimizer", "d_optimizer", "dfm_optimizer")}
+    assert rates == {k: 0.0002 * linear_decay_lambda(2, 1)(2) for k in rates}
+    assert joint["dfm_lr_scheduler"]["last_epoch"] == joint["g_lr_scheduler"]["last_epoch"] == 2
     # the joint stage started from the local stage's G2: its weights moved on from there, but
     # a fresh G2 would be far further away than a few joint epochs move it
     local_g = _ckpt(out / "local" / "checkpoint_epoch=2.pt")["generator"]
@@ -156,11 +162,19 @@ def test_mlflow_tracking_records_metrics_params_and_artifacts(work_dir: Path) ->
         con.close()
     assert runs == ["stage_joint"]
     assert {"train_loss", "train_d_loss", "train_desum_weight", "train_dfm_weight", "lr", "val_ssim", "val_psnr"} <= metrics
+    assert {"train_dfm_weight_at_low", "train_dfm_weight_at_high"} <= metrics  # the learned b's spread per epoch
     assert {"learning_rate", "batch_size", "image_size", "desum", "dfm", "stage"} <= params
     artifacts = {p.relative_to(work_dir / "output").as_posix() for p in (work_dir / "output").rglob("*") if "mlruns" in p.parts and p.is_file()}
     names = {a.split("/artifacts/", 1)[1] for a in artifacts if "/artifacts/" in a}
     assert {"samples/epoch_0002.png", "validation_curve.png", "validation.csv"} <= names
     assert any(n.startswith("config/config_") for n in names)
+    events = EventAccumulator(str(work_dir / "output" / "joint" / "tensorboard"), size_guidance={"histograms": 0})
+    events.Reload()
+    histograms = events.Histograms("train_dfm_weight")
+    assert [h.step for h in histograms] == [1, 2]
+    slices = len(json.loads((work_dir / "data" / "datalist.json").read_text())["training"])
+    assert all(h.histogram_value.num == slices for h in histograms)  # every sample's b, each epoch
+    assert all(0.1 <= h.histogram_value.min <= h.histogram_value.max <= 0.9 for h in histograms)
 
 
 def test_torchrun_two_cpu_processes_only_rank0_writes(work_dir: Path, subprocess_env: dict) -> None:

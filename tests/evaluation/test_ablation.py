@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from monai.bundle import ConfigParser
 
 from covid_ct_cgan.evaluation.ablation import ABLATIONS, run_ablations
@@ -42,8 +43,11 @@ def test_every_ablation_has_an_overlay_with_its_own_output_dir(tmp_path: Path) -
         assert parser.get_parsed_content("desum") == desum
         assert parser.get_parsed_content("dfm_def").mode == dfm
         assert parser.get_parsed_content("discriminator_def").num_d == num_d
-        if name == "dfm_fixed":  # not 0.5, which would be the equal average of dfm_equal
-            assert parser.get_parsed_content("dfm_def").fixed_weight == 0.75
+        if name == "dfm_fixed":  # the learned b's upper bound; not 0.5, the equal average of dfm_equal
+            dfm_def = parser.get_parsed_content("dfm_def")
+            assert dfm_def.fixed_weight == 0.9 == dfm_def.high
+            features = [[torch.zeros(3, 1, 4, 4)] * 2] * 2
+            assert dfm_def(features).tolist() == pytest.approx([0.9] * 3)
         outputs.add(parser.get_parsed_content("output_dir"))
     assert len(outputs) == len(ABLATIONS)
 

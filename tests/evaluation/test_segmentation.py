@@ -170,3 +170,19 @@ def test_infection_free_test_slices_measure_false_positives(tmp_path: Path, data
                                            include_infection_free=True, n_boot=20, config=raw)
     fp = [r for r in rows if r["metric"] == "fp_slice_rate"]
     assert len(fp) == 1 and fp[0]["class"] == "infection" and 0.0 <= fp[0]["estimate"] <= 100.0
+
+
+def test_training_on_the_test_slices_is_refused(dataset: Path, tmp_path: Path) -> None:
+    # split: predefined writes the dataset's test/ folder into both test lists
+    lists = json.loads(dataset.read_text())
+    lists["test_synthesis"] = lists["test_segmentation"]
+    leaky = dataset.parent / "leaky.json"
+    leaky.write_text(json.dumps(lists))
+    n = len(lists["test_segmentation"])
+    with pytest.raises(InputError, match=rf"share {n} slice\(s\).*use --train_key training"):
+        seg.check_disjoint(leaky, "test_synthesis", "test_segmentation")
+    seg.check_disjoint(leaky, "training", "test_segmentation")  # disjoint lists pass
+    with pytest.raises(SystemExit) as err:
+        seg.run_experiments(tmp_path / "seg", leaky, experiments=["A"], ratios=[0.0], config=_tiny_config())
+    assert err.value.code == 2
+    assert not (tmp_path / "seg" / "results").exists()

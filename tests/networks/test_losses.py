@@ -1,11 +1,14 @@
-"""Losses: LSGAN over scales, feature matching, DFM (pix2pixHD arithmetic), gradient isolation, L1."""
+"""Losses: LSGAN and pix2pix's cross-entropy over scales, feature matching, DFM (pix2pixHD arithmetic),
+gradient isolation, L1."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from covid_ct_cgan.losses import dfm_loss, dfm_weight_objective, feature_matching, l1_loss, lsgan_loss
+from covid_ct_cgan.losses import dfm_loss, dfm_weight_objective, feature_matching, gan_loss, l1_loss, lsgan_loss
 from covid_ct_cgan.networks import DfmWeight, GlobalLocalGenerator, MultiResolutionDiscriminator, in_channels_for
 
 N_LAYERS = 3
@@ -45,6 +48,41 @@ def test_lsgan_region_weights(maps):
     torch.testing.assert_close(lsgan_loss(real_f, True, region), expected)
     nothing = [[torch.zeros_like(f[:, :1]) for f in scale] for scale in real_f]
     assert lsgan_loss(real_f, True, nothing) == 0
+
+
+def test_gan_loss_lsgan_is_lsgan_loss(maps):
+    real_f, fake_f = real_and_fake(maps)
+    region = [[torch.zeros_like(f[:, :1]) for f in scale] for scale in real_f]
+    for scale in region:
+        scale[-1][1, 0, :2, :2] = 1
+    for target in (True, False):
+        torch.testing.assert_close(gan_loss(real_f, target), lsgan_loss(real_f, target), rtol=0, atol=0)
+        torch.testing.assert_close(gan_loss(fake_f, target, region, "lsgan"), lsgan_loss(fake_f, target, region), rtol=0, atol=0)
+
+
+def test_gan_loss_vanilla_is_pix2pix_bce_with_logits(maps):
+    """pix2pix's GANLoss('vanilla'): BCEWithLogitsLoss of the patch logits against 1 / 0, per scale, summed."""
+    real_f, fake_f = real_and_fake(maps)
+    bce = torch.nn.BCEWithLogitsLoss()
+    for feats in (real_f, fake_f):
+        for target, value in ((True, 1.0), (False, 0.0)):
+            expected = sum(bce(s[-1], torch.full_like(s[-1], value)) for s in feats)
+            torch.testing.assert_close(gan_loss(feats, target, mode="vanilla"), expected)
+    # hand-checked numbers: logits 0 -> log 2 either way; logit 2 against real -> log(1 + e^-2)
+    logits = [[torch.zeros(1, 1, 2, 2)], [torch.full((1, 1, 1, 1), 2.0)]]
+    torch.testing.assert_close(gan_loss(logits, True, mode="vanilla"), torch.tensor(math.log(2) + math.log1p(math.exp(-2))))
+    torch.testing.assert_close(gan_loss(logits, False, mode="vanilla"), torch.tensor(math.log(2) + math.log1p(math.exp(2))))
+    # region weights: only the weighted patches count (here one patch of sample 0 on D1, none on D2)
+    region = [[torch.zeros_like(f[:, :1]) for f in scale] for scale in real_f]
+    region[0][-1][0, 0, 1, 2] = 1
+    logit = real_f[0][-1][0, 0, 1, 2]
+    torch.testing.assert_close(gan_loss(real_f, True, region, "vanilla"), torch.nn.functional.softplus(-logit))
+
+
+def test_gan_loss_refuses_unknown_mode(maps):
+    real_f, _ = real_and_fake(maps)
+    with pytest.raises(ValueError, match="GAN loss mode must be one of .*'wgan'"):
+        gan_loss(real_f, True, mode="wgan")
 
 
 def test_feature_matching_per_scale_and_sample(maps):

@@ -33,6 +33,7 @@ seed gives byte-identical arrays.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,10 +45,13 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from ..errors import InputError
-from ..fileio import atomic_path, staged_directory, write_nifti
+from ..fileio import atomic_path, staged_directory, write_json, write_nifti
+from ..logs import progress
 from ..labels import SOURCE_CONSOLIDATION, SOURCE_EFFUSION, SOURCE_GGO
 
-__all__ = ["PhantomCase", "generate_phantom_case", "generate_phantom_dataset", "save_montage"]
+__all__ = ["PHANTOM_MARKER", "PhantomCase", "generate_phantom_case", "generate_phantom_dataset", "read_phantom_marker", "save_montage"]
+
+PHANTOM_MARKER = ".phantom.json"  # in a generated dataset folder: the parameters it was generated with
 
 REFERENCE_SIZE = 512  # the matrix size that the random 0.6-0.8 mm pixel spacing refers to
 SLICE_THICKNESSES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0)  # mm, as scanners reconstruct
@@ -1031,9 +1035,12 @@ def generate_phantom_dataset(
 
     ``out_dir/rp_im/N.nii.gz`` (CT, int16 HU), ``rp_msk/N.nii.gz`` (uint8:
     1 GGO, 2 consolidation, 3 effusion) and ``rp_lung_msk/N.nii.gz`` (uint8:
-    1 right, 2 left lung), ``N = 1..num_patients``. The folder is built under
-    a temporary name and moved into place only when complete. Patient ``N``
-    is the same whatever ``num_patients`` is.
+    1 right, 2 left lung), ``N = 1..num_patients``, and the marker
+    ``out_dir/.phantom.json`` (:data:`PHANTOM_MARKER`) holding the parameters
+    (see :func:`read_phantom_marker`). The folder, marker included, is built
+    under a temporary name and moved into place only when complete, so a
+    killed run never leaves a phantom without its marker. Patient ``N`` is the
+    same whatever ``num_patients`` is.
 
     Args:
         out_dir: folder to create.
@@ -1053,13 +1060,34 @@ def generate_phantom_dataset(
     num_patients = _check_positive_int("num_patients", num_patients, 1)
     seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=num_patients)
     out_dir = Path(out_dir)
+    size = _check_positive_int("size", size, 16)
+    num_slices = _check_positive_int("num_slices", num_slices, 1)
+    params = {"num_patients": num_patients, "size": size, "num_slices": num_slices, "seed": int(seed)}
     with staged_directory(out_dir, overwrite=overwrite) as tmp:
-        for i, patient_seed in enumerate(seeds, start=1):
+        write_json(params, tmp / PHANTOM_MARKER)
+        for i, patient_seed in enumerate(progress(seeds, desc="phantom", unit="patient"), start=1):
             case = generate_phantom_case(size=size, num_slices=num_slices, seed=int(patient_seed))
             write_nifti(case.image, case.affine, tmp / "rp_im" / f"{i}.nii.gz")
             write_nifti(case.lesion, case.affine, tmp / "rp_msk" / f"{i}.nii.gz")
             write_nifti(case.lung, case.affine, tmp / "rp_lung_msk" / f"{i}.nii.gz")
     return out_dir
+
+
+def read_phantom_marker(folder: str | Path) -> dict[str, int] | None:
+    """The parameters a phantom folder was generated with (its :data:`PHANTOM_MARKER`).
+
+    Args:
+        folder: a folder written by :func:`generate_phantom_dataset`, or any other folder.
+
+    Returns:
+        ``{"num_patients", "size", "num_slices", "seed"}``, or None when the
+        folder has no readable marker (not a generated phantom).
+    """
+    try:
+        params = json.loads((Path(folder) / PHANTOM_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return params if isinstance(params, dict) else None
 
 
 # --------------------------------------------------------------------------- montage

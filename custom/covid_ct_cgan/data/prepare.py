@@ -12,45 +12,61 @@ written (a bad input leaves no partial output)::
         labels/<patient>_<slice:04d>.nii.gz   uint8 label map (0 outside lung .. 3/4)
         datalist.json                          MONAI datalist + "properties"
         summary.json, summary.md               slices, patients, class fractions
+        raw_files.json                         size and SHA-256 of each raw file (provenance)
 
 Splits: ``training`` + ``validation`` (the synthesis-train part; validation
 is carved from it), ``test_synthesis`` and ``test_segmentation``, in the
 ratio ``split_ratios`` (paper: 300/73/73). ``split="patient"`` (default) puts
 whole patients into one split (training and validation included, unless
 training has a single patient); ``split="paper"`` shuffles slices, as the
-paper did, which leaks patients across splits.
+paper did, which leaks patients across splits; ``split="predefined"`` keeps
+a slice-folder dataset's own ``train/`` and ``test/`` folders apart:
+training and validation come from ``train/``, and ``test_synthesis`` and
+``test_segmentation`` both hold all of ``test/`` (the same slices, so a
+published test set is scored whole; no ``test/`` slice is ever in training
+or validation).
 
 :func:`run_prepare` is the bundle entry point (bad input: one ``ERROR:``
 line, exit status 2); :func:`prepare_if_needed` generates the phantom when no
 dataset is given and skips the work when ``data_dir`` is already prepared
-with the same settings from the same raw files.
+with the same settings from the same raw files. Both check everything they
+can before they write anything (a refusal leaves the disk as it was), and a
+failed run removes the folders it created. Raw files are recognised by their
+contents (size and SHA-256, recorded in ``datalist.json``), a phantom by its
+parameters, so a copied or moved work folder is still recognised.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from .. import labels as lab
 from ..errors import InputError, exit_on_input_error
-from ..fileio import staged_directory, write_json, write_nifti, write_text
+from ..fileio import check_writable, staged_directory, write_json, write_nifti, write_text
+from ..logs import progress
 from ..intensity import to_storage
 from .lung_mask import derive_lung_mask
+from .phantom import read_phantom_marker
 from .readers import BINARY_255_VALUES, Case, detect_layout, find_cases, load_case
 
 SPLITS: tuple[str, ...] = ("training", "validation", "test_synthesis", "test_segmentation")
-SPLIT_MODES: tuple[str, ...] = ("patient", "paper")
+SPLIT_MODES: tuple[str, ...] = ("patient", "paper", "predefined")
+PREDEFINED_FOLDERS: tuple[str, ...] = ("train", "test")
 DATALIST = "datalist.json"
-PHANTOM_MARKER = ".phantom.json"
+RAW_FILES = "raw_files.json"  # in data_dir: size, time and SHA-256 of every raw file read (see hash_raw_files)
+PHANTOM_KEYS: tuple[str, ...] = ("phantom_patients", "phantom_size", "phantom_slices")
+# the train.yaml key of a preparation option, where its name differs (messages name what the user sets)
+CONFIG_KEYS: dict[str, str] = {"seed": "data_seed"}
 LUNG_DERIVED_NOTE = "lung masks derived for {n} slices (threshold + largest components)"
 
 
@@ -122,8 +138,12 @@ def split_items(
     """Split slice items into training / validation / test_synthesis / test_segmentation.
 
     Args:
-        items: dicts with at least ``"patient"`` (and a unique ``"image"``).
-        split: ``"patient"`` (whole patients per split) or ``"paper"`` (slices shuffled).
+        items: dicts with at least ``"patient"`` (and a unique ``"image"``);
+            for ``"predefined"`` also ``"subset"`` (``"train"`` or ``"test"``).
+        split: ``"patient"`` (whole patients per split), ``"paper"`` (slices
+            shuffled) or ``"predefined"`` (the dataset's own train/test subsets:
+            training and validation from ``train``, both test lists = all of ``test``;
+            ``split_ratios`` is not used).
         split_ratios: synthesis-train : synthesis-test : segmentation-test.
         validation_fraction: part of synthesis-train moved to ``validation``
             (at least one slice, or one patient, when there is more than one).
@@ -134,12 +154,13 @@ def split_items(
         remarks for the summary.
 
     Raises:
-        InputError: unknown mode, bad ratios, too few slices or patients.
+        InputError: unknown mode, bad ratios, too few slices or patients, a
+            ``predefined`` subset missing or empty.
     """
     ratios = _check_split_args(split, split_ratios, validation_fraction)
     rng = np.random.default_rng(seed)
     order = sorted(items, key=lambda it: it["image"])
-    split_fn = _split_slices if split == "paper" else _split_patients
+    split_fn = {"paper": _split_slices, "patient": _split_patients, "predefined": _split_predefined}[split]
     parts, notes = split_fn(order, ratios, validation_fraction, rng)
     return {name: sorted(part, key=lambda it: it["image"]) for name, part in zip(SPLITS, parts)}, notes
 
@@ -176,10 +197,53 @@ def _split_patients(
     train_patients, test_patients, seg_patients = _assign_patients(counts, ratios, rng)
     train = [it for it in order if it["patient"] in set(train_patients)]
     tests = [[it for it in order if it["patient"] in set(group)] for group in (test_patients, seg_patients)]
+    training, validation, notes = _carve_validation(train, validation_fraction, rng)
+    return (training, validation, tests[0], tests[1]), notes
+
+
+def _split_predefined(
+    order: list[dict[str, Any]], ratios: list[float], validation_fraction: float, rng: np.random.Generator
+) -> tuple[Parts, list[str]]:
+    """Predefined mode: training + validation from the ``train`` subset; both test lists are the ``test`` subset."""
+    del ratios  # the dataset's own subsets fix the sizes
+    subsets: dict[str, list[dict[str, Any]]] = {name: [] for name in PREDEFINED_FOLDERS}
+    for it in order:
+        subset = it.get("subset")
+        if subset not in subsets:
+            raise InputError(
+                f"split=predefined: slice {it['image']} has subset {subset!r}; expected one of {', '.join(PREDEFINED_FOLDERS)}"
+            )
+        subsets[subset].append(it)
+    for name, part in subsets.items():
+        if not part:
+            raise InputError(f"split=predefined: no slice kept from the dataset's {name}/ folder")
+    train, test = subsets["train"], subsets["test"]
+    training, validation, notes = _carve_validation(train, validation_fraction, rng)
+    notes.insert(
+        0,
+        f"split=predefined: training and validation from train/ ({len(train)} slices), test_synthesis and "
+        f"test_segmentation both hold the same {len(test)} slices of test/; split_ratios not used "
+        "(segmentation experiments must then train on `training`, not on test_synthesis)",
+    )
+    shared = sorted({it["patient"] for it in train} & {it["patient"] for it in test}, key=str)
+    if shared:
+        names = ", ".join(shared[:5]) + (" ..." if len(shared) > 5 else "")
+        notes.append(f"{len(shared)} patient id(s) have slices in both train/ and test/ ({names})")
+    return (training, validation, list(test), list(test)), notes
+
+
+def _carve_validation(
+    train: list[dict[str, Any]], validation_fraction: float, rng: np.random.Generator
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """Move about ``validation_fraction`` of ``train`` to validation: whole (smallest) patients when there are several."""
+    counts: dict[str, int] = {}
+    for it in train:
+        counts[it["patient"]] = counts.get(it["patient"], 0) + 1
+    train_patients = sorted(counts)
     notes: list[str] = []
     held_out: set[str] = set()
     if validation_fraction > 0 and len(train_patients) >= 2:
-        candidates = [str(p) for p in rng.permutation(sorted(train_patients))]
+        candidates = [str(p) for p in rng.permutation(train_patients)]
         candidates.sort(key=lambda p: counts[p])  # smallest patients first, ties in seeded order
         taken = 0
         for patient in candidates[:-1]:  # at least one patient stays in training
@@ -196,7 +260,7 @@ def _split_patients(
         validation = []
     held = {it["image"] for it in validation}
     training = [it for it in train if it["image"] not in held]
-    return (training, validation, tests[0], tests[1]), notes
+    return training, validation, notes
 
 
 # --------------------------------------------------------------------------- summary
@@ -242,30 +306,141 @@ def format_summary(summary: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- provenance
 
 
-def dataset_fingerprint(dataset_dir: str | Path) -> str:
-    """Hash of the names, sizes and modification times of the files under a folder.
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
 
-    Used to tell whether prepared data still comes from the same raw files.
-    """
-    root = Path(dataset_dir)
+
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
     return digest.hexdigest()
 
 
-def _settings(dataset_dir: Path, **kwargs: Any) -> dict[str, Any]:
-    # a generated phantom is known by its parameters, so a work folder can move with its data
-    marker = dataset_dir / PHANTOM_MARKER
-    source = f"phantom {marker.read_text(encoding='utf-8').strip()}" if marker.is_file() else str(dataset_dir.resolve())
-    settings = {"dataset_dir": source}
+def hash_raw_files(
+    dataset_dir: str | Path, known: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Size, modification time and SHA-256 of every file under a raw dataset folder.
+
+    Hidden files and folders (names starting with ``.``, such as the phantom's
+    marker) are left out. The contents decide whether two folders hold the
+    same data; the modification time only saves work: a file whose size and
+    time equal its entry in ``known`` keeps the recorded hash and is not read
+    again, so checking an unchanged dataset costs one ``stat`` per file.
+
+    Args:
+        dataset_dir: the raw dataset folder.
+        known: a previous result (from ``datalist.json``), or None.
+
+    Returns:
+        ``{relative POSIX path: {"size", "mtime_ns", "sha256"}}``, sorted by path.
+    """
+    root = Path(dataset_dir)
+    known = known or {}
+    records: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p.relative_to(root))):
+        name = path.relative_to(root).as_posix()
+        stat = path.stat()
+        old = known.get(name)
+        if isinstance(old, Mapping) and old.get("size") == stat.st_size and old.get("mtime_ns") == stat.st_mtime_ns:
+            sha = old.get("sha256")
+        else:
+            sha = _sha256(path)
+        records[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha}
+    return records
+
+
+def dataset_fingerprint(records: Mapping[str, Mapping[str, Any]]) -> str:
+    """One hash of the names, sizes and contents in ``records`` (from :func:`hash_raw_files`); times left out."""
+    digest = hashlib.sha256()
+    for name in sorted(records):
+        digest.update(f"{name}\0{records[name]['size']}\0{records[name]['sha256']}\n".encode())
+    return digest.hexdigest()
+
+
+def _raw_file_changes(old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]]) -> str:
+    """``"1 changed (a.nii.gz), 2 added (b.png, c.png)"``: how two :func:`hash_raw_files` results differ ("" if not)."""
+    groups = {
+        "changed": sorted(n for n in set(old) & set(new) if (old[n].get("size"), old[n].get("sha256")) != (new[n]["size"], new[n]["sha256"])),
+        "added": sorted(set(new) - set(old)),
+        "removed": sorted(set(old) - set(new)),
+    }
+    parts = []
+    for what, names in groups.items():
+        if names:
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            parts.append(f"{len(names)} {what} ({shown})")
+    return ", ".join(parts)
+
+
+def _source_settings(source: Path) -> dict[str, Any]:
+    """How the raw data is identified: a generated phantom by its parameters, any other folder by its path."""
+    params = read_phantom_marker(source)
+    if params is None:
+        return {"dataset_dir": str(source.expanduser().resolve())}
+    return {"dataset_dir": "", **_phantom_settings(params)}
+
+
+def _phantom_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The phantom marker's parameters under the names of the ``phantom_*`` options."""
+    return {
+        "phantom_patients": params.get("num_patients"),
+        "phantom_size": params.get("size"),
+        "phantom_slices": params.get("num_slices"),
+        "phantom_seed": params.get("seed"),
+    }
+
+
+def _settings(source_settings: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
+    settings = dict(source_settings)
     for key, value in kwargs.items():
         settings[key] = list(value) if isinstance(value, (tuple, list)) else value
     return settings
 
 
+def _config_name(key: str) -> str:
+    if key == "phantom_seed":
+        return CONFIG_KEYS.get("seed", "seed")
+    return CONFIG_KEYS.get(key, key)
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "dataset_dir" and value == "":
+        return "'' (the phantom)"
+    return "unset" if value is None else repr(value)
+
+
+def _setting_differences(found: Mapping[str, Any], expected: Mapping[str, Any], skip: Sequence[str] = ()) -> list[str]:
+    """``"<key> was <old>, now <new>"`` for each setting that differs, named by its ``train.yaml`` key (once)."""
+    lines: dict[str, str] = {}
+    for key in list(expected) + [k for k in found if k not in expected]:
+        if key in skip or found.get(key) == expected.get(key):
+            continue
+        name = _config_name(key)
+        lines.setdefault(name, f"{name} was {_shown(key, found.get(key))}, now {_shown(key, expected.get(key))}")
+    return list(lines.values())
+
+
 # --------------------------------------------------------------------------- prepare
+
+
+def _check_predefined(dataset_dir: Path, layout: str) -> None:
+    """``split=predefined`` needs a slice-folder dataset made of exactly its own ``train/`` and ``test/`` folders."""
+    wanted = " and ".join(f"{name}/ (with {name}/images and {name}/labels)" for name in PREDEFINED_FOLDERS)
+    if layout != "slices":
+        raise InputError(f"split=predefined needs the dataset's own {wanted}; this is a {layout} dataset "
+                         "without them: use split=patient", dataset_dir)
+    if (dataset_dir / "images").is_dir():
+        raise InputError(f"split=predefined needs the dataset's own {wanted}, not one images/ folder; "
+                         "use split=patient", dataset_dir)
+    roots = sorted(p.name for p in dataset_dir.iterdir() if p.is_dir() and (p / "images").is_dir())
+    missing = [name for name in PREDEFINED_FOLDERS if name not in roots]
+    extra = [name for name in roots if name not in PREDEFINED_FOLDERS]
+    if missing or extra:
+        found = ", ".join(f"{name}/" for name in roots) or "none"
+        raise InputError(f"split=predefined needs the dataset's own {wanted} and no other image folders; "
+                         f"found {found}", dataset_dir)
 
 
 def _check_folders(dataset_dir: Path, data_dir: Path) -> None:
@@ -317,7 +492,10 @@ def _write_case_slices(
         if case.lung is not None:
             lung = case.lung[:, :, z]
         else:
-            lung = derive_lung_mask(image, case.scale, lesion)
+            where = str(case.sources["image"])
+            if case.image.shape[2] > 1:
+                where = f"{where} slice {case.slice_numbers[z]}"
+            lung = derive_lung_mask(image, case.scale, lesion, source=where)
             found.derived += 1
         label = lab.merge_label_map(lung, lesion, keep_effusion=keep_effusion)
         patient = case.patient_of(z)
@@ -358,7 +536,8 @@ def prepare_dataset(
     Args:
         dataset_dir: raw data in a layout of :mod:`.readers`.
         data_dir: output folder (created atomically).
-        split: ``"patient"`` or ``"paper"``, see :func:`split_items`.
+        split: ``"patient"``, ``"paper"`` or ``"predefined"`` (a slice-folder
+            dataset's own ``train/`` and ``test/``), see :func:`split_items`.
         split_ratios: synthesis-train : synthesis-test : segmentation-test.
         validation_fraction: part of synthesis-train held out for validation.
         keep_effusion: keep pleural effusion as class 4 (else folded into 3).
@@ -375,8 +554,9 @@ def prepare_dataset(
         InputError: missing/empty ``dataset_dir``, unreadable or corrupt file,
             image and mask shapes differ, unknown label values, non-finite
             voxels, no slice with infection, mixed intensity scales, too few
-            patients for the split, ``data_dir`` exists without ``overwrite``.
-            Nothing is written then.
+            patients for the split, ``split="predefined"`` without the dataset's
+            ``train/`` and ``test/`` folders, ``data_dir`` exists without
+            ``overwrite``. Nothing is written then.
     """
     if dataset_dir is None or str(dataset_dir).strip() == "":
         raise InputError("no dataset_dir given (run_prepare and prepare_if_needed generate a phantom dataset instead)")
@@ -387,10 +567,13 @@ def prepare_dataset(
     if int(min_lesion_pixels) < 1:
         raise InputError(f"min_lesion_pixels must be at least 1, got {min_lesion_pixels}")
     layout = detect_layout(source)  # also checks that the folder exists and is not empty
+    if split == "predefined":
+        _check_predefined(source, layout)
     _check_folders(source, target)
     cases = find_cases(source, layout, patient_regex)
+    raw_files = hash_raw_files(source)
     settings = _settings(
-        source,
+        _source_settings(source),
         split=split,
         split_ratios=split_ratios,
         validation_fraction=validation_fraction,
@@ -405,10 +588,13 @@ def prepare_dataset(
     with staged_directory(target, overwrite=overwrite) as stage:
         (stage / "images").mkdir()
         (stage / "labels").mkdir()
-        for files in tqdm(cases, desc="reading", unit="file", disable=None):
+        for files in progress(cases, desc="reading", unit="file"):
             case = load_case(files)
             _write_case_slices(case, stage, source, found, keep_effusion, int(min_lesion_pixels), include_healthy)
         items, pixel_counts, slices_read, derived = found.items, found.pixel_counts, found.slices_read, found.derived
+        if split == "predefined":
+            for it in items:  # the dataset's own subset: the first folder of the slice's source file
+                it["subset"] = Path(it["source"]).parts[0]
         kept_infection = sum(1 for it in items if pixel_counts[it["image"]][lab.GGO :].sum() >= min_lesion_pixels)
         if kept_infection == 0:
             raise InputError(
@@ -450,10 +636,11 @@ def prepare_dataset(
             "lung_masks_derived": derived,
             "notes": notes,
             "settings": settings,
-            "dataset_fingerprint": dataset_fingerprint(source),
+            "dataset_fingerprint": dataset_fingerprint(raw_files),
         }
         write_json({**splits, "properties": properties}, stage / DATALIST)
         write_json(summary, stage / "summary.json")
+        write_json(raw_files, stage / RAW_FILES)
         text = format_summary(summary)
         write_text(text, stage / "summary.md")
     print(text, flush=True)
@@ -463,57 +650,175 @@ def prepare_dataset(
 # --------------------------------------------------------------------------- entry points
 
 
-def _ensure_phantom(phantom_dir: Path, num_patients: int, size: int, num_slices: int, seed: int) -> Path:
-    """Generate the phantom dataset into ``phantom_dir`` unless it is there with the same parameters."""
-    params = {"num_patients": int(num_patients), "size": int(size), "num_slices": int(num_slices), "seed": int(seed)}
-    marker = phantom_dir / PHANTOM_MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text(encoding="utf-8")) == params:
-                print(f"phantom data found at {phantom_dir}", flush=True)
-                return phantom_dir
-        except ValueError:
-            pass
-    elif phantom_dir.exists() and any(phantom_dir.iterdir()):
-        raise InputError(
-            "phantom_dir exists and was not written by the phantom generator; choose another folder", phantom_dir
-        )
-    from .phantom import generate_phantom_dataset  # lazy: only the phantom path needs it
+@contextlib.contextmanager
+def _removing_new_folders(*paths: Path) -> Iterator[None]:
+    """On any failure, remove the folders on the way to ``paths`` that this run created and left empty."""
+    created: set[Path] = set()
+    for path in paths:
+        folder = path.expanduser().absolute()
+        while not folder.exists() and folder.parent != folder:
+            created.add(folder)
+            folder = folder.parent
+    try:
+        yield
+    except BaseException:
+        for folder in sorted(created, key=lambda f: len(f.parts), reverse=True):  # deepest first
+            with contextlib.suppress(OSError):  # not empty (or not there): keep it
+                folder.rmdir()
+        raise
 
-    print(f"no dataset_dir given: generating a phantom dataset in {phantom_dir}", flush=True)
+
+def _phantom_folder(data_dir: Path, phantom_dir: str | None) -> Path:
+    return Path(phantom_dir).expanduser() if phantom_dir else data_dir.expanduser().resolve().parent / "phantom_raw"
+
+
+def _phantom_params(num_patients: int, size: int, num_slices: int, seed: int) -> dict[str, int]:
+    """The phantom generator's parameters (checked: positive integers, as the generator needs)."""
+    params = {"num_patients": num_patients, "size": size, "num_slices": num_slices}
+    minimum = {"num_patients": 1, "size": 16, "num_slices": 1}
+    for key, value in params.items():
+        name = {"num_patients": "phantom_patients", "size": "phantom_size", "num_slices": "phantom_slices"}[key]
+        try:
+            ok = not isinstance(value, bool) and int(value) == value and int(value) >= minimum[key]
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"{name} must be an integer >= {minimum[key]}, got {value!r}")
+        params[key] = int(value)
+    return {**params, "seed": int(seed)}
+
+
+def _phantom_needs_generating(folder: Path, params: Mapping[str, int], overwrite: bool) -> bool:
+    """Whether the phantom must be (re)generated into ``folder``; refuses what must not be replaced.
+
+    Raises:
+        InputError: ``folder`` holds files that the phantom generator did not
+            write (never replaced), or a phantom of other parameters and
+            ``overwrite`` is false.
+    """
+    found = read_phantom_marker(folder)
+    if found == dict(params):
+        return False
+    if found is None:
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise InputError(
+                "phantom_dir exists and was not written by the phantom generator; choose another folder", folder
+            )
+        return True
+    if not overwrite:
+        changes = _setting_differences(_phantom_settings(found), _phantom_settings(params))
+        raise InputError(
+            f"holds a phantom generated with other settings ({'; '.join(changes)}); "
+            "pass overwrite=true to generate it again",
+            folder,
+        )
+    return True
+
+
+def _generate_phantom(folder: Path, params: Mapping[str, int]) -> Path:
+    from .phantom import generate_phantom_dataset  # the module is imported already; looked up here so tests can stand in
+
+    print(f"no dataset_dir given: generating a phantom dataset in {folder}", flush=True)
     generate_phantom_dataset(
-        out_dir=phantom_dir, num_patients=params["num_patients"], size=params["size"],
+        out_dir=folder, num_patients=params["num_patients"], size=params["size"],
         num_slices=params["num_slices"], seed=params["seed"], overwrite=True,
     )
-    write_json(params, marker, overwrite=True)
-    return phantom_dir
+    return folder
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A true/false option: a bool, or the words ``true`` / ``false`` (as ``--key true`` arrives from the command line)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise InputError(f"{name} must be true or false, got {value!r}")
 
 
 def _prepare_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The settings :func:`prepare_dataset` records, for the given keyword arguments."""
+    """The settings :func:`prepare_dataset` records, for the given keyword arguments (checked)."""
     params = inspect.signature(prepare_dataset).parameters
     options = {k: p.default for k, p in params.items() if k not in ("dataset_dir", "data_dir", "overwrite")}
     unknown = sorted(set(kwargs) - set(options) - {"overwrite"})
     if unknown:
         raise InputError(f"unknown preparation option(s) {', '.join(unknown)}; expected {', '.join(options)}")
     options.update({k: v for k, v in kwargs.items() if k != "overwrite"})
-    options["min_lesion_pixels"] = int(options["min_lesion_pixels"])
+    for key in ("keep_effusion", "include_healthy"):
+        options[key] = _flag(key, options[key])
+    try:
+        options["min_lesion_pixels"] = int(options["min_lesion_pixels"])
+    except (TypeError, ValueError):
+        raise InputError(f"min_lesion_pixels must be an integer, got {options['min_lesion_pixels']!r}") from None
+    if not options["patient_regex"]:
+        options["patient_regex"] = None  # "" and None both mean: the file stem is the patient
+    _check_split_args(options["split"], options["split_ratios"], options["validation_fraction"])
     return options
 
 
-def _source_dir(
-    dataset_dir: str | None,
-    data_dir: str,
-    phantom_dir: str | None,
-    phantom_patients: int,
-    phantom_size: int,
-    phantom_slices: int,
-    seed: int,
-) -> Path:
-    if dataset_dir is not None and str(dataset_dir).strip() != "":
-        return Path(dataset_dir).expanduser()
-    folder = Path(phantom_dir).expanduser() if phantom_dir else Path(data_dir).expanduser().resolve().parent / "phantom_raw"
-    return _ensure_phantom(folder, phantom_patients, phantom_size, phantom_slices, seed)
+def _check_data_dir(
+    target: Path, source: Path | None, source_settings: Mapping[str, Any], options: Mapping[str, Any], overwrite: bool
+) -> tuple[bool, dict[str, Any]]:
+    """Compare ``data_dir`` with what this run would prepare; nothing is written.
+
+    Args:
+        target: ``data_dir``.
+        source: the raw dataset folder, or None for the phantom (known by its settings).
+        source_settings: :func:`_source_settings` of what this run reads.
+        options: the preparation options.
+        overwrite: whether a different ``data_dir`` may be replaced.
+
+    Returns:
+        ``(ready, properties)``: ``ready`` when ``data_dir`` already holds this
+        preparation (its ``datalist.json`` properties are returned).
+
+    Raises:
+        InputError: ``data_dir`` is not a folder, or holds other data (another
+            preparation: the differing settings are named) and ``overwrite`` is false.
+    """
+    if target.exists() and not target.is_dir():
+        raise InputError("exists and is not a folder", target)
+    datalist = target / DATALIST
+    if not datalist.is_file():
+        if target.exists() and any(target.iterdir()) and not overwrite:
+            raise InputError(
+                "holds other files and no datalist.json; pass overwrite=true to replace it, or choose another data_dir",
+                target,
+            )
+        return False, {}
+    try:
+        properties = json.loads(datalist.read_text(encoding="utf-8")).get("properties", {})
+    except (OSError, ValueError, AttributeError):
+        properties = {}
+    found = properties.get("settings") if isinstance(properties, dict) else None
+    recorded_files = _read_raw_files(target)
+    if not isinstance(found, dict) or recorded_files is None:
+        changes = ["it has no record of its raw files' contents (prepared by an older version, or damaged)"]
+    else:
+        expected = _settings(source_settings, **options)
+        both_folders = bool(found.get("dataset_dir")) and bool(expected.get("dataset_dir"))
+        # a dataset folder is known by its contents: a moved or copied one is the same data
+        changes = _setting_differences(found, expected, skip=("dataset_dir",) if both_folders else ())
+        if both_folders and not changes and source is not None:
+            differ = _raw_file_changes(recorded_files, hash_raw_files(source, known=recorded_files))
+            if differ:
+                changes.append(f"the raw files in dataset_dir differ from those it was prepared from: {differ}")
+    if not changes:
+        return True, properties
+    if not overwrite:
+        raise InputError(
+            f"holds data prepared with other settings or data: {'; '.join(changes)}; "
+            "pass overwrite=true to prepare it again",
+            target,
+        )
+    return False, properties
+
+
+def _read_raw_files(data_dir: Path) -> dict[str, dict[str, Any]] | None:
+    try:
+        records = json.loads((data_dir / RAW_FILES).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return records if isinstance(records, dict) else None
 
 
 def prepare_if_needed(
@@ -525,11 +830,20 @@ def prepare_if_needed(
     phantom_slices: int = 12,
     **prepare_kwargs: Any,
 ) -> dict[str, Any]:
-    """Prepare ``data_dir`` unless it already holds the same preparation of the same raw files.
+    """Prepare ``data_dir`` unless it already holds the same preparation of the same raw data.
 
-    With no ``dataset_dir`` (None or ``""``) a phantom dataset is generated
-    first, into ``phantom_dir`` (default: ``<data_dir>/../phantom_raw``), and
-    reused while its parameters stay the same.
+    Everything is checked before anything is written, so a refusal leaves the
+    disk as it was: the options, ``data_dir`` (a folder of other files, or a
+    preparation with other settings: each differing setting is named with its
+    recorded and its new value), and the phantom folder. A dataset folder is
+    recognised by its contents (sizes and SHA-256 of its files, recorded in
+    ``raw_files.json``; files whose size and modification time are unchanged
+    are not read again), so moving it or copying the work folder is no change.
+    With no ``dataset_dir`` (None or ``""``) the data is a phantom, known by
+    its parameters; it is generated into ``phantom_dir`` (default:
+    ``<data_dir>/../phantom_raw``) only when it is not there already with the
+    same parameters, and only after the checks above. A run that fails
+    removes the folders it created and left empty.
 
     Args:
         dataset_dir: raw dataset folder, or None/``""`` for the phantom.
@@ -539,7 +853,9 @@ def prepare_if_needed(
         phantom_size: phantom slice size in pixels.
         phantom_slices: phantom slices per volume.
         prepare_kwargs: the other arguments of :func:`prepare_dataset`
-            (``seed`` also seeds the phantom).
+            (``seed`` also seeds the phantom). ``overwrite=True`` prepares
+            again when ``data_dir`` differs (and regenerates a phantom of other
+            parameters); a ``data_dir`` that already matches is kept.
 
     Returns:
         The summary of the preparation (read back from ``summary.json`` when
@@ -547,29 +863,39 @@ def prepare_if_needed(
 
     Raises:
         InputError: as :func:`prepare_dataset`; also when ``data_dir`` holds
-            data prepared differently and ``overwrite`` is false.
+            other data, or ``phantom_dir`` a phantom of other parameters, and
+            ``overwrite`` is false; or ``phantom_dir`` holds files the phantom
+            generator did not write.
     """
-    seed = int(prepare_kwargs.get("seed", 0))
-    source = _source_dir(dataset_dir, data_dir, phantom_dir, phantom_patients, phantom_size, phantom_slices, seed)
-    target = Path(data_dir).expanduser()
-    datalist = target / DATALIST
-    if datalist.is_file():
-        expected = _settings(source, **_prepare_options(prepare_kwargs))
-        try:
-            properties = json.loads(datalist.read_text(encoding="utf-8")).get("properties", {})
-        except ValueError:
-            properties = {}
-        found = properties.get("settings", {})
-        same_files = properties.get("dataset_fingerprint") == (dataset_fingerprint(source) if source.is_dir() else None)
-        if found == expected and same_files:
-            print(f"prepared data found at {target}", flush=True)
-            summary_file = target / "summary.json"
-            return json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else properties
-        if not prepare_kwargs.get("overwrite", False):
-            changed = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
-            reason = f"other settings ({', '.join(changed)})" if changed else "raw files that have changed since"
-            raise InputError(f"holds data prepared from {reason}; pass overwrite=true to prepare it again", target)
-    return prepare_dataset(str(source), str(target), **prepare_kwargs)
+    overwrite = _flag("overwrite", prepare_kwargs.get("overwrite", False))
+    options = _prepare_options(prepare_kwargs)
+    target = Path(data_dir).expanduser() if data_dir is not None and str(data_dir).strip() else None
+    if target is None:
+        raise InputError("no data_dir given")
+    phantom = dataset_dir is None or str(dataset_dir).strip() == ""
+    if phantom:
+        params = _phantom_params(phantom_patients, phantom_size, phantom_slices, options["seed"])
+        source = _phantom_folder(target, phantom_dir)
+        source_settings = {"dataset_dir": "", **_phantom_settings(params)}
+        if options["split"] == "predefined":
+            raise InputError("split=predefined needs a dataset with its own train/ and test/ folders; "
+                             "the phantom has none: use split=patient")
+    else:
+        source = Path(str(dataset_dir)).expanduser()
+        detect_layout(source)  # exists, not empty, a known layout
+        source_settings = _source_settings(source)
+    _check_folders(source, target)
+    ready, properties = _check_data_dir(target, None if phantom else source, source_settings, options, overwrite)
+    if ready:
+        print(f"prepared data found at {target}", flush=True)
+        summary_file = target / "summary.json"
+        return json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else properties
+    with _removing_new_folders(target, source):
+        if phantom and _phantom_needs_generating(source, params, overwrite):
+            check_writable(source)
+            check_writable(target)
+            _generate_phantom(source, params)
+        return prepare_dataset(str(source), str(target), overwrite=overwrite, **options)
 
 
 @exit_on_input_error
@@ -592,7 +918,10 @@ def run_prepare(
 ) -> dict[str, Any]:
     """Bundle entry point of the ``prepare`` run id: :func:`prepare_dataset`, phantom when no dataset.
 
-    Bad input exits with status 2 and one ``ERROR: <file>: <problem>`` line on stderr.
+    Unlike :func:`prepare_if_needed` it always prepares, so an existing
+    non-empty ``data_dir`` needs ``overwrite``; that is checked (as are the
+    options and the phantom folder) before a phantom is generated. Bad input
+    exits with status 2 and one ``ERROR: <file>: <problem>`` line on stderr.
 
     Args:
         dataset_dir: raw dataset folder; None or ``""`` generates the phantom
@@ -605,12 +934,35 @@ def run_prepare(
     Returns:
         The summary.
     """
-    source = _source_dir(dataset_dir, data_dir, phantom_dir, phantom_patients, phantom_size, phantom_slices, seed)
-    return prepare_dataset(
-        str(source), data_dir, split=split, split_ratios=split_ratios, validation_fraction=validation_fraction,
-        keep_effusion=keep_effusion, min_lesion_pixels=min_lesion_pixels, seed=seed, overwrite=overwrite,
+    options = _prepare_options(dict(
+        split=split, split_ratios=split_ratios, validation_fraction=validation_fraction,
+        keep_effusion=keep_effusion, min_lesion_pixels=min_lesion_pixels, seed=seed,
         patient_regex=patient_regex, include_healthy=include_healthy,
-    )
+    ))
+    overwrite = _flag("overwrite", overwrite)
+    if data_dir is None or str(data_dir).strip() == "":
+        raise InputError("no data_dir given")
+    target = Path(data_dir).expanduser()
+    if dataset_dir is not None and str(dataset_dir).strip() != "":
+        return prepare_dataset(str(dataset_dir), str(target), overwrite=overwrite, **options)
+    if options["split"] == "predefined":
+        raise InputError("split=predefined needs a dataset with its own train/ and test/ folders; "
+                         "the phantom has none: use split=patient")
+    params = _phantom_params(phantom_patients, phantom_size, phantom_slices, options["seed"])
+    source = _phantom_folder(target, phantom_dir)
+    _check_folders(source, target)
+    if target.exists() and not target.is_dir():
+        raise InputError("exists and is not a folder", target)
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise InputError("already exists and is not empty; pass overwrite=true to replace it", target)
+    with _removing_new_folders(target, source):
+        if _phantom_needs_generating(source, params, overwrite):
+            check_writable(source)
+            check_writable(target)
+            _generate_phantom(source, params)
+        else:
+            print(f"phantom data found at {source}", flush=True)
+        return prepare_dataset(str(source), str(target), overwrite=overwrite, **options)
 
 
 run_prepare_if_needed = exit_on_input_error(prepare_if_needed)

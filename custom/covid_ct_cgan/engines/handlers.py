@@ -1,4 +1,5 @@
-"""Ignite handlers of the GAN stages: sample grids, validation curves, non-finite guard, LR schedule."""
+"""Ignite handlers of the GAN stages: sample grids, validation curves, non-finite guard, LR schedule,
+epoch means and the spread of the learned DFM weight."""
 
 from __future__ import annotations
 
@@ -281,6 +282,97 @@ class EpochMeans:
             engine.state.metrics[f"train_{key}"] = total / self._counts[key]
 
 
+class DfmWeightSpread:
+    """Per epoch, how the learned DFM weight ``b`` is spread over the samples: a histogram and the bound fractions.
+
+    The DFM net maximises a loss that is linear in ``b``, so each sample's
+    ``b`` is driven towards a bound of its range (0.1 or 0.9 by default): the
+    net learns a per-sample switch between D1 and D2 rather than a blend. This
+    handler collects every sample's ``b`` of an epoch (the trainer's
+    ``dfm_weights`` output, present while the DFM net learns) and publishes
+    ``train_dfm_weight_at_low`` and ``train_dfm_weight_at_high`` (the fractions
+    of samples within ``tolerance`` of the range's width from each bound) in
+    ``engine.state.metrics``, so the epoch's log, TensorBoard scalars and MLflow
+    record them; with ``log_dir`` it also writes a TensorBoard histogram
+    ``train_dfm_weight`` per epoch. Attach it before the handlers that log the
+    epoch's metrics. Under DDP each rank sees its own samples.
+
+    Args:
+        bounds: ``(low, high)`` range of ``b`` (:class:`~covid_ct_cgan.networks.DfmWeight`'s ``low`` and ``high``).
+        tolerance: distance from a bound, as a fraction of ``high - low``, that counts as "at the bound".
+        log_dir: TensorBoard folder of the histogram; ``None`` writes none.
+        key: the per-sample key of the trainer's output.
+
+    Raises:
+        ValueError: ``bounds`` not increasing, or ``tolerance`` outside ``(0, 0.5)``.
+    """
+
+    def __init__(
+        self,
+        bounds: Sequence[float] = (0.1, 0.9),
+        tolerance: float = 0.01,
+        log_dir: str | Path | None = None,
+        key: str = "dfm_weights",
+    ) -> None:
+        low, high = float(bounds[0]), float(bounds[1])
+        if not low < high:
+            raise ValueError(f"DfmWeightSpread: bounds must be (low, high) with low < high, got {tuple(bounds)}")
+        if not 0.0 < tolerance < 0.5:
+            raise ValueError(f"DfmWeightSpread: tolerance must be in (0, 0.5), got {tolerance}")
+        self.low, self.high, self.tolerance = low, high, float(tolerance)
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.key = key
+        self.values: list[float] = []
+        self._writer: Any = None
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to a trainer."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
+        engine.add_event_handler(Events.COMPLETED, self.close)
+
+    def _reset(self, engine: Engine) -> None:
+        self.values = []
+
+    def _collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        items = output if isinstance(output, list) else [output]
+        for item in items:
+            value = item.get(self.key) if isinstance(item, dict) else None
+            if value is not None:
+                self.values += [v for v in torch.as_tensor(value).detach().float().reshape(-1).tolist() if math.isfinite(v)]
+
+    def fractions(self) -> tuple[float, float]:
+        """The fractions of this epoch's samples at the low and at the high bound (``nan`` when none were seen)."""
+        if not self.values:
+            return math.nan, math.nan
+        values = np.asarray(self.values)
+        margin = self.tolerance * (self.high - self.low)
+        return float(np.mean(values <= self.low + margin)), float(np.mean(values >= self.high - margin))
+
+    def _publish(self, engine: Engine) -> None:
+        if not self.values:
+            return
+        at_low, at_high = self.fractions()
+        engine.state.metrics["train_dfm_weight_at_low"] = at_low
+        engine.state.metrics["train_dfm_weight_at_high"] = at_high
+        if self.log_dir is not None:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(self.log_dir))
+            bins = np.linspace(self.low, self.high, 21)
+            self._writer.add_histogram("train_dfm_weight", np.asarray(self.values), engine.state.epoch, bins=bins)
+            self._writer.flush()
+
+    def close(self, engine: Engine | None = None) -> None:
+        """Close the TensorBoard writer (at the end of the run)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
 class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI's ``CheckpointSaver`` writing each file under a temporary name, then renaming it.
 
@@ -331,7 +423,11 @@ class TrainingCheckpointSaver(AtomicCheckpointSaver):
 
     def interval_completed(self, engine: Engine) -> None:
         """Save, except mid-epoch savers at an epoch's last iteration: the epoch-level checkpoint,
-        written after the epoch-end handlers (LR step, validation), is the resume point there."""
+        written after the epoch-end handlers (LR step, validation), is the resume point there.
+        Nothing is saved after an iteration with a non-finite loss (the run stops; the last good
+        checkpoints stay the newest)."""
+        if getattr(engine.state, "non_finite", None):
+            return
         length = engine.state.epoch_length
         if not self.epoch_level and length and engine.state.iteration % length == 0:
             return

@@ -5,17 +5,20 @@
 
 * ``run`` -> :func:`run_stage` on the config's own ``train#trainer``;
 * ``train_global`` / ``train_local`` / ``train_joint`` / ``training`` ->
-  :func:`run_stages`, which re-reads the *same* config (the files and
-  command-line overrides of the running ``monai.bundle run``, including what
-  ``--tracking mlflow`` added) once per stage with ``stage`` set, so every
-  stage is wired by the config and nothing is duplicated in Python.
+  :func:`run_stages`, which is handed the configuration of the run (the
+  :class:`~covid_ct_cgan.settings.BundleCommand`: config files, command-line
+  overrides, ``--tracking``) and re-reads it once per stage with ``stage`` set,
+  so every stage is wired by the config and nothing is duplicated in Python.
+
+Each stage folder keeps the network settings it was trained with
+(``settings.json``); resuming it, or starting the joint stage from it, with
+other values is refused with the differing keys named.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import inspect
+import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -25,15 +28,19 @@ from typing import Any
 import torch
 from ignite.handlers import Checkpoint
 
-from ..errors import InputError, exit_on_input_error
-from ..fileio import check_writable
+from ..errors import InputError, exit_on_input_error, interrupt_note
+from ..fileio import check_writable, write_json
 from ..locking import output_lock
 from ..networks.handover import load_generator_part
+from ..settings import BundleCommand, load_config, setting_differences, using_command
+from .cleanup import removing_empty_outputs
+from .trainer import unwrap
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("global", "local", "joint")
 _CKPT_PATTERN = re.compile(r"checkpoint_(epoch|iteration)=(\d+)\.pt$")
+SETTINGS_FILE = "settings.json"
 
 
 def checkpoint_candidates(checkpoint_dir: str | Path) -> list[Path]:
@@ -139,7 +146,7 @@ def hand_over(generator: torch.nn.Module, sources: Mapping[str, str | Path], dis
         found = load_latest_checkpoint(discriminator_source, required=["discriminator"])
         if found is not None:
             try:
-                discriminator.load_state_dict(found[1]["discriminator"], strict=True)
+                unwrap(discriminator).load_state_dict(found[1]["discriminator"], strict=True)
             except RuntimeError as err:
                 raise InputError(f"discriminator does not match this configuration: {err}", found[0]) from None
             logger.info(f"discriminator initialised from {found[0]}")
@@ -154,6 +161,55 @@ def _checkpoint_space(save_dict: Mapping[str, Any], files: int = 5) -> int:
     return files * total
 
 
+def read_stage_settings(stage_dir: str | Path) -> dict[str, Any] | None:
+    """The network settings recorded in a stage folder (``settings.json``), or ``None`` when there are none.
+
+    Raises:
+        InputError: the file exists but is not a JSON object.
+    """
+    path = Path(stage_dir) / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read the stage's settings ({err}); delete it to accept this run's", path) from None
+    if not isinstance(recorded, dict):
+        raise InputError("is not a JSON object of settings; delete it to accept this run's", path)
+    return recorded
+
+
+def check_stage_settings(stage_dir: str | Path, settings: Mapping[str, Any], action: str = "resume") -> None:
+    """Refuse to ``action`` a stage whose recorded network settings differ from ``settings``.
+
+    Raises:
+        InputError: names every differing key with the recorded and the current value.
+    """
+    recorded = read_stage_settings(stage_dir)
+    if recorded is None:
+        return
+    differences = setting_differences(recorded, settings)
+    if differences:
+        raise InputError(
+            f"cannot {action} this stage: it was trained with other network settings ({'; '.join(differences)}); "
+            "use the settings it was trained with, or start over in another output_dir (or with resume=false)",
+            Path(stage_dir) / SETTINGS_FILE,
+        )
+
+
+def record_stage_settings(stage_dir: str | Path, settings: Mapping[str, Any]) -> Path:
+    """Write ``settings`` to the stage folder's ``settings.json`` (atomically, replacing an older record)."""
+    plain = json.loads(json.dumps(dict(settings), default=str))  # tuples as lists, objects by name
+    return write_json(plain, Path(stage_dir) / SETTINGS_FILE, overwrite=True)
+
+
+def _stopped_at(trainer: Any, checkpoint_dir: Path) -> str:
+    """Where an interrupted stage stopped, and the checkpoint it resumes from (for the Ctrl-C line)."""
+    newest = next(iter(checkpoint_candidates(checkpoint_dir)), None)
+    start = f"resumes from {newest}" if newest else f"no checkpoint yet in {checkpoint_dir}"
+    return f"in stage '{checkpoint_dir.name}' at epoch {trainer.state.epoch}, iteration {trainer.state.iteration} ({start})"
+
+
 @exit_on_input_error
 def run_stage(
     trainer: Any,
@@ -162,11 +218,23 @@ def run_stage(
     resume_training: bool = True,
     handover: Mapping[str, str | Path] | None = None,
     handover_discriminator: str | Path | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> None:
     """Run one stage: resume or hand over, train, stop cleanly on a non-finite loss.
 
     A stage whose newest checkpoint is at its last epoch is complete and is
     skipped (Ignite would otherwise restart it from scratch).
+
+    Args:
+        trainer: the stage's trainer.
+        save_dict: what a checkpoint holds (without the trainer).
+        checkpoint_dir: the stage folder.
+        resume_training: resume from the newest checkpoint (``False``: start over).
+        handover: generator part -> folder of the stage it starts from (when not resuming).
+        handover_discriminator: folder whose discriminator warm-starts this stage's.
+        settings: the network settings the stage's weights depend on (``network_settings``):
+            compared with the stage folder's ``settings.json`` (and the hand-over sources')
+            before anything is loaded, then recorded there.
 
     Raises:
         SystemExit: status 1 and one ``ERROR:`` line when training hit a non-finite loss;
@@ -178,38 +246,28 @@ def run_stage(
     with output_lock(checkpoint_dir) if rank0 else contextlib.nullcontext():
         if rank0:
             check_writable(checkpoint_dir, min_free_bytes=_checkpoint_space(save_dict))
+        if settings is not None:
+            if resume_training and checkpoint_candidates(checkpoint_dir):
+                check_stage_settings(checkpoint_dir, settings, "resume")
+            else:
+                for source in {*(handover or {}).values(), *([handover_discriminator] if handover_discriminator else [])}:
+                    check_stage_settings(source, settings, "start from")
         loaded = resume(trainer, save_dict, checkpoint_dir) if resume_training else None
         if loaded is not None and trainer.state.epoch >= trainer.state.max_epochs:
             logger.info(f"stage in {checkpoint_dir} is complete ({trainer.state.epoch} epochs); skipping")
             return
         if loaded is None and handover:
             hand_over(trainer.generator, handover, getattr(trainer, "discriminator", None), handover_discriminator)
-        trainer.run()
+        if settings is not None and rank0:
+            record_stage_settings(checkpoint_dir, settings)
+        with interrupt_note(lambda: _stopped_at(trainer, checkpoint_dir)):
+            trainer.run()
     reason = getattr(trainer.state, "stop_reason", None)
     if reason:
         import sys
 
         print(f"ERROR: {reason}; checkpoints in {checkpoint_dir}", file=sys.stderr, flush=True)
         raise SystemExit(1)
-
-
-def running_workflow() -> Any:
-    """The MONAI ``ConfigWorkflow`` whose expression is being evaluated (found on the call stack)."""
-    from monai.bundle.workflows import ConfigWorkflow
-
-    for frame_info in inspect.stack():
-        candidate = frame_info.frame.f_locals.get("self")
-        if isinstance(candidate, ConfigWorkflow):
-            return candidate
-    raise RuntimeError(
-        "run_stages must be called from a bundle run (python -m monai.bundle run <id> --config_file ...), "
-        "or be given the config explicitly"
-    )
-
-
-def running_config(config: Mapping[str, Any] | None = None) -> dict:
-    """A private copy of ``config``, or of the running ``monai.bundle run``'s raw config (with its overrides)."""
-    return copy.deepcopy(dict(config) if config is not None else running_workflow().parser.config)
 
 
 def run_ids(parser: Any, keys: Sequence[str]) -> None:
@@ -222,20 +280,28 @@ def run_ids(parser: Any, keys: Sequence[str]) -> None:
 
 
 @exit_on_input_error
-def run_stages(stages: Sequence[str], config: Mapping[str, Any] | None = None) -> None:
-    """Run stages in order, each from the same config with ``stage`` set.
+def run_stages(stages: Sequence[str], config: BundleCommand | Mapping[str, Any] | None) -> None:
+    """Run stages in order, each from the same configuration with ``stage`` set.
 
     Args:
         stages: any of ``global``, ``local``, ``joint`` (a baseline config may name its own).
-        config: the raw config (as read by ``ConfigParser``); default: the config of
-            the running ``monai.bundle run``, with its command-line overrides.
+        config: the run's command (``covid_ct_cgan.settings.current_command()`` in ``train.yaml``:
+            config files, overrides and ``--tracking``, re-read per stage), or a raw config
+            (as read by ``ConfigParser``).
+
+    Raises:
+        SystemExit: status 2 and one ``ERROR:`` line when there is no configuration to re-read
+            or a stage refuses its input.
     """
     from monai.bundle import ConfigParser
 
-    raw = running_config(config)
     for stage in stages:
         logger.info(f"==== stage '{stage}' ====")
-        parser = ConfigParser(copy.deepcopy(raw))
-        parser["stage"] = stage
-        parser.parse(reset=True)
-        run_ids(parser, ("initialize", "run", "finalize"))
+        raw = load_config(config, stage=stage)
+        command = config.with_overrides(stage=stage) if isinstance(config, BundleCommand) else BundleCommand(base=raw)
+        with using_command(command):  # the stage's own checks (its `initialize`) see this stage's config
+            parser = ConfigParser(raw)
+            parser.parse(reset=True)
+            stage_dir = parser.get_parsed_content("stage_dir") if "stage_dir" in parser else None
+            with removing_empty_outputs(stage_dir):  # a failed stage leaves no empty folders (tensorboard/ ...)
+                run_ids(parser, ("initialize", "run", "finalize"))

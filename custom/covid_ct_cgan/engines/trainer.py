@@ -6,22 +6,38 @@ subclass of :class:`monai.engines.Trainer` (as the model-zoo's MAISI and
 BraTS generative bundles do). One iteration:
 
 1. generator forward on the condition (one-hot label map [+ context]);
-2. discriminator step: least-squares GAN loss over all scales, real =
-   (map, image), fake = (map, detached output), one batched forward;
-3. DFM step (joint stage): the DFM weighting net is updated to *maximise*
-   the dynamic feature-matching loss, on detached features;
+2. discriminator step: GAN loss over all scales (least squares, or pix2pix's
+   cross-entropy with ``gan_mode="vanilla"``), real = (map, image), fake =
+   (map, detached output), one batched forward;
+3. DFM step (joint stage): the DFM weighting net reads D's features of the
+   fake pair and is updated to *maximise* the dynamic feature-matching loss,
+   on detached features of that same forward;
 4. generator step: GAN loss + ``lambda_fm`` x DFM feature matching
-   (+ ``lambda_l1`` x L1 for the pix2pix baseline).
+   (+ ``lambda_l1`` x L1 for the pix2pix baseline). The generator is scored
+   by the discriminator as updated in step 2, and feature matching compares
+   the fake pair's features with the real pair's features of that *same*
+   discriminator state: the real pair goes through D again, without gradients
+   (one more forward of the real half; pix2pixHD takes both from one state too).
+   A forward without gradients does not touch DistributedDataParallel's
+   gradient reducer, so this is safe with DDP, and both forwards run under the
+   same autocast, so with AMP too.
+
+With ``freeze_global_epochs = N`` the global generator G1 gets no update in the
+first N epochs (pix2pixHD's ``niter_fix_global``): its gradients are dropped
+before the generator's optimizer step, so Adam (fused or not) skips its
+parameters and keeps no moments for them until they train.
 
 A non-finite loss skips the optimizer steps it would drive (no non-finite
 update ever reaches the weights) and marks ``engine.state.non_finite``; the
 :class:`~covid_ct_cgan.engines.handlers.NonFiniteLossGuard` handler stops the
-run with a clear message.
+run with a clear message. The AMP grad scaler is updated only after an
+iteration that stepped an optimizer (it has nothing to update from otherwise).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,6 +51,8 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from .. import losses
+
+logger = logging.getLogger(__name__)
 
 COMPILE_BACKEND = "inductor"  # torch.compile backend of ``compile=True`` (tests use a faster one)
 
@@ -92,13 +110,23 @@ class ConditionalGanTrainer(Trainer):
             into the real slice (``map+context`` conditioning).
         region_weighted: weight GAN and feature-matching losses by the region
             (``map+context`` conditioning, SPEC 2).
+        gan_mode: ``"lsgan"`` (least squares, pix2pixHD and the paper) or ``"vanilla"``
+            (pix2pix's cross-entropy on logits), for the discriminator and generator losses.
+        freeze_global_epochs: the first epochs in which the generator's ``global_net`` (G1)
+            is not updated (joint stage; pix2pixHD's ``niter_fix_global``); 0 trains it throughout.
         amp: mixed precision (bf16 autocast on CPU, AMP with a grad scaler on CUDA).
+        grad_scaler: the loss scaler of the optimizer steps; default: a CUDA ``GradScaler``
+            when ``amp`` runs on CUDA, none otherwise.
         compile: run the generator and discriminator through ``torch.compile`` (static
             shapes; the first iterations compile, minutes on a CPU; clears code compiled
             earlier in the process). The networks themselves stay plain modules, so
             checkpoints, validation and DDP see them.
         epoch_length, non_blocking, train_handlers, key_train_metric,
         additional_metrics, postprocessing, decollate: as in MONAI's ``Trainer``.
+
+    Raises:
+        ValueError: unknown ``gan_mode``, negative ``freeze_global_epochs``, or
+            ``freeze_global_epochs > 0`` with a generator that has no ``global_net``.
     """
 
     def __init__(
@@ -118,7 +146,10 @@ class ConditionalGanTrainer(Trainer):
         lambda_l1: float = 0.0,
         composite_fake: bool = False,
         region_weighted: bool = False,
+        gan_mode: str = "lsgan",
+        freeze_global_epochs: int = 0,
         amp: bool = False,
+        grad_scaler: torch.amp.GradScaler | None = None,
         compile: bool = False,
         epoch_length: int | None = None,
         non_blocking: bool = False,
@@ -153,6 +184,22 @@ class ConditionalGanTrainer(Trainer):
         self.lambda_l1 = float(lambda_l1)
         self.composite_fake = bool(composite_fake)
         self.region_weighted = bool(region_weighted)
+        if gan_mode not in losses.GAN_MODES:
+            raise ValueError(f"gan_mode must be one of {losses.GAN_MODES}, got {gan_mode!r}")
+        self.gan_mode = gan_mode
+        self.freeze_global_epochs = int(freeze_global_epochs)
+        if self.freeze_global_epochs < 0:
+            raise ValueError(f"freeze_global_epochs must be >= 0, got {freeze_global_epochs}")
+        global_net = getattr(unwrap(generator), "global_net", None)
+        if self.freeze_global_epochs and not isinstance(global_net, torch.nn.Module):
+            raise ValueError(
+                f"freeze_global_epochs={self.freeze_global_epochs} needs a generator with a global_net (G1); "
+                f"{type(unwrap(generator)).__name__} has none"
+            )
+        self._global_params = list(global_net.parameters()) if self.freeze_global_epochs else []
+        self._global_frozen = False
+        self.grad_scaler = grad_scaler
+        self.scaler: torch.amp.GradScaler | None = None
         self.state.non_finite = None
         self.compile = bool(compile)
         if self.compile:
@@ -162,8 +209,10 @@ class ConditionalGanTrainer(Trainer):
         self._g_forward = _compiled(generator) if self.compile else generator
         self._d_forward = _compiled(discriminator) if self.compile else discriminator
         # toggling requires_grad of D in the generator step saves its weight gradients, but DDP
-        # needs the same parameters to receive gradients in every backward
+        # needs the same parameters to receive gradients in every backward (so a frozen G1 under
+        # DDP computes its gradients and they are dropped before the step)
         self._toggle_d = not isinstance(discriminator, DistributedDataParallel)
+        self._toggle_g = not isinstance(generator, DistributedDataParallel)
 
     @property
     def network(self) -> torch.nn.Module:
@@ -173,15 +222,40 @@ class ConditionalGanTrainer(Trainer):
     def run(self) -> None:  # type: ignore[override]
         """Train from the current state (resumes where a loaded checkpoint stopped)."""
         cuda = torch.device(self.state.device).type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if (self.amp and cuda) else None
-        Engine.run(self, data=self.data_loader, max_epochs=self.state.max_epochs)
+        if self.grad_scaler is not None:
+            self.scaler = self.grad_scaler
+        else:
+            self.scaler = torch.amp.GradScaler("cuda") if (self.amp and cuda) else None
+        try:
+            Engine.run(self, data=self.data_loader, max_epochs=self.state.max_epochs)
+        finally:
+            self._freeze_global(False, log=False)  # G1 leaves the run trainable, however it ended
 
-    def _backward_step(self, loss: torch.Tensor, optimizer: Optimizer) -> None:
+    def global_frozen(self, epoch: int) -> bool:
+        """Whether G1 is frozen in ``epoch`` (1-based, as ``engine.state.epoch`` during an epoch)."""
+        return epoch <= self.freeze_global_epochs
+
+    def _freeze_global(self, frozen: bool, log: bool = True) -> None:
+        """Mark G1 frozen or trainable (``requires_grad`` off/on too, where DDP allows it)."""
+        if frozen != self._global_frozen and log:
+            state = f"is frozen until epoch {self.freeze_global_epochs}" if frozen else "trains from now on"
+            logger.info(f"epoch {self.state.epoch}: the global generator (G1) {state}")
+        self._global_frozen = frozen
+        if self._toggle_g:
+            for p in self._global_params:
+                p.requires_grad_(not frozen)
+
+    def _backward_step(self, loss: torch.Tensor, optimizer: Optimizer, drop: Sequence[torch.Tensor] = ()) -> None:
+        """Backward and step; the gradients of ``drop`` are removed first, so the optimizer skips those parameters."""
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
         else:
             loss.backward()
+        for p in drop:
+            p.grad = None
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+        else:
             optimizer.step()
 
     def _set_d_grad(self, flag: bool) -> None:
@@ -200,6 +274,9 @@ class ConditionalGanTrainer(Trainer):
         weight = unwrap(engine.discriminator).region_masks(region) if engine.region_weighted else None
         autocast = autocast_context(torch.device(device), engine.amp)
         batch = real.shape[0]
+        stepped = False  # whether an optimizer step ran (the grad scaler has inf checks to update from)
+        if engine.freeze_global_epochs:
+            engine._freeze_global(engine.global_frozen(engine.state.epoch))
 
         # 1. generator forward
         with autocast:
@@ -219,16 +296,21 @@ class ConditionalGanTrainer(Trainer):
             feats = engine._d_forward(both)
             real_feats = [[f[:batch] for f in scale] for scale in feats]
             fake_feats = [[f[batch:] for f in scale] for scale in feats]
-            d_loss = 0.5 * (losses.lsgan_loss(real_feats, True, weight) + losses.lsgan_loss(fake_feats, False, weight))
+            d_loss = 0.5 * (
+                losses.gan_loss(real_feats, True, weight, engine.gan_mode)
+                + losses.gan_loss(fake_feats, False, weight, engine.gan_mode)
+            )
         finite = bool(torch.isfinite(d_loss.detach()))
         if finite:
             engine._backward_step(d_loss, engine.d_optimizer)
+            stepped = True
         real_detached = [[f.detach().float() for f in scale] for scale in real_feats]
         fake_detached = [[f.detach().float() for f in scale] for scale in fake_feats]
 
         # 3. DFM weight: the weighting net sees D's features of the fake pair and is trained to
-        #    maximise the DFM loss on detached feature-matching values (gradients reach it only)
-        dfm_weight = None
+        #    maximise the DFM loss on detached feature-matching values of the same D forward
+        #    (one discriminator state; gradients reach the DFM net only)
+        dfm_weight, learn = None, False
         if engine.dfm_net is not None:
             learn = engine.dfm_optimizer is not None and len(feats) > 1
             with torch.set_grad_enabled(learn):
@@ -239,15 +321,18 @@ class ConditionalGanTrainer(Trainer):
                 engine._backward_step(losses.dfm_weight_objective(fm_detached, dfm_weight), engine.dfm_optimizer)
             dfm_weight = dfm_weight.detach()
 
-        # 4. generator step: GAN + lambda_fm * DFM feature matching (+ lambda_l1 * L1 for pix2pix)
+        # 4. generator step: GAN + lambda_fm * DFM feature matching (+ lambda_l1 * L1 for pix2pix),
+        #    the real pair's features from the discriminator as it is now (the fake pair's state)
         engine._set_d_grad(False)
         engine.g_optimizer.zero_grad(set_to_none=True)
         with autocast:
             g_feats = engine._d_forward(torch.cat([label_map, fake], 1))
-            g_gan = losses.lsgan_loss(g_feats, True, weight)
+            g_gan = losses.gan_loss(g_feats, True, weight, engine.gan_mode)
             g_fm = torch.zeros((), device=fake.device)
             if engine.lambda_fm > 0:
-                fm = losses.feature_matching(real_detached, g_feats, engine.n_layers_d, weight)
+                with torch.no_grad():
+                    real_now = engine._d_forward(torch.cat([label_map, real], 1))
+                fm = losses.feature_matching(real_now, g_feats, engine.n_layers_d, weight)
                 g_fm = losses.dfm_loss(fm, dfm_weight if dfm_weight is not None else 0.5)
             g_l1 = losses.l1_loss(fake, real) if engine.lambda_l1 > 0 else torch.zeros((), device=fake.device)
             g_loss = g_gan + engine.lambda_fm * g_fm + engine.lambda_l1 * g_l1
@@ -255,13 +340,15 @@ class ConditionalGanTrainer(Trainer):
 
         values = {"loss": g_loss, "d_loss": d_loss, "g_gan": g_gan, "g_fm": g_fm, "g_l1": g_l1,
                   "desum_weight": getattr(unwrap(engine.generator), "last_desum_weight", None), "dfm_weight": dfm_weight}
-        scalars = _to_host(values)  # one device-to-host copy an iteration for every logged value
+        # one device-to-host copy an iteration for every logged value (and the learned b per sample)
+        scalars, dfm_weights = _to_host(values, dfm_weight if learn else None)
         finite = finite and all(math.isfinite(scalars[k]) for k in ("loss", "d_loss", "g_gan", "g_fm", "g_l1"))
         if finite:
-            engine._backward_step(g_loss, engine.g_optimizer)
+            engine._backward_step(g_loss, engine.g_optimizer, engine._global_params if engine._global_frozen else ())
+            stepped = True
         else:
             engine.state.non_finite = {k: scalars[k] for k in ("loss", "d_loss", "g_gan", "g_fm", "g_l1")}
-        if engine.scaler is not None:
+        if engine.scaler is not None and stepped:
             engine.scaler.update()
         engine._set_d_grad(True)
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
@@ -269,6 +356,8 @@ class ConditionalGanTrainer(Trainer):
         output: dict[str, Any] = {"image": real, "pred": fake.detach(), "label": batchdata.get("label"), **scalars}
         if output["label"] is None:
             del output["label"]
+        if dfm_weights is not None:  # (B,) on the host: decollated, each sample keeps its own b
+            output["dfm_weights"] = dfm_weights
         engine.state.output = output
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output  # decollated per sample by MONAI's handler on MODEL_COMPLETED
@@ -279,8 +368,16 @@ def _compiled(module: torch.nn.Module) -> Callable:
     return torch.compile(module, backend=COMPILE_BACKEND, dynamic=False)
 
 
-def _to_host(values: dict[str, torch.Tensor | float | None]) -> dict[str, float]:
-    """The mean of every value as a Python float (``nan`` for ``None``), tensors copied to the host together."""
+def _to_host(
+    values: dict[str, torch.Tensor | float | None], per_sample: torch.Tensor | None = None
+) -> tuple[dict[str, float], torch.Tensor | None]:
+    """The mean of every value as a Python float (``nan`` for ``None``), and ``per_sample`` as a host
+    float tensor, all tensors copied to the host together."""
     tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
-    host = dict(zip(tensors, torch.stack([v.detach().float().mean() for v in tensors.values()]).tolist())) if tensors else {}
-    return {k: host[k] if k in tensors else (math.nan if v is None else float(v)) for k, v in values.items()}
+    parts = [torch.stack([v.detach().float().mean() for v in tensors.values()])] if tensors else []
+    if per_sample is not None:
+        parts.append(per_sample.detach().float().reshape(-1))
+    flat = torch.cat(parts).tolist() if parts else []
+    host = dict(zip(tensors, flat[: len(tensors)]))
+    scalars = {k: host[k] if k in tensors else (math.nan if v is None else float(v)) for k, v in values.items()}
+    return scalars, (torch.tensor(flat[len(tensors):]) if per_sample is not None else None)

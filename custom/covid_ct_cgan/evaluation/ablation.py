@@ -11,7 +11,7 @@ rows compare):
 ``desum_fixed``     constant DESUM weight 0.5
 ``dfm_equal``       w/o DFM: equal average of the two feature-matching losses
 ``dfm_from_half``   DFM weight from D2's features
-``dfm_fixed``       constant DFM weight 0.75 (0.5 would equal ``dfm_equal``)
+``dfm_fixed``       constant DFM weight 0.9, the learned one's bound (0.5 would equal ``dfm_equal``)
 ``one_d``           one discriminator (full resolution), plain feature matching
 ``one_g``           one generator: G1 alone at full resolution, one stage
 ==================  ===========================================================
@@ -57,7 +57,7 @@ ABLATIONS: dict[str, str] = {
     "desum_fixed": "fixed DESUM weight (a = 0.5)",
     "dfm_equal": "w/o DFM (equal weights)",
     "dfm_from_half": "DFM weight from D2",
-    "dfm_fixed": "fixed DFM weight (b = 0.75)",
+    "dfm_fixed": "fixed DFM weight (b = 0.9)",
     "one_d": "D = 1",
     "one_g": "G = 1 (G1 alone at full resolution)",
 }

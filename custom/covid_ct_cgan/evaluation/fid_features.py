@@ -204,7 +204,6 @@ def train_feature_network(
         InputError: no training slices.
     """
     from ignite.engine import Events
-    from ignite.handlers import ProgressBar
     from monai.data import CacheDataset, DataLoader
     from monai.engines import SupervisedTrainer
     from monai.handlers import CheckpointSaver, StatsHandler, from_engine
@@ -212,6 +211,7 @@ def train_feature_network(
     from monai.utils import set_determinism
 
     from ..fileio import staged_directory, write_json
+    from ..logs import progress_handler
     from ..transforms import ScaleIntensityToModeld
 
     if not items:
@@ -259,7 +259,7 @@ def train_feature_network(
                              output_transform=from_engine(["loss"], first=True)),
                 CheckpointSaver(save_dir=str(stage), save_dict={"network": network}, save_final=True,
                                 final_filename=FEATURE_NET_FILE),
-                ProgressBar(persist=False, desc="FID feature network"),
+                progress_handler(desc="FID feature network"),
             ],
         )
         losses: list[float] = []

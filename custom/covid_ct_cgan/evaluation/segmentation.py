@@ -66,6 +66,7 @@ from monai.transforms import MapTransform
 from ..errors import InputError, exit_on_input_error
 from ..fileio import staged_directory, write_json, write_text
 from ..labels import CONSOLIDATION, GGO
+from ..settings import BundleCommand, load_config, using_command
 from .image_quality import csv_text, load_datalist
 from .provenance import data_description, provenance
 from .statistics import fold_interval, interval_row, mean_score, patient_bootstrap, pooled_ratio
@@ -221,6 +222,29 @@ def load_synthetic(datalist: str | Path, key: str = "synthetic") -> list[dict[st
         if "source" not in it:
             raise InputError(f"item {i} has no 'source' (the real image it was generated from)", path)
     return items
+
+
+def check_disjoint(datalist: str | Path, train_key: str, test_key: str) -> None:
+    """Refuse a segmentation run whose training list shares a slice with its test list.
+
+    ``split: predefined`` puts a dataset's own ``test/`` folder into both test lists, so
+    ``train_key: test_synthesis`` would train the segmenter on the slices it is scored on.
+
+    Raises:
+        InputError: naming the keys, the number of shared slices and the first of them.
+    """
+    path = Path(datalist)
+
+    def images(key: str) -> set[Path]:
+        return {Path(it["image"]).resolve() for it in load_datalist(path, key, "datalist not found", allow_empty=True)}
+
+    shared = sorted(images(train_key) & images(test_key))
+    if shared:
+        raise InputError(
+            f"train_key '{train_key}' and test_key '{test_key}' share {len(shared)} slice(s) (first: {shared[0]}); "
+            "the segmenter must not train on its test slices: with split: predefined use --train_key training",
+            path,
+        )
 
 
 def test_datalist(datalist: str | Path, key: str = "test_segmentation", include_infection_free: bool = False) -> list[dict]:
@@ -417,12 +441,12 @@ def run_experiments(
     overwrite: bool = False,
     synthesis_batch_size: int = 8,
     device: str | torch.device = "cpu",
-    config: Mapping[str, Any] | None = None,
+    config: BundleCommand | Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run experiments A and B (see the module docstring). Bundle run id ``run`` of ``segmentation.yaml``.
 
-    Every run re-reads the same config (``config``, default: the running ``monai.bundle run``'s,
-    with its overrides and ``--tracking`` patches) with ``experiment``, ``ratio``, ``run_name``,
+    Every run re-reads the same config (``config``: the run's command, its files, overrides and
+    ``--tracking``, or a raw config) with ``experiment``, ``ratio``, ``run_name``,
     ``run_dir`` and ``synthetic_datalist`` set, and executes its ``train_one`` id (a
     ``SupervisedTrainer`` whose ``ValidationHandler`` scores the test set at the last epoch).
 
@@ -445,7 +469,8 @@ def run_experiments(
         overwrite: replace existing results.
         synthesis_batch_size: generator batch size.
         device: where the generator runs.
-        config: the raw config (tests); default the running bundle's.
+        config: the run's command (``covid_ct_cgan.settings.current_command()`` in
+            ``segmentation.yaml``) or a raw config (tests, the ablation runner).
 
     Returns:
         The summary rows (``summary.csv``).
@@ -455,9 +480,9 @@ def run_experiments(
     """
     from monai.bundle import ConfigParser
 
-    from ..engines.stages import run_ids, running_config  # the same look-up and run as the training stages
+    from ..engines.stages import run_ids  # the same run of ids as the training stages
 
-    raw = running_config(config)
+    raw = load_config(config)  # read (and --tracking patched) once; each run works on a copy
     datalist, target = Path(datalist), Path(output_dir) / RESULTS
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise InputError("already exists and is not empty; pass overwrite=true to replace it", target)
@@ -465,6 +490,7 @@ def run_experiments(
     if any(exp == "B" and ratio > int(synthetic_variants) for _, exp, ratio in plan) and not synthetic_datalist:
         raise InputError(f"experiment B up to ratio {max(ratios)} needs synthetic_variants >= {math.ceil(max(ratios))}")
     test = test_datalist(datalist, test_key, include_infection_free)  # refuses a missing datalist
+    check_disjoint(datalist, train_key, test_key)
     with staged_directory(target, overwrite=overwrite) as stage:
         if synthetic_datalist:
             synthetic_path, source = Path(synthetic_datalist), f"given: {synthetic_datalist}"
@@ -490,7 +516,8 @@ def run_experiments(
             train_items = parser.get_parsed_content("train#datalist")
             n_syn = sum(it.get("origin") == "synthetic" for it in train_items)
             sizes[name] = (len(train_items) - n_syn, n_syn)
-            run_ids(parser, ("initialize", "train_one"))
+            with using_command(BundleCommand(base=raw)):  # the run's `initialize` checks this config
+                run_ids(parser, ("initialize", "train_one"))
             write_json({"experiment": experiment, "ratio": ratio, "train_real": sizes[name][0],
                         "train_synthetic": sizes[name][1],
                         "train_items": [{k: str(v).replace(str(stage), str(target)) for k, v in it.items()}

@@ -50,13 +50,13 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import Resize, SpatialPad
 from monai.utils import convert_to_tensor
-from tqdm import tqdm
 
 from .. import intensity
 from ..engines.stages import load_latest_checkpoint
 from ..engines.trainer import autocast_context
 from ..errors import InputError, exit_on_input_error
 from ..fileio import staged_directory, write_json, write_text
+from ..logs import progress as progress_bar
 from ..labels import GGO, num_classes as count_classes
 from ..transforms import CONDITIONS, CONTEXT_REGIONS, make_condition, synthesis_region
 from .inputs import LoadedInput, SynthesisInput, collect_inputs, load_input
@@ -296,7 +296,7 @@ class _Synthesiser:
     """Queues slices of results, runs full batches through the generator, writes finished results into ``stage``."""
 
     def __init__(
-        self, runner: GeneratorRunner, settings: _Settings, stage: Path, batch_size: int, progress: tqdm
+        self, runner: GeneratorRunner, settings: _Settings, stage: Path, batch_size: int, progress: Any
     ) -> None:
         self.runner, self.settings, self.stage = runner, settings, stage
         self.batch_size, self.progress = batch_size, progress
@@ -521,7 +521,7 @@ def run_synthesis(
     # pass 1: read and check every input before any work; collect the donor lesion patterns
     donors: list[LesionPattern] = []
     total = 0
-    for item in tqdm(inputs, desc="checking inputs", unit="input", disable=None, leave=False):
+    for item in progress_bar(inputs, desc="checking inputs", unit="input", leave=False):
         loaded = load_input(item, keep_effusion)
         if min(ModelGrid(int(image_size)).resized_shape(loaded.image.shape[:2])) < 1:
             nx, ny = loaded.image.shape[:2]
@@ -538,7 +538,7 @@ def run_synthesis(
     with staged_directory(output_dir, overwrite=overwrite) as stage:
         for sub in ("images", "labels", "previews"):
             (stage / sub).mkdir()
-        with tqdm(total=total * int(num_variants), desc="synthesis", unit="slice", disable=None) as progress:
+        with progress_bar(total=total * int(num_variants), desc="synthesis", unit="slice") as progress:
             synthesiser = _Synthesiser(runner, settings, stage, int(batch_size), progress)
             for item in inputs:
                 loaded = load_input(item, keep_effusion)

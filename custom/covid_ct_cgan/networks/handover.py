@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..engines.trainer import unwrap
 from ..errors import InputError
 
 PARTS: tuple[str, ...] = ("global_net", "local_net")
@@ -45,7 +46,8 @@ def load_generator_part(
     """Load one part of a :class:`~covid_ct_cgan.networks.GlobalLocalGenerator` from a stage checkpoint, strictly.
 
     Args:
-        generator: the generator to load into (its other parts are untouched).
+        generator: the generator to load into (its other parts are untouched); a
+            ``DistributedDataParallel`` wrapper is looked through.
         state_dict_or_path: a checkpoint file or an already loaded dict; either a
             MONAI ``CheckpointSaver`` dict holding the generator's state dict under
             ``key``, or the generator's state dict itself.
@@ -75,7 +77,7 @@ def load_generator_part(
 
     prefix = part + "."
     incoming = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    target = getattr(generator, part)
+    target = getattr(unwrap(generator), part)
     expected = target.state_dict()
     missing = sorted(set(expected) - set(incoming))
     unexpected = sorted(set(incoming) - set(expected))

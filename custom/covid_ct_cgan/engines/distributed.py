@@ -1,0 +1,77 @@
+"""Multi-process runs (``torchrun``): work that one process does while the others wait.
+
+Preparing the data (and generating the phantom) writes one shared folder;
+under ``torchrun`` every rank evaluates the same run id, so without care all
+of them would write it at once and all but one would be refused by its lock.
+:func:`run_on_rank0` lets rank 0 do it while the other ranks wait at a
+collective, and shares the outcome: when rank 0 fails, every rank stops with
+the same exit status instead of waiting for a collective that never comes.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def distributed_rank() -> int | None:
+    """This process's rank in the initialised default process group, or ``None`` outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return None
+
+
+def _exit_status(err: BaseException) -> int:
+    """The exit status a rank ends with when rank 0 ended with ``err``."""
+    if isinstance(err, SystemExit):
+        code = err.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    if isinstance(err, KeyboardInterrupt):
+        return 130
+    return 1
+
+
+def run_on_rank0(func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """Call ``func(*args, **kwargs)`` on rank 0 only; the other ranks wait until it is done.
+
+    Outside a process group (a plain ``monai.bundle run``) this is just the call.
+
+    Args:
+        func: the work, e.g. ``covid_ct_cgan.data.prepare.run_prepare_if_needed``.
+        args: its positional arguments.
+        kwargs: its keyword arguments.
+
+    Returns:
+        ``func``'s result on rank 0 (and outside a process group); ``None`` on the other ranks.
+
+    Raises:
+        SystemExit: on ranks > 0 when rank 0 failed: the status rank 0 ended with (2 after an
+            ``ERROR:`` line, 130 after Ctrl-C, 1 after another error), with one line saying so;
+            rank 0 itself re-raises its own error once the others know.
+    """
+    rank = distributed_rank()
+    if rank is None:
+        return func(*args, **kwargs)
+    result: T | None = None
+    failure: BaseException | None = None
+    if rank == 0:
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001 - shared with the other ranks, then re-raised
+            failure = err
+    outcome = [None if failure is None else _exit_status(failure)]
+    dist.broadcast_object_list(outcome, src=0)  # the other ranks wait here while rank 0 works
+    if failure is not None:
+        raise failure
+    status = outcome[0]
+    if status is not None:
+        if status != 0:
+            print(f"rank {rank}: stopped, rank 0 failed in {getattr(func, '__name__', func)} "
+                  f"(exit status {status}, see its output)", file=sys.stderr, flush=True)
+        raise SystemExit(status)
+    return result

@@ -1,0 +1,64 @@
+"""Trainer handlers on a plain Ignite engine: the spread of the learned DFM weight."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from covid_ct_cgan.engines.handlers import DfmWeightSpread
+
+
+def _engine(batches: list[list[float]]) -> Engine:
+    """An engine whose outputs are decollated like the trainer's: one dict per sample with its own b."""
+
+    def step(engine: Engine, batch: list[float]) -> list[dict]:
+        return [{"loss": 1.0, "dfm_weights": torch.tensor(b)} for b in batch]
+
+    engine = Engine(step)
+    engine.state.metrics = {}
+    return engine
+
+
+def test_dfm_weight_spread_counts_samples_at_each_bound_and_writes_a_histogram(tmp_path: Path) -> None:
+    # range 0.1..0.9, tolerance 1 % of it (0.008): at low <= 0.108, at high >= 0.892
+    epochs = [[[0.1001, 0.5], [0.8995, 0.9]], [[0.107, 0.109], [0.893, 0.891]]]
+    engine = _engine(epochs[0])
+    spread = DfmWeightSpread(bounds=(0.1, 0.9), tolerance=0.01, log_dir=tmp_path)
+    spread.attach(engine)
+    published: list[tuple[float, float]] = []
+    engine.add_event_handler(
+        Events.EPOCH_COMPLETED,
+        lambda e: published.append((e.state.metrics["train_dfm_weight_at_low"], e.state.metrics["train_dfm_weight_at_high"])),
+    )
+    data = epochs[0] + epochs[1]
+    engine.run(data, max_epochs=2, epoch_length=2)
+    assert published == [(0.25, 0.5), (0.25, 0.25)]
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    events.Reload()
+    histograms = events.Histograms("train_dfm_weight")
+    assert [h.step for h in histograms] == [1, 2]
+    assert [h.histogram_value.num for h in histograms] == [4, 4]
+    assert histograms[1].histogram_value.min == pytest.approx(0.107)
+    assert histograms[1].histogram_value.max == pytest.approx(0.893)
+
+
+def test_dfm_weight_spread_without_values_publishes_nothing(tmp_path: Path) -> None:
+    engine = Engine(lambda e, b: [{"loss": 1.0}])
+    engine.state.metrics = {}
+    spread = DfmWeightSpread(log_dir=tmp_path / "tb")
+    spread.attach(engine)
+    engine.run([0, 1], max_epochs=1)
+    assert "train_dfm_weight_at_low" not in engine.state.metrics
+    assert not (tmp_path / "tb").exists()
+    assert spread.fractions() == pytest.approx((math.nan, math.nan), nan_ok=True)
+
+
+@pytest.mark.parametrize("bounds, tolerance", [((0.9, 0.1), 0.01), ((0.1, 0.9), 0.0), ((0.1, 0.9), 0.5)])
+def test_dfm_weight_spread_refuses_bad_settings(bounds: tuple, tolerance: float) -> None:
+    with pytest.raises(ValueError, match="DfmWeightSpread"):
+        DfmWeightSpread(bounds=bounds, tolerance=tolerance)

@@ -1,0 +1,114 @@
+"""A stage keeps the network settings it was trained with: resuming it (or starting from it) with others is refused;
+the stage runner re-reads the run's command, and refuses to guess one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from monai.bundle import run as monai_run
+from tiny_training import TINY, TRAIN_YAML
+
+from covid_ct_cgan.engines.stages import SETTINGS_FILE, run_stage, run_stages
+from covid_ct_cgan.settings import run_bundle
+
+SETTINGS = {"generator": "covid_ct_cgan.networks.GlobalLocalGenerator", "image_size": 32, "ngf": 8, "desum": "dynamic"}
+
+
+class StubTrainer:
+    """Just enough of a trainer for :func:`run_stage`: a state and a ``run`` that counts its calls."""
+
+    def __init__(self) -> None:
+        self.state = SimpleNamespace(epoch=0, max_epochs=1, iteration=0, stop_reason=None)
+        self.generator = torch.nn.Linear(1, 1)
+        self.runs = 0
+
+    def run(self) -> None:
+        self.runs += 1
+
+
+def _stage_with(folder: Path, settings: dict, checkpoint: bool = True) -> Path:
+    folder.mkdir(parents=True)
+    (folder / SETTINGS_FILE).write_text(json.dumps(settings))
+    if checkpoint:
+        torch.save({"generator": {}}, folder / "checkpoint_epoch=1.pt")
+    return folder
+
+
+def _errors(capsys: pytest.CaptureFixture) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("ERROR")]
+
+
+def test_fresh_stage_records_its_settings(tmp_path: Path) -> None:
+    trainer = StubTrainer()
+    run_stage(trainer, {}, tmp_path / "local", resume_training=True, settings={**SETTINGS, "betas": (0.5, 0.9)})
+    assert trainer.runs == 1
+    assert json.loads((tmp_path / "local" / SETTINGS_FILE).read_text()) == {**SETTINGS, "betas": [0.5, 0.9]}
+
+
+def test_resume_with_other_network_settings_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    stage = _stage_with(tmp_path / "local", SETTINGS)
+    trainer = StubTrainer()
+    with pytest.raises(SystemExit) as stop:
+        run_stage(trainer, {}, stage, resume_training=True, settings={**SETTINGS, "image_size": 64, "ngf": 16})
+    assert stop.value.code == 2
+    assert _errors(capsys) == [
+        f"ERROR: {stage / SETTINGS_FILE}: cannot resume this stage: it was trained with other network settings "
+        "(image_size: 32 -> 64; ngf: 8 -> 16); use the settings it was trained with, or start over in another "
+        "output_dir (or with resume=false)"
+    ]
+    assert trainer.runs == 0
+    assert json.loads((stage / SETTINGS_FILE).read_text()) == SETTINGS  # the record is kept
+
+
+def test_starting_over_replaces_the_record(tmp_path: Path) -> None:
+    stage = _stage_with(tmp_path / "local", SETTINGS)
+    trainer = StubTrainer()
+    run_stage(trainer, {}, stage, resume_training=False, settings={**SETTINGS, "image_size": 64})
+    assert trainer.runs == 1
+    assert json.loads((stage / SETTINGS_FILE).read_text())["image_size"] == 64
+
+
+def test_joint_stage_refuses_sources_trained_with_other_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _stage_with(tmp_path / "global", SETTINGS)
+    local = _stage_with(tmp_path / "local", {**SETTINGS, "image_size": 64})
+    trainer = StubTrainer()
+    with pytest.raises(SystemExit) as stop:
+        run_stage(trainer, {}, tmp_path / "joint", True, {"global_net": tmp_path / "global", "local_net": local},
+                  local, settings=SETTINGS)
+    assert stop.value.code == 2
+    assert _errors(capsys) == [
+        f"ERROR: {local / SETTINGS_FILE}: cannot start from this stage: it was trained with other network settings "
+        "(image_size: 64 -> 32); use the settings it was trained with, or start over in another output_dir "
+        "(or with resume=false)"
+    ]
+    assert trainer.runs == 0 and not (tmp_path / "joint" / SETTINGS_FILE).exists()
+
+
+def test_resumed_bundle_stage_with_another_image_size_is_refused(work_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    run_bundle("train_local", config_file=TRAIN_YAML, **{**TINY, "work_dir": str(work_dir), "epochs": 1})
+    stage = work_dir / "output" / "local"
+    recorded = json.loads((stage / SETTINGS_FILE).read_text())
+    assert recorded["image_size"] == 32 and recorded["ngf"] == 8 and recorded["generator"].endswith("GlobalLocalGenerator")
+    before = sorted(p.name for p in stage.glob("*.pt"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # a longer run at another size: not continued silently
+        run_bundle("train_local", config_file=TRAIN_YAML, **{**TINY, "work_dir": str(work_dir), "epochs": 2, "image_size": 64})
+    assert stop.value.code == 2
+    errors = _errors(capsys)
+    assert len(errors) == 1 and "cannot resume this stage" in errors[0] and "(image_size: 32 -> 64)" in errors[0]
+    assert sorted(p.name for p in stage.glob("*.pt")) == before
+
+
+def test_stage_runner_needs_a_command(work_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stop:  # monai.bundle.run from Python records no command to re-read
+        monai_run("train_local", config_file=TRAIN_YAML, **{**TINY, "work_dir": str(work_dir)})
+    assert stop.value.code == 2
+    errors = _errors(capsys)
+    assert len(errors) == 1 and "re-reads its configuration" in errors[0] and "run_bundle" in errors[0]
+    assert not (work_dir / "output").exists()
+    with pytest.raises(SystemExit):
+        run_stages(["local"], None)
