@@ -14,34 +14,9 @@ import sample_files
 PHANTOM_AFFINE = np.diag([-0.7, -0.7, 2.5, 1.0])
 
 
-def synthetic_slice(size: int = 40, lesion: bool = True, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One axial slice ``[x, y]``: HU image, lung mask, lesion codes (1 GGO left lung, 2 consolidation right)."""
-    rng = np.random.default_rng(seed)
-    x, y = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    s = float(size)
-
-    def ellipse(cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
-        return ((x - cx * s) / (rx * s)) ** 2 + ((y - cy * s) / (ry * s)) ** 2 <= 1.0
-
-    body = ellipse(0.5, 0.5, 0.46, 0.40)
-    lung = ellipse(0.30, 0.5, 0.13, 0.25) | ellipse(0.70, 0.5, 0.13, 0.25)
-    codes = np.zeros((size, size), np.uint8)
-    if lesion:
-        codes[ellipse(0.30, 0.58, 0.07, 0.07) & lung] = 1
-        codes[ellipse(0.72, 0.62, 0.06, 0.06) & lung] = 2
-    hu = np.full((size, size), -1000.0)
-    hu[body] = 40.0
-    hu[lung] = -850.0
-    hu[codes == 1] = -500.0
-    hu[codes == 2] = 30.0
-    hu += rng.normal(0.0, 10.0, hu.shape)
-    return np.rint(np.clip(hu, -1024, 3071)).astype(np.int16), lung.astype(np.uint8), codes
-
-
-def synthetic_volume(nz: int = 3, size: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``[x, y, z]`` HU, lung, lesion volumes; slice 0 has no lesion."""
-    parts = [synthetic_slice(size, lesion=k > 0, seed=seed + k) for k in range(nz)]
-    return tuple(np.stack([p[i] for p in parts], axis=-1) for i in range(3))  # type: ignore[return-value]
+def synthetic_volume(nz: int = 3, size: int = 40, seed: int = 0) -> sample_files.ChestSlice:
+    """``[x, y, z]`` HU, lung, lesion volumes (:func:`sample_files.chest_volume`); slice 0 has no lesion."""
+    return sample_files.chest_volume(nz, size, seed=seed, lesion_free=(0,))
 
 
 def to_8bit(hu: np.ndarray) -> np.ndarray:
@@ -84,7 +59,7 @@ def write_medseg(root: Path, nz: int = 4, size: int = 40) -> Path:
 def write_slices(root: Path, stems: list[str], ext: str = ".png", lungs: bool = False, binary255: bool = False,
                  label_folder: str = "labels", size: int = 40) -> Path:
     for k, stem in enumerate(stems):
-        hu, lung, codes = synthetic_slice(size, seed=k)
+        hu, lung, codes = sample_files.chest_slice(size, seed=k)
         if ext in (".nii", ".nii.gz"):
             save_nifti(hu, root / "images" / f"{stem}{ext}")
         else:
@@ -117,7 +92,7 @@ def builders():
     import types
 
     return types.SimpleNamespace(
-        synthetic_slice=synthetic_slice, synthetic_volume=synthetic_volume, to_8bit=to_8bit,
+        synthetic_slice=sample_files.chest_slice, synthetic_volume=synthetic_volume, to_8bit=to_8bit,
         save_nifti=save_nifti, save_picture=save_picture, write_radiopaedia=write_radiopaedia,
         write_medseg=write_medseg, write_slices=write_slices, write_dicom_series=write_dicom_series,
         write_dicom_dataset=write_dicom_dataset,

@@ -258,14 +258,14 @@ def test_8bit_slice_uses_otsu(builders):
 
 
 def test_lung_cut_by_tight_crop_is_kept(builders):
-    hu, lung, _ = builders.synthetic_slice(64, lesion=False, seed=3)
-    crop = (slice(12, 64), slice(20, 44))  # cuts through both lungs along y
+    hu, lung, _ = builders.synthetic_slice(64, lesions=False, seed=3)
+    crop = (slice(12, 64), slice(18, 46))  # cuts through both lungs along y
     mask = derive_lung_mask(hu[crop], "hu")
     assert dice(mask, lung[crop]) > 0.9
 
 
 def test_vessel_holes_filled_and_small_air_dropped(builders):
-    hu, lung, _ = builders.synthetic_slice(64, lesion=False, seed=4)
+    hu, lung, _ = builders.synthetic_slice(64, lesions=False, seed=4)
     hu = hu.copy()
     hu[18:21, 30:33] = 40  # a vessel inside the left lung
     hu[31:33, 20:22] = -1000  # a small airway in the mediastinum

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+import sample_files
+
 from covid_ct_cgan.networks import GlobalLocalGenerator
 
 torch.set_num_threads(1)
@@ -21,28 +23,6 @@ NET_SETTINGS = dict(ngf=8, n_downsampling=1, n_blocks_global=1, n_blocks_local=1
 # patient -> split; test_segmentation has two patients so the patient bootstrap is defined
 SPLITS = {"p0": "training", "p1": "test_synthesis", "p2": "test_segmentation", "p3": "test_segmentation"}
 SLICES = 3
-
-
-def tiny_slice(seed: int, lesions: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """One ``[x, y]`` slice: int16 HU and uint8 label map (two lungs, GGO left, consolidation right)."""
-    rng = np.random.default_rng(seed)
-    x, y = np.meshgrid(np.arange(SIZE) / SIZE, np.arange(SIZE) / SIZE, indexing="ij")
-
-    def ellipse(cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
-        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
-
-    body = ellipse(0.5, 0.5, 0.47, 0.42)
-    lung = ellipse(0.3, 0.5, 0.15, 0.3) | ellipse(0.7, 0.5, 0.15, 0.3)
-    label = np.where(lung, 1, 0).astype(np.uint8)
-    if lesions:
-        label[ellipse(0.28, 0.55 + 0.1 * rng.random(), 0.08, 0.1) & lung] = 2
-        label[ellipse(0.72, 0.6, 0.06, 0.08 + 0.04 * rng.random()) & lung] = 3
-    hu = np.where(body, 40.0, -1000.0)
-    hu = np.where(lung, -850.0, hu)
-    hu = np.where(label == 2, -500.0, hu)
-    hu = np.where(label == 3, 0.0, hu)
-    hu = hu + rng.normal(0, 30, hu.shape)
-    return np.round(hu).astype(np.int16), label
 
 
 def _save(array: np.ndarray, path: Path) -> None:
@@ -59,7 +39,8 @@ def make_dataset(root: Path, infection_free: bool = False) -> Path:
     for p, (patient, split) in enumerate(SPLITS.items()):
         for k in range(SLICES):
             free = infection_free and patient == "p3" and k == SLICES - 1
-            hu, label = tiny_slice(10 * p + k, lesions=not free)
+            chest = sample_files.chest_slice(SIZE, seed=10 * p + k, lesions=not free, noise=30.0, jitter=0.05)
+            hu, label = chest.hu, chest.label
             name = f"{patient}_{k:04d}.nii.gz"
             _save(hu, root / "images" / name)
             _save(label, root / "labels" / name)

@@ -23,34 +23,17 @@ IMAGE_SIZE = 32
 
 
 def tiny_slice(nx: int = 40, ny: int = 36, seed: int = 0, lesions: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """One axial slice ``[x, y]``: int16 HU image and uint8 label map (two lungs, GGO left, consolidation right)."""
-    rng = np.random.default_rng(seed)
-    x, y = np.meshgrid(np.arange(nx) / nx, np.arange(ny) / ny, indexing="ij")
-
-    def ellipse(cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
-        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
-
-    body = ellipse(0.5, 0.5, 0.47, 0.42)
-    lung = ellipse(0.3, 0.5, 0.14, 0.3) | ellipse(0.7, 0.5, 0.14, 0.3)
-    label = np.where(lung, 1, 0).astype(np.uint8)
-    if lesions:
-        label[ellipse(0.28, 0.6 + 0.05 * rng.random(), 0.07, 0.08) & lung] = 2
-        label[ellipse(0.72, 0.62, 0.05, 0.06) & lung] = 3
-    hu = np.where(body, 40.0, -1000.0)
-    hu = np.where(lung, -850.0, hu)
-    hu = np.where(label == 2, -500.0, hu)
-    hu = np.where(label == 3, 0.0, hu)
-    hu = hu + rng.normal(0, 20, hu.shape)
-    return np.round(hu).astype(np.int16), label
+    """:func:`sample_files.chest_slice` as synthesis reads it: int16 HU image and uint8 label map ``[x, y]``."""
+    chest = sample_files.chest_slice(nx, ny, seed=seed, lesions=lesions, noise=20.0, jitter=0.025)
+    return chest.hu, chest.label
 
 
 def tiny_volume(nz: int = 3, nx: int = 40, ny: int = 36) -> tuple[np.ndarray, np.ndarray]:
-    """``[x, y, z]`` int16 HU volume and label map; the last slice has no lung."""
-    pairs = [tiny_slice(nx, ny, seed=k, lesions=k != 1) for k in range(nz)]
-    hu = np.stack([p[0] for p in pairs], axis=-1)
-    label = np.stack([p[1] for p in pairs], axis=-1)
+    """``[x, y, z]`` int16 HU volume and label map; slice 1 has no lesion, the last slice no lung."""
+    chest = sample_files.chest_volume(nz, nx, ny, lesion_free=(1,), noise=20.0, jitter=0.025)
+    label = chest.label
     label[:, :, -1] = 0
-    return hu, label
+    return chest.hu, label
 
 
 def save_nifti(array: np.ndarray, path: Path, affine: np.ndarray = LPS_AFFINE) -> Path:

@@ -24,6 +24,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import sample_files
+
 from covid_ct_cgan.inference import ModelGrid
 from covid_ct_cgan.intensity import to_model
 from covid_ct_cgan.networks import GlobalLocalGenerator
@@ -41,22 +43,6 @@ TRAIN_TIMEOUT_S = 300.0
 
 
 # --------------------------------------------------------------------------- data and checkpoints
-
-
-def chest_slice(nx: int = 64, ny: int = 56) -> tuple[np.ndarray, np.ndarray]:
-    """``[x, y]`` int16 HU slice and its label map: body, two lungs, GGO in the left one, consolidation in the right."""
-    rng = np.random.default_rng(0)
-    x, y = np.meshgrid(np.arange(nx) / nx, np.arange(ny) / ny, indexing="ij")
-
-    def ellipse(cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
-        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
-
-    body, lung = ellipse(0.5, 0.5, 0.42, 0.38), ellipse(0.3, 0.5, 0.13, 0.27) | ellipse(0.7, 0.5, 0.13, 0.27)
-    label = lung.astype(np.uint8)
-    label[ellipse(0.28, 0.58, 0.08, 0.1) & lung] = 2
-    label[ellipse(0.72, 0.6, 0.08, 0.09) & lung] = 3
-    hu = np.select([label == 2, label == 3, lung, body], [-500.0, 20.0, -860.0, 40.0], -1000.0)
-    return np.round(hu + rng.normal(0, 15, hu.shape)).astype(np.int16), label
 
 
 def save_nifti(array: np.ndarray, path: Path) -> Path:
@@ -153,7 +139,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, repo_root: Path):
             pytest.fail(message)
         pytest.skip(message)
     work = tmp_path_factory.mktemp("monailabel")
-    hu, label = chest_slice()
+    chest = sample_files.chest_slice(64, 56)  # body, two lungs, GGO left, consolidation right
+    hu, label = chest.hu, chest.label
     save_nifti(hu, work / "case1.nii.gz")
     save_nifti(label, work / "case1_label.nii.gz")
     save_nifti(hu, work / "case2.nii.gz")

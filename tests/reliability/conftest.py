@@ -20,41 +20,6 @@ NET_SETTINGS = dict(ngf=8, n_downsampling=1, n_blocks_global=1, n_blocks_local=1
 IMAGE_SIZE = 32
 
 
-def ct_slice(nx: int = 24, ny: int = 24, seed: int = 0, lesion: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One axial slice ``[x, y]``: int16 HU, uint8 lung mask, uint8 source lesion codes (1 GGO left, 2 consolidation right)."""
-    rng = np.random.default_rng(seed)
-    x, y = np.meshgrid(np.arange(nx) / nx, np.arange(ny) / ny, indexing="ij")
-
-    def ellipse(cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
-        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
-
-    body = ellipse(0.5, 0.5, 0.47, 0.42)
-    lung = ellipse(0.3, 0.5, 0.14, 0.3) | ellipse(0.7, 0.5, 0.14, 0.3)
-    codes = np.zeros((nx, ny), np.uint8)
-    if lesion:
-        codes[ellipse(0.3, 0.6, 0.08, 0.09) & lung] = 1
-        codes[ellipse(0.7, 0.62, 0.06, 0.07) & lung] = 2
-    hu = np.where(body, 40.0, -1000.0)
-    hu = np.where(lung, -850.0, hu)
-    hu = np.where(codes == 1, -500.0, hu)
-    hu = np.where(codes == 2, 20.0, hu)
-    hu = hu + rng.normal(0, 15, hu.shape)
-    return np.round(hu).astype(np.int16), lung.astype(np.uint8), codes
-
-
-def label_map(lung: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Label-map classes (0 outside, 1 lung, 2 GGO, 3 consolidation) from a lung mask and source codes."""
-    out = np.where(lung > 0, 1, 0).astype(np.uint8)
-    out[codes == 1] = 2
-    out[codes >= 2] = 3
-    return out
-
-
-def ct_volume(nz: int = 2, size: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    parts = [ct_slice(size, size, seed=seed + k) for k in range(nz)]
-    return tuple(np.stack([p[i] for p in parts], axis=-1) for i in range(3))  # type: ignore[return-value]
-
-
 def to_8bit(hu: np.ndarray) -> np.ndarray:
     return np.clip((hu.astype(np.float32) + 1350.0) / 1500.0 * 255.0, 0, 255).round().astype(np.uint8)
 
@@ -110,7 +75,8 @@ def generator_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def kit() -> types.SimpleNamespace:
     """The writers and checks above, as one namespace (session scope: usable in hypothesis tests)."""
     return types.SimpleNamespace(
-        ct_slice=ct_slice, ct_volume=ct_volume, label_map=label_map, to_8bit=to_8bit, save_nifti=save_nifti,
+        ct_slice=sample_files.chest_slice, ct_volume=sample_files.chest_volume, label_map=sample_files.label_map,
+        to_8bit=to_8bit, save_nifti=save_nifti,
         save_picture=save_picture, write_dicom_series=write_dicom_series, DICOM_MASK_AFFINE=DICOM_MASK_AFFINE,
         make_generator=make_generator, leftovers=leftovers, IMAGE_SIZE=IMAGE_SIZE,
     )
