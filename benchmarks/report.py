@@ -123,6 +123,7 @@ def _synthesis(rows: list[dict[str, Any]]) -> list[str]:
             mark = " (fast path)" if name == row.get("fast_path") else ""
             note = " (one timed call)" if r.get("note", "").startswith("one timed call") else ""
             note = " (compile failed: ran eagerly)" if r.get("note", "").startswith("compile failed") else note
+            note += f" (export{' + int8 calibration' if 'int8' in name else ''} {r['prepare_s']:.0f} s)" if "prepare_s" in r else ""
             lines.append(
                 head + f"| {name}{mark}{note} | {r['slices_per_s']:.3f} | {ratio(r['speedup'])} | {ratio(r['cpu_speedup'])} "
                 f"| {r['first_s']:.1f} | {d['max_abs']:.2e} ({d['max_abs_hu']:.1f}) | {d['psnr_db']} | {_memory(r)} |")

@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
+from covid_ct_cgan.checkpoint_settings import NetworkSettings
 from covid_ct_cgan.networks import GlobalLocalGenerator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,24 +35,36 @@ def test_verify_metadata() -> None:
 def test_verify_net_in_out() -> None:
     done = _bundle(
         "verify_net_in_out", "network_def", "--meta_file", "bundle/configs/metadata.json",
-        "--config_file", "bundle/configs/inference.yaml",
+        "--config_file", "bundle/configs/inference.yaml", "--checkpoint_dir", "no_training_output",  # the defaults
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "data shape of network is verified with no error" in done.stdout + done.stderr
 
 
-def test_ckpt_export_torchscript_equals_eager(tmp_path: Path) -> None:
-    """A training checkpoint's generator exported with ckpt_export gives the eager output (atol 1e-5)."""
+@pytest.mark.parametrize("saved_settings", [True, False], ids=["settings_saved", "older_checkpoint"])
+def test_ckpt_export_torchscript_equals_eager(tmp_path: Path, saved_settings: bool) -> None:
+    """A training checkpoint's generator exported with ckpt_export (as the README says) gives the eager output.
+
+    With the network settings saved in the checkpoint (as training saves them) ``--checkpoint`` is enough;
+    an older checkpoint without them needs the network keys (atol 1e-5 either way).
+    """
     settings = {"ngf": 8, "n_downsampling": 1, "n_blocks_global": 1, "n_blocks_local": 1}
     torch.manual_seed(0)
     generator = GlobalLocalGenerator(4, 1, n_blocks_global=1, n_blocks_local=1, ngf=8, n_downsampling=1, mode="joint")
-    ckpt = tmp_path / "checkpoint_epoch=1.pt"
-    torch.save({"generator": generator.state_dict()}, ckpt)
+    ckpt = tmp_path / "joint" / "checkpoint_epoch=1.pt"
+    ckpt.parent.mkdir()
+    saved = {"generator": generator.state_dict()}
+    if saved_settings:
+        saved["network_settings"] = NetworkSettings(
+            {"generator": "covid_ct_cgan.networks.GlobalLocalGenerator", "image_size": 32, **settings}
+        ).state_dict()
+    torch.save(saved, ckpt)
     ts = tmp_path / "generator.ts"
-    overrides = [x for k, v in settings.items() for x in (f"--{k}", str(v))]
+    overrides = [] if saved_settings else [x for k, v in settings.items() for x in (f"--{k}", str(v))]
     done = _bundle(
         "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(ckpt), "--key_in_ckpt", "generator",
-        "--meta_file", "bundle/configs/metadata.json", "--config_file", "bundle/configs/inference.yaml", *overrides,
+        "--meta_file", "bundle/configs/metadata.json", "--config_file", "bundle/configs/inference.yaml",
+        "--checkpoint_dir", str(tmp_path), *overrides,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     exported = torch.jit.load(str(ts))

@@ -117,6 +117,28 @@ def test_runner_inductor_frozen_within_40_db_of_fp32(conditions: torch.Tensor, f
     assert _psnr(out, fp32_output) >= PSNR_BOUND_DB
 
 
+INT8_PSNR_BOUND_DB = 35.0  # justified in tests/inference/test_export.py from trained generators' figures
+ORT_ATOL = 1e-4
+
+
+def test_runner_onnxruntime_engines_within_their_tolerances(conditions: torch.Tensor, fp32_output: torch.Tensor,
+                                                            tmp_path: Path) -> None:
+    """ONNX Runtime fp32 equals eager within 1e-4; int8 (calibrated on other label maps) within 35 dB."""
+    from covid_ct_cgan.inference.export import OnnxGenerator, export_onnx, quantize_int8
+
+    fp32_path = export_onnx(_tiny_generator(), tmp_path / "g.onnx", SIZE)
+    calibration = list(make_condition(_label_maps(6, seed=1), None, CLASSES)[0])
+    int8_path = quantize_int8(fp32_path, tmp_path / "g8.onnx", calibration)
+    for path, check in ((fp32_path, lambda out: float((out - fp32_output).abs().max()) <= ORT_ATOL),
+                        (int8_path, lambda out: INT8_PSNR_BOUND_DB <= _psnr(out, fp32_output) < math.inf)):
+        runner = GeneratorRunner(_tiny_generator(), torch.device("cpu"), amp=True, compile=True, batch_size=3,
+                                 engine=OnnxGenerator(path, threads=1))
+        out = runner(conditions)
+        assert runner.compiled is None  # the engine replaces the PyTorch paths
+        assert out.dtype == torch.float32 and out.shape == fp32_output.shape
+        assert check(out), path.name
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -301,6 +323,8 @@ def test_benchmark_targets_and_markdown(bench) -> None:
     text = bench.report.markdown(data)
     assert "| joint | 512 (512) | 64 | compiled | 1.00 | 2.50x (2.50-2.50) |" in text
     assert "compiled_fp32 (fast path)" in text and "## Targets" in text and "| no |" in text
+    data["synthesis"][0]["results"]["int8_onnxruntime"] = {**res(1.3, 1.0, psnr=38.0), "prepare_s": 12.4}
+    assert "| int8_onnxruntime (export + int8 calibration 12 s) |" in bench.report.markdown(data)
 
 
 def test_benchmark_compute_ceiling(bench) -> None:

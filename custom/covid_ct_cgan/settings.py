@@ -392,12 +392,13 @@ _WHOLE_NUMBERS: dict[str, int] = {
     "checkpoint_every": 1, "sample_count": 0, "num_workers": 0, "context_dilation": 0, "ngf": 1,
     "n_downsampling": 0, "n_blocks_global": 0, "n_blocks_local": 0, "ndf": 1, "n_layers_d": 1, "num_d": 1,
     "dfm_feature_index": 0, "freeze_global_epochs": 0, "phantom_patients": 1, "phantom_slices": 1, "phantom_size": 16,
+    "local_crop": 1,
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "condition": CONDITIONS, "context_region": CONTEXT_REGIONS, "desum": DESUM_MODES, "dfm": DFM_MODES,
     "stage": GENERATOR_MODES, "gan_mode": GAN_MODES,
 }
-_FLAGS = ("resume", "overwrite", "keep_effusion", "include_healthy", "fused_adam")
+_FLAGS = ("resume", "overwrite", "keep_effusion", "include_healthy", "fused_adam", "local_d")
 
 
 def _value(parser: Any, key: str) -> Any:
@@ -439,7 +440,7 @@ def _check_values(parser: Any, keys: set[str]) -> dict[str, Any]:
         betas = _value(parser, "betas")
         if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas)):
             raise InputError(f"must be two numbers in [0, 1), got {betas!r}", "betas")
-    for key in ("lambda_fm", "lambda_l1"):
+    for key in ("lambda_fm", "lambda_l1", "lambda_local"):
         if key in keys:
             weight = _value(parser, key)
             if not _is_number(weight) or weight < 0:  # NaN passes: the non-finite guard stops such a run
@@ -457,6 +458,8 @@ def _check_values(parser: Any, keys: set[str]) -> dict[str, Any]:
                          "constant_lr_epochs")
     if "ngf" in values and values["ngf"] % 2:
         raise InputError(f"must be even (the local generator uses ngf // 2), got {values['ngf']}", "ngf")
+    if {"local_crop", "image_size"} <= set(values) and values["local_crop"] > values["image_size"]:
+        raise InputError(f"must be at most image_size ({values['image_size']}), got {values['local_crop']}", "local_crop")
     if {"num_d"} <= set(values) and values["num_d"] > 3:
         raise InputError(f"must be 1, 2 or 3, got {values['num_d']}", "num_d")
     if {"dfm_feature_index", "n_layers_d"} <= set(values) and values["dfm_feature_index"] > values["n_layers_d"]:
@@ -512,7 +515,7 @@ def check_training(raw: Mapping[str, Any]) -> None:
     for stage in stages:
         stage_parser = parsed(stage=stage)
         network = _build(stage_parser, "network_def", raw)
-        for key in ("discriminator_def", "dfm_def"):
+        for key in ("discriminator_def", "dfm_def", "local_discriminator_def"):
             if key in raw:
                 _build(stage_parser, key, raw)
         if "image_size" not in values or "stage_image_size" not in raw:

@@ -1,7 +1,12 @@
-"""The trainer's iteration: one discriminator state for feature matching, a clean AMP stop, frozen G1, GAN modes."""
+"""The trainer's iteration: one discriminator state for feature matching, a clean AMP stop, frozen G1, GAN modes,
+the local discriminator of lesion inpainting."""
 
 from __future__ import annotations
 
+import json
+import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +15,7 @@ from ignite.engine import Engine, Events
 
 from covid_ct_cgan.engines.stages import checkpoint_candidates, run_stage
 
-from tiny_training import OracleGenerator, PoisonImage, tiny_parser
+from tiny_training import REPO_ROOT, TINY, TRAIN_YAML, OracleGenerator, PoisonImage, tiny_cli, tiny_parser
 
 STAGES = ("global", "local", "joint")
 
@@ -189,3 +194,191 @@ def test_gan_mode_reaches_every_gan_loss(prepared_tiny: Path, monkeypatch: pytes
     trainer.run()
     # per iteration: D on real (True), D on fake (False), G on fake (True)
     assert calls == [(True, gan_mode), (False, gan_mode), (True, gan_mode)] * trainer.state.iteration
+
+
+# ---- the local discriminator (lesion inpainting, lesion_inpainting.yaml)
+
+LESION_OVERLAY = REPO_ROOT / "bundle" / "configs" / "lesion_inpainting.yaml"
+INPAINTING = {"condition": "map+context", "context_region": "lesion", "local_d": True, "local_crop": 16}
+LOCAL_KEYS = ("d_local", "g_local", "g_local_fm")
+
+
+def test_local_discriminator_learns_and_its_terms_reach_the_output(work_dir: Path) -> None:
+    """The local D is built, held by the shared D optimizer, gets gradients and moves; its losses are in every
+    iteration's output, in the epoch means and in the generator's loss."""
+    parser = tiny_parser(work_dir, "local", epochs=1, **INPAINTING)
+    trainer = parser.get_parsed_content("train#trainer")
+    local_d = trainer.local_discriminator
+    assert type(local_d).__name__ == "LocalDiscriminator" and trainer.local_crop == 16 and trainer.lambda_local == 1.0
+    held = {id(p) for g in trainer.d_optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in local_d.parameters()} <= held
+    assert {id(p) for p in trainer.discriminator.parameters()} <= held
+    before = [p.detach().clone() for p in local_d.parameters()]
+    grads: list[bool] = []
+    trainer.add_event_handler(  # gradients of the D step (the G step leaves D's requires_grad off)
+        Events.ITERATION_COMPLETED,
+        lambda e: grads.append(all(p.grad is not None and p.grad.abs().sum() > 0 for p in local_d.parameters())),
+    )
+    values = _collect(trainer, ("loss", "g_gan", "g_fm", *LOCAL_KEYS))
+    trainer.run()
+    assert trainer.state.iteration == 2 and grads == [True, True]
+    assert all((p.detach() - q).abs().max() > 0 for p, q in zip(local_d.parameters(), before))
+    for i in range(2):
+        assert all(math.isfinite(values[k][i]) and values[k][i] > 0 for k in LOCAL_KEYS)
+        expected = values["g_gan"][i] + 10 * values["g_fm"][i] + values["g_local"][i] + 10 * values["g_local_fm"][i]
+        assert values["loss"][i] == pytest.approx(expected, rel=1e-5)
+    metrics = trainer.state.metrics
+    for key in LOCAL_KEYS:
+        assert metrics[f"train_{key}"] == pytest.approx(sum(values[key]) / 2)
+    assert all(p.requires_grad for p in local_d.parameters())
+
+
+def test_local_term_moves_the_generator(prepared_tiny: Path) -> None:
+    """One iteration with lambda_local 1 or 0 (same seed, same crops): the generator's update differs, so the
+    local GAN and feature-matching terms reach it; the global D's update is the same."""
+
+    def one_iteration(lambda_local: float) -> tuple[dict, dict]:
+        torch.manual_seed(0)
+        parser = tiny_parser(prepared_tiny, "local", epochs=1, lambda_local=lambda_local, **INPAINTING)
+        parser["train#trainer#train_handlers"] = []
+        parser["train#trainer#epoch_length"] = 1
+        parser["train#dataloader#shuffle"] = False
+        trainer = parser.get_parsed_content("train#trainer")
+        trainer.run()
+        clone = lambda m: {k: v.detach().clone() for k, v in m.state_dict().items()}  # noqa: E731
+        return clone(trainer.generator), clone(trainer.discriminator)
+
+    g_on, d_on = one_iteration(1.0)
+    g_off, d_off = one_iteration(0.0)
+    assert all(torch.equal(d_on[k], d_off[k]) for k in d_on)
+    assert _changed(g_on, g_off)
+
+
+def test_local_discriminator_is_checked() -> None:
+    from covid_ct_cgan.engines import ConditionalGanTrainer
+    from covid_ct_cgan.networks.discriminator import LocalDiscriminator
+
+    g, d, local = torch.nn.Conv2d(5, 1, 1), torch.nn.Conv2d(1, 1, 1), LocalDiscriminator(5, ndf=4, n_layers=1)
+    g_opt = torch.optim.Adam(g.parameters())
+    with pytest.raises(ValueError, match=r"local_discriminator's parameters must be in d_optimizer"):
+        ConditionalGanTrainer("cpu", 1, [], g, d, g_opt, torch.optim.Adam(d.parameters()), local_discriminator=local)
+    both = torch.optim.Adam([*d.parameters(), *local.parameters()])
+    with pytest.raises(ValueError, match="local_crop must be at least 1, got 0"):
+        ConditionalGanTrainer("cpu", 1, [], g, d, g_opt, both, local_discriminator=local, local_crop=0)
+    with pytest.raises(ValueError, match="lambda_local must be at least 0, got -1"):
+        ConditionalGanTrainer("cpu", 1, [], g, d, g_opt, both, local_discriminator=local, lambda_local=-1)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_perfect_generator_has_zero_feature_matching_loss_with_the_local_discriminator(prepared_tiny: Path, stage: str) -> None:
+    """fake == real gives FM == 0 on the global and on the local discriminator, each from one D state."""
+    oracle = OracleGenerator()
+    parser = tiny_parser(prepared_tiny, stage, network=oracle, epochs=1, **INPAINTING)
+    parser["train#trainer#train_handlers"] = []
+    trainer = parser.get_parsed_content("train#trainer")
+    oracle.attach(trainer)
+    assert trainer.local_crop == (8 if stage == "global" else 16)  # the global stage crops at half resolution
+    before = [p.detach().clone() for p in trainer.local_discriminator.parameters()]
+    values = _collect(trainer, ("g_fm", "g_local_fm", "d_local"))
+    trainer.run()
+    assert trainer.state.iteration == 2
+    moved = max((p.detach() - q).abs().max().item() for p, q in zip(trainer.local_discriminator.parameters(), before))
+    assert moved > 1e-5  # the local D stepped between its real features and the generator step
+    assert all(abs(v) < 1e-6 for v in values["g_fm"]), values["g_fm"]
+    assert all(abs(v) < 1e-6 for v in values["g_local_fm"]), values["g_local_fm"]
+    assert all(v > 0 for v in values["d_local"])
+
+
+def test_lesion_inpainting_overlay_trains_hands_over_and_resumes(work_dir: Path) -> None:
+    """The overlay for one epoch of every stage: the local D is in every checkpoint and in the shared D optimizer,
+    the joint stage starts it from the local stage, a stage resumes with it, and turning it off is refused."""
+    from covid_ct_cgan.settings import run_bundle
+
+    configs = [TRAIN_YAML, str(LESION_OVERLAY)]
+    run_bundle("training", config_file=configs, **{**TINY, "work_dir": str(work_dir), "epochs": 1})
+    out = work_dir / "output_lesion_inpainting"
+    for stage in STAGES:
+        ckpt = torch.load(out / stage / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+        local = ckpt["local_discriminator"]
+        assert list(local) and all(k.startswith("discriminators.0.") for k in local)
+        n_global = len(ckpt["discriminator"]) - sum(1 for k in ckpt["discriminator"] if "num_batches" in k)
+        assert len(ckpt["d_optimizer"]["param_groups"][0]["params"]) == n_global + len(local)
+        assert json.loads((out / stage / "settings.json").read_text())["local_d"] is True
+        assert (out / stage / "samples" / "latest.png").is_file()
+    # the joint stage's hand-over starts its local D from the local stage's
+    from covid_ct_cgan.engines.stages import hand_over
+
+    joint = tiny_parser(work_dir, "joint", **{k: v for k, v in INPAINTING.items() if k != "local_crop"},
+                        output_dir=str(out))
+    fresh_local = joint.get_parsed_content("local_discriminator")
+    hand_over(joint.get_parsed_content("network"), {}, joint.get_parsed_content("discriminator"), out / "local", fresh_local)
+    local_stage = torch.load(out / "local" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    assert not _changed(local_stage["local_discriminator"], fresh_local.state_dict())
+    # resume the local stage for a second epoch: its local D is restored strictly
+    first = torch.load(out / "local" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    run_bundle("train_local", config_file=configs, **{**TINY, "work_dir": str(work_dir), "epochs": 2})
+    second = torch.load(out / "local" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert second["trainer"]["iteration"] == 2 * second["trainer"]["epoch_length"]
+    # the resumed run goes on at the rate where the 1-epoch schedule ended (0): the restored local D comes out
+    # exactly as saved (a local D that was not restored would be freshly initialised)
+    assert second["d_optimizer"]["param_groups"][0]["lr"] == 0.0
+    assert not _changed(first["local_discriminator"], second["local_discriminator"])
+    with pytest.raises(SystemExit) as stop:
+        run_bundle("train_local", config_file=configs, **{**TINY, "work_dir": str(work_dir), "epochs": 3, "local_d": False})
+    assert stop.value.code == 2
+
+
+def test_local_discriminator_settings_are_checked() -> None:
+    from covid_ct_cgan.errors import InputError
+    from covid_ct_cgan.settings import BundleCommand, check_overrides, check_training, load_config
+    from monai.bundle import ConfigParser
+
+    command = BundleCommand(config_files=(TRAIN_YAML, str(LESION_OVERLAY)))
+    check_training(command.load(tracking=False))
+    check_overrides(command.load(overrides=False, tracking=False), list(ConfigParser.load_config_file(LESION_OVERLAY)))
+    parser = ConfigParser(command.load(tracking=False))
+    parser.parse(reset=True)
+    assert parser.get_parsed_content("local_crop") == 32 and parser.get_parsed_content("stage_local_crop") == 32
+    assert parser.get_parsed_content("local_d") is True and parser.get_parsed_content("context_region") == "lesion"
+    for override, message in [
+        ({"local_crop": 200}, "local_crop: must be at most image_size (128), got 200"),
+        ({"local_crop": 0}, "local_crop: must be at least 1, got 0"),
+        ({"lambda_local": -0.5}, "lambda_local: must be a number of at least 0, got -0.5"),
+        ({"local_d": "yes"}, "local_d: must be True or False, got 'yes'"),
+    ]:
+        with pytest.raises(InputError) as err:
+            check_training(load_config(command, **override))
+        assert str(err.value) == message
+    # without the overlay there is no local D: nothing changes for the other configurations
+    plain = ConfigParser(load_config(BundleCommand(config_files=(TRAIN_YAML,))))
+    plain.parse(reset=True)
+    assert plain.get_parsed_content("local_d") is False
+
+
+# every rank saves the local D it trained (test only); the `train_local` run's own finalize, after the stage, is
+# for the default stage (joint), which did not run here: it writes nothing
+RANK_LOCAL_D_OVERLAY = """\
+rank_weights: "$@stage_dir + '/rank' + str(torch.distributed.get_rank()) + '_local_d.pt'"
+finalize:
+  - "$os.path.exists(@rank_weights) or not os.path.isdir(@stage_dir) or torch.save(covid_ct_cgan.engines.unwrap(@local_discriminator).state_dict(), @rank_weights)"
+  - "$torch.distributed.barrier()"
+"""
+
+
+def test_local_discriminator_under_ddp(tmp_path: Path, subprocess_env: dict) -> None:
+    """Two gloo processes: the local D is its own DistributedDataParallel module and both ranks end with the
+    same weights as the checkpoint."""
+    overlay = tmp_path / "rank_local_d.yaml"
+    overlay.write_text(RANK_LOCAL_D_OVERLAY)
+    configs = [TRAIN_YAML, str(REPO_ROOT / "bundle" / "configs" / "multi_gpu_train.yaml"), str(LESION_OVERLAY), str(overlay)]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "train_local",
+           "--config_file", repr(configs)] + tiny_cli(tmp_path / "work", epochs=1)
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    stage_dir = tmp_path / "work" / "output_lesion_inpainting" / "local"
+    saved = torch.load(stage_dir / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)["local_discriminator"]
+    ranks = [torch.load(stage_dir / f"rank{r}_local_d.pt", map_location="cpu", weights_only=True) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() == saved.keys()
+    for key in saved:
+        assert torch.equal(ranks[0][key], ranks[1][key]) and torch.equal(ranks[0][key], saved[key]), key

@@ -224,3 +224,126 @@ def test_init_gain_draws_pix2pix_weights():
     assert float(default.layers[0][0].weight.detach().std()) > 0.05  # PyTorch's default: 1 / sqrt(3 * 80)
     with pytest.raises(ValueError, match="init gain must be positive"):
         NLayerDiscriminator(5, init_gain=0.0)
+
+
+# ---- the local discriminator of lesion inpainting and its crops
+
+
+def _blob_mask(size: int, boxes: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """``(1, 1, size, size)`` mask with filled rectangles ``(top, left, height, width)``."""
+    mask = torch.zeros(1, 1, size, size)
+    for top, left, height, width in boxes:
+        mask[0, 0, top : top + height, left : left + width] = 1.0
+    return mask
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [(20, 20, 5, 7), (0, 0, 4, 4), (60, 59, 4, 5), (0, 50, 14, 14), (30, 0, 16, 3), (10, 10, 16, 16)],
+    ids=["inside", "top-left corner", "bottom-right corner", "top-right edge", "left edge", "exactly the crop"],
+)
+def test_crop_contains_the_whole_component_also_at_the_borders(blob):
+    from covid_ct_cgan.networks.discriminator import region_crop_boxes
+
+    size = 16
+    region = _blob_mask(64, [blob])
+    boxes, has_region = region_crop_boxes(region, size)
+    (top, left), = boxes
+    assert has_region.tolist() == [True]
+    assert 0 <= top <= 64 - size and 0 <= left <= 64 - size  # inside the image
+    t, l, h, w = blob
+    assert top <= t and t + h <= top + size and left <= l and l + w <= left + size  # the whole component
+    inside = region[0, 0, top : top + size, left : left + size].sum()
+    assert inside == region.sum()
+    if 0 < t and t + h < 64 and 0 < l and l + w < 64 and (h, w) != (size, size):
+        # away from the borders the component sits in the middle of the crop (within one pixel)
+        assert abs((top + size / 2) - (t + h / 2)) <= 1 and abs((left + size / 2) - (l + w / 2)) <= 1
+
+
+def test_crop_of_a_component_larger_than_the_crop_lies_on_it():
+    from covid_ct_cgan.networks.discriminator import region_crop_boxes
+
+    size = 8
+    region = _blob_mask(48, [(4, 4, 30, 40)])
+    gen = torch.Generator().manual_seed(0)
+    corners = set()
+    for _ in range(20):
+        (top, left), = region_crop_boxes(region, size, gen)[0]
+        assert 0 <= top <= 48 - size and 0 <= left <= 48 - size
+        centre = region[0, 0, top + size // 2, left + size // 2]
+        assert centre == 1  # centred on a pixel of the component
+        corners.add((top, left))
+    assert len(corners) > 5  # a different part of it each time
+
+
+def test_crop_picks_every_component_at_random_and_skips_samples_without_region():
+    from covid_ct_cgan.networks.discriminator import region_crop_boxes
+
+    size = 8
+    two = _blob_mask(40, [(2, 2, 4, 4), (30, 30, 5, 5)])
+    empty = torch.zeros(1, 1, 40, 40)
+    region = torch.cat([two, empty, two])
+    gen = torch.Generator().manual_seed(3)
+    seen = set()
+    for _ in range(30):
+        boxes, has_region = region_crop_boxes(region, size, gen)
+        assert has_region.tolist() == [True, False, True]
+        assert boxes[1] == (16, 16)  # no region: the centred crop (its terms get zero weight)
+        for top, left in (boxes[0], boxes[2]):
+            covered = region[0, 0, top : top + size, left : left + size].sum().item()
+            assert covered in (16.0, 25.0)  # one whole component
+            seen.add(covered)
+    assert seen == {16.0, 25.0}
+    # the same random source gives the same crops
+    assert region_crop_boxes(region, size, torch.Generator().manual_seed(5))[0] == \
+        region_crop_boxes(region, size, torch.Generator().manual_seed(5))[0]
+
+
+def test_crop_geometry_is_checked():
+    from covid_ct_cgan.networks.discriminator import crop_patches, region_crop_boxes
+
+    with pytest.raises(ValueError, match="crop size must be in 1..32"):
+        region_crop_boxes(torch.zeros(2, 1, 32, 40), 33)
+    with pytest.raises(ValueError, match=r"region must be \(B, 1, H, W\)"):
+        region_crop_boxes(torch.zeros(2, 32, 32), 8)
+    with pytest.raises(ValueError, match="2 crop boxes for a batch of 3"):
+        crop_patches(torch.zeros(3, 1, 16, 16), [(0, 0), (0, 0)], 4)
+    with pytest.raises(ValueError, match="leaves the 16x16 image"):
+        crop_patches(torch.zeros(1, 1, 16, 16), [(13, 0)], 4)
+
+
+def test_real_and_fake_crops_are_aligned_and_carry_the_map(maps):
+    from covid_ct_cgan.networks.discriminator import crop_patches, region_crop_boxes
+
+    label = maps(3, 32)
+    real, fake = torch.rand(3, 1, 32, 32), torch.rand(3, 1, 32, 32, requires_grad=True)
+    region = (label[:, 2:].sum(1, keepdim=True) > 0).float()
+    boxes, _ = region_crop_boxes(region, 12)
+    real_crop = crop_patches(torch.cat([label, real], 1), boxes, 12)
+    fake_crop = crop_patches(torch.cat([label, fake], 1), boxes, 12)
+    for i, (top, left) in enumerate(boxes):
+        window = (slice(top, top + 12), slice(left, left + 12))
+        assert torch.equal(real_crop[i, :4], label[i][(slice(None), *window)])  # the label map, same place
+        assert torch.equal(fake_crop[i, :4], real_crop[i, :4])
+        assert torch.equal(real_crop[i, 4], real[i, 0][window]) and torch.equal(fake_crop[i, 4], fake[i, 0][window])
+    fake_crop[:, 4].sum().backward()  # differentiable: the generator gets gradients through the crop
+    expected = torch.zeros_like(fake)
+    for i, (top, left) in enumerate(boxes):
+        expected[i, 0, top : top + 12, left : left + 12] = 1
+    assert torch.equal(fake.grad, expected)
+
+
+def test_local_discriminator_is_one_instance_norm_patchgan_and_learns(maps):
+    from covid_ct_cgan.networks.discriminator import LocalDiscriminator
+
+    torch.manual_seed(0)
+    d = LocalDiscriminator(5, ndf=8, n_layers=3)
+    assert d.num_d == 1 and len(d.discriminators) == 1
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in d.modules())
+    x = pair(maps, 2, 16)
+    out = d(x)
+    assert len(out) == 1 and len(out[0]) == 5 and out[0][-1].shape[1] == 1
+    masks = d.region_masks(torch.ones(2, 1, 16, 16))
+    assert [m.shape for m in masks[0]] == [f[:, :1].shape for f in out[0]]
+    out[0][-1].mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.parameters())

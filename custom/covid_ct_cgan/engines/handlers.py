@@ -450,17 +450,23 @@ class TrackingExtras:
     """What MONAI's ``--tracking mlflow`` patch does not record: hyper-parameters and pictures.
 
     With an ``MLFlowHandler`` attached to the trainer (``--tracking mlflow``)
-    this logs ``params`` once, and after each epoch the newest sample grid and
-    the validation curve and table as artifacts of the same run. Without one
-    it does nothing.
+    this logs ``params`` and the run's own config once, and after each epoch the
+    newest sample grid and the validation curve and table as artifacts of the
+    same run. Without one it does nothing.
+
+    The config is this run's (a training stage's: ``stage`` set, the command's
+    overrides and the tracking handlers in), written to ``config_file`` and logged
+    as ``config/<name>``. ``train.yaml`` sets ``save_execute_config: false`` so
+    MONAI neither writes ``config_<time>.json`` files shared by the stages of a run
+    nor logs a second copy.
 
     Args:
         params: hyper-parameters to record.
         files: files logged as artifacts after each epoch (missing ones are skipped).
         latest_in: folders whose newest PNG is logged after each epoch (the sample grids).
-        config_dir: folder where ``--tracking`` saved the executed config (``config_*.json``);
-            the newest is logged once (MONAI's own artifact path breaks when
-            ``output_dir`` is overridden with a plain path).
+        config: the run's command (:func:`covid_ct_cgan.settings.current_command`) or raw config;
+            ``None``: no config is logged.
+        config_file: where the config is written before it is logged (required with ``config``).
     """
 
     def __init__(
@@ -468,12 +474,14 @@ class TrackingExtras:
         params: dict[str, Any],
         files: Sequence[str] = (),
         latest_in: Sequence[str] = (),
-        config_dir: str | None = None,
+        config: Any = None,
+        config_file: str | None = None,
     ) -> None:
         self.params = {k: str(v) for k, v in params.items()}
         self.files = [Path(f) for f in files]
         self.latest_in = [Path(f) for f in latest_in]
-        self.config_dir = Path(config_dir) if config_dir else None
+        self.config = config
+        self.config_file = Path(config_file) if config_file else None
 
     def attach(self, engine: Engine) -> None:
         """Attach to a trainer (after the MLflow handler starts its run)."""
@@ -485,9 +493,12 @@ class TrackingExtras:
         if tracker is None or tracker.cur_run is None:
             return
         tracker._log_params(self.params)  # noqa: SLF001 - MONAI's own param logging (skips logged ones)
-        configs = sorted(self.config_dir.glob("config_*.json")) if self.config_dir else []
-        if configs:
-            tracker.client.log_artifact(tracker.cur_run.info.run_id, str(configs[-1]), artifact_path="config")
+        if self.config is not None and self.config_file is not None:
+            from ..fileio import write_json
+
+            raw = self.config.load() if hasattr(self.config, "load") else dict(self.config)
+            write_json(raw, self.config_file, overwrite=True)
+            tracker.client.log_artifact(tracker.cur_run.info.run_id, str(self.config_file), artifact_path="config")
 
     def _log_files(self, engine: Engine) -> None:
         tracker = attached_mlflow_handler(engine)

@@ -124,7 +124,7 @@ def resume(trainer: Any, save_dict: Mapping[str, Any], checkpoint_dir: str | Pat
     return path
 
 
-def hand_over(generator: torch.nn.Module, sources: Mapping[str, str | Path], discriminator: torch.nn.Module | None = None, discriminator_source: str | Path | None = None) -> None:
+def hand_over(generator: torch.nn.Module, sources: Mapping[str, str | Path], discriminator: torch.nn.Module | None = None, discriminator_source: str | Path | None = None, local_discriminator: torch.nn.Module | None = None) -> None:
     """Start a stage from earlier stages' weights (strict; a mismatch names the keys).
 
     Args:
@@ -132,6 +132,8 @@ def hand_over(generator: torch.nn.Module, sources: Mapping[str, str | Path], dis
         sources: generator part (``global_net``, ``local_net``) -> checkpoint folder of the stage that trained it.
         discriminator: the stage's discriminator, optionally warm-started.
         discriminator_source: checkpoint folder whose ``discriminator`` is loaded into it.
+        local_discriminator: the stage's local discriminator (lesion inpainting), warm-started from the
+            same folder's ``local_discriminator`` when it has one.
 
     Raises:
         InputError: a source stage has no readable checkpoint, or its keys do not match.
@@ -142,14 +144,14 @@ def hand_over(generator: torch.nn.Module, sources: Mapping[str, str | Path], dis
             raise InputError(f"no checkpoint to start '{part}' from; train that stage first", folder)
         load_generator_part(generator, found[0], part)
         logger.info(f"{part} initialised from {found[0]}")
-    if discriminator is not None and discriminator_source:
-        found = load_latest_checkpoint(discriminator_source, required=["discriminator"])
+    for key, module in (("discriminator", discriminator), ("local_discriminator", local_discriminator)):
+        found = load_latest_checkpoint(discriminator_source, required=[key]) if module is not None and discriminator_source else None
         if found is not None:
             try:
-                unwrap(discriminator).load_state_dict(found[1]["discriminator"], strict=True)
+                unwrap(module).load_state_dict(found[1][key], strict=True)
             except RuntimeError as err:
-                raise InputError(f"discriminator does not match this configuration: {err}", found[0]) from None
-            logger.info(f"discriminator initialised from {found[0]}")
+                raise InputError(f"{key} does not match this configuration: {err}", found[0]) from None
+            logger.info(f"{key} initialised from {found[0]}")
 
 
 def _checkpoint_space(save_dict: Mapping[str, Any], files: int = 5) -> int:
@@ -257,7 +259,8 @@ def run_stage(
             logger.info(f"stage in {checkpoint_dir} is complete ({trainer.state.epoch} epochs); skipping")
             return
         if loaded is None and handover:
-            hand_over(trainer.generator, handover, getattr(trainer, "discriminator", None), handover_discriminator)
+            hand_over(trainer.generator, handover, getattr(trainer, "discriminator", None), handover_discriminator,
+                      getattr(trainer, "local_discriminator", None))
         if settings is not None and rank0:
             record_stage_settings(checkpoint_dir, settings)
         with interrupt_note(lambda: _stopped_at(trainer, checkpoint_dir)):

@@ -22,6 +22,15 @@ BraTS generative bundles do). One iteration:
    gradient reducer, so this is safe with DDP, and both forwards run under the
    same autocast, so with AMP too.
 
+With a ``local_discriminator`` (lesion inpainting, Iizuka et al. 2017's global +
+local discriminators) every step also scores ``local_crop`` x ``local_crop`` crops
+centred on a random component of each sample's region, cut at the same place from
+the real and the composited fake pair (map and image): ``d_local`` joins the
+discriminator loss and ``g_local`` + ``lambda_fm`` x ``g_local_fm`` (feature
+matching on the local D, real crop through its current state) the generator loss,
+both times ``lambda_local``. One optimizer (``d_optimizer``) holds the parameters
+of both discriminators; a sample without region gets zero weight in the local terms.
+
 With ``freeze_global_epochs = N`` the global generator G1 gets no update in the
 first N epochs (pix2pixHD's ``niter_fix_global``): its gradients are dropped
 before the generator's optimizer step, so Adam (fused or not) skips its
@@ -114,6 +123,12 @@ class ConditionalGanTrainer(Trainer):
             (pix2pix's cross-entropy on logits), for the discriminator and generator losses.
         freeze_global_epochs: the first epochs in which the generator's ``global_net`` (G1)
             is not updated (joint stage; pix2pixHD's ``niter_fix_global``); 0 trains it throughout.
+        local_discriminator: local discriminator on crops around the region
+            (:class:`~covid_ct_cgan.networks.discriminator.LocalDiscriminator`, lesion
+            inpainting); ``None`` trains without one. Its parameters must be in ``d_optimizer``.
+        local_crop: side of the local discriminator's crops in pixels at this stage's
+            resolution (at most the image size: a larger value is cut to it).
+        lambda_local: weight of the local discriminator's GAN and feature-matching terms.
         amp: mixed precision (bf16 autocast on CPU, AMP with a grad scaler on CUDA).
         grad_scaler: the loss scaler of the optimizer steps; default: a CUDA ``GradScaler``
             when ``amp`` runs on CUDA, none otherwise.
@@ -125,8 +140,10 @@ class ConditionalGanTrainer(Trainer):
         additional_metrics, postprocessing, decollate: as in MONAI's ``Trainer``.
 
     Raises:
-        ValueError: unknown ``gan_mode``, negative ``freeze_global_epochs``, or
-            ``freeze_global_epochs > 0`` with a generator that has no ``global_net``.
+        ValueError: unknown ``gan_mode``, negative ``freeze_global_epochs``,
+            ``freeze_global_epochs > 0`` with a generator that has no ``global_net``,
+            ``local_crop < 1``, negative ``lambda_local``, or a local discriminator whose
+            parameters are not in ``d_optimizer``.
     """
 
     def __init__(
@@ -148,6 +165,9 @@ class ConditionalGanTrainer(Trainer):
         region_weighted: bool = False,
         gan_mode: str = "lsgan",
         freeze_global_epochs: int = 0,
+        local_discriminator: torch.nn.Module | None = None,
+        local_crop: int = 64,
+        lambda_local: float = 1.0,
         amp: bool = False,
         grad_scaler: torch.amp.GradScaler | None = None,
         compile: bool = False,
@@ -197,6 +217,20 @@ class ConditionalGanTrainer(Trainer):
                 f"{type(unwrap(generator)).__name__} has none"
             )
         self._global_params = list(global_net.parameters()) if self.freeze_global_epochs else []
+        self.local_discriminator = local_discriminator
+        self.local_crop = int(local_crop)
+        self.lambda_local = float(lambda_local)
+        if self.local_crop < 1:
+            raise ValueError(f"local_crop must be at least 1, got {local_crop}")
+        if not self.lambda_local >= 0:
+            raise ValueError(f"lambda_local must be at least 0, got {lambda_local}")
+        if local_discriminator is not None:
+            held = {id(p) for group in d_optimizer.param_groups for p in group["params"]}
+            if any(id(p) not in held for p in local_discriminator.parameters()):
+                raise ValueError("local_discriminator's parameters must be in d_optimizer (one optimizer for both discriminators)")
+        # crop positions from their own random stream (seeded by set_determinism's seed): turning the
+        # local discriminator on does not shift any other random draw
+        self._crop_rng = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
         self._global_frozen = False
         self.grad_scaler = grad_scaler
         self.scaler: torch.amp.GradScaler | None = None
@@ -208,10 +242,13 @@ class ConditionalGanTrainer(Trainer):
             torch.compiler.reset()
         self._g_forward = _compiled(generator) if self.compile else generator
         self._d_forward = _compiled(discriminator) if self.compile else discriminator
+        self._ld_forward = (_compiled(local_discriminator) if self.compile else local_discriminator) \
+            if local_discriminator is not None else None
         # toggling requires_grad of D in the generator step saves its weight gradients, but DDP
         # needs the same parameters to receive gradients in every backward (so a frozen G1 under
         # DDP computes its gradients and they are dropped before the step)
         self._toggle_d = not isinstance(discriminator, DistributedDataParallel)
+        self._toggle_local_d = local_discriminator is not None and not isinstance(local_discriminator, DistributedDataParallel)
         self._toggle_g = not isinstance(generator, DistributedDataParallel)
 
     @property
@@ -262,6 +299,39 @@ class ConditionalGanTrainer(Trainer):
         if self._toggle_d:
             for p in self.discriminator.parameters():
                 p.requires_grad_(flag)
+        if self._toggle_local_d:
+            for p in self.local_discriminator.parameters():
+                p.requires_grad_(flag)
+
+    def local_crops(self, batchdata: dict[str, Any], region: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], list]:
+        """Where this batch's local crops are, as a crop function, and the local discriminator's patch weights.
+
+        The boxes come from the batch's region as the data loader gave it (on the host: no device
+        synchronisation), see :func:`~covid_ct_cgan.networks.discriminator.region_crop_boxes`.
+
+        Args:
+            batchdata: the batch (its ``region``).
+            region: the region on the training device.
+
+        Returns:
+            ``(crop, weights)``: ``crop(x)`` cuts every sample's box out of ``x`` (B, C, H, W);
+            ``weights`` are the local discriminator's region masks of the cropped region, zero for
+            samples without region.
+        """
+        # imported here: covid_ct_cgan.networks imports this module (its hand-over unwraps DDP)
+        from ..networks.discriminator import crop_patches, region_crop_boxes
+
+        source = batchdata["region"]
+        size = min(self.local_crop, int(region.shape[-2]), int(region.shape[-1]))
+        boxes, has_region = region_crop_boxes(torch.as_tensor(source), size, self._crop_rng)
+        has_region = has_region.to(region.device)
+
+        def crop(x: torch.Tensor) -> torch.Tensor:
+            return crop_patches(x, boxes, size)
+
+        masks = unwrap(self.local_discriminator).region_masks(crop(region))
+        keep = has_region.to(region.dtype)[:, None, None, None]
+        return crop, [[m * keep for m in scale] for scale in masks]
 
     def _iteration(self, engine: ConditionalGanTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
         if batchdata is None:
@@ -277,6 +347,10 @@ class ConditionalGanTrainer(Trainer):
         stepped = False  # whether an optimizer step ran (the grad scaler has inf checks to update from)
         if engine.freeze_global_epochs:
             engine._freeze_global(engine.global_frozen(engine.state.epoch))
+
+        local = engine.local_discriminator is not None
+        if local:
+            crop, local_weight = engine.local_crops(batchdata, region)
 
         # 1. generator forward
         with autocast:
@@ -300,9 +374,17 @@ class ConditionalGanTrainer(Trainer):
                 losses.gan_loss(real_feats, True, weight, engine.gan_mode)
                 + losses.gan_loss(fake_feats, False, weight, engine.gan_mode)
             )
-        finite = bool(torch.isfinite(d_loss.detach()))
+            d_total = d_loss
+            if local:  # the same crops of the real and the fake pair, one batched forward of the local D
+                local_feats = engine._ld_forward(torch.cat([crop(both[:batch]), crop(both[batch:])], 0))
+                d_local = 0.5 * (
+                    losses.gan_loss([[f[:batch] for f in s] for s in local_feats], True, local_weight, engine.gan_mode)
+                    + losses.gan_loss([[f[batch:] for f in s] for s in local_feats], False, local_weight, engine.gan_mode)
+                )
+                d_total = d_loss + engine.lambda_local * d_local
+        finite = bool(torch.isfinite(d_total.detach()))
         if finite:
-            engine._backward_step(d_loss, engine.d_optimizer)
+            engine._backward_step(d_total, engine.d_optimizer)
             stepped = True
         real_detached = [[f.detach().float() for f in scale] for scale in real_feats]
         fake_detached = [[f.detach().float() for f in scale] for scale in fake_feats]
@@ -336,18 +418,31 @@ class ConditionalGanTrainer(Trainer):
                 g_fm = losses.dfm_loss(fm, dfm_weight if dfm_weight is not None else 0.5)
             g_l1 = losses.l1_loss(fake, real) if engine.lambda_l1 > 0 else torch.zeros((), device=fake.device)
             g_loss = g_gan + engine.lambda_fm * g_fm + engine.lambda_l1 * g_l1
+            if local:  # the local D as updated in step 2, the real crop through that same state
+                g_local_feats = engine._ld_forward(crop(torch.cat([label_map, fake], 1)))
+                g_local = losses.gan_loss(g_local_feats, True, local_weight, engine.gan_mode)
+                g_local_fm = torch.zeros((), device=fake.device)
+                if engine.lambda_fm > 0:
+                    with torch.no_grad():
+                        real_local = engine._ld_forward(crop(torch.cat([label_map, real], 1)))
+                    g_local_fm = losses.feature_matching(real_local, g_local_feats, engine.n_layers_d, local_weight).mean()
+                g_loss = g_loss + engine.lambda_local * (g_local + engine.lambda_fm * g_local_fm)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         values = {"loss": g_loss, "d_loss": d_loss, "g_gan": g_gan, "g_fm": g_fm, "g_l1": g_l1,
                   "desum_weight": getattr(unwrap(engine.generator), "last_desum_weight", None), "dfm_weight": dfm_weight}
+        checked = ["loss", "d_loss", "g_gan", "g_fm", "g_l1"]
+        if local:
+            values.update(d_local=d_local, g_local=g_local, g_local_fm=g_local_fm)
+            checked += ["d_local", "g_local", "g_local_fm"]
         # one device-to-host copy an iteration for every logged value (and the learned b per sample)
         scalars, dfm_weights = _to_host(values, dfm_weight if learn else None)
-        finite = finite and all(math.isfinite(scalars[k]) for k in ("loss", "d_loss", "g_gan", "g_fm", "g_l1"))
+        finite = finite and all(math.isfinite(scalars[k]) for k in checked)
         if finite:
             engine._backward_step(g_loss, engine.g_optimizer, engine._global_params if engine._global_frozen else ())
             stepped = True
         else:
-            engine.state.non_finite = {k: scalars[k] for k in ("loss", "d_loss", "g_gan", "g_fm", "g_l1")}
+            engine.state.non_finite = {k: scalars[k] for k in checked}
         if engine.scaler is not None and stepped:
             engine.scaler.update()
         engine._set_d_grad(True)

@@ -5,14 +5,17 @@ files it was trained with (``train.yaml`` plus an overlay such as
 ``pix2pixhd.yaml`` or ``ablation/one_d.yaml``) and the same overrides
 (``work_dir``, ``image_size``, ``epochs`` ...). The generator, its input
 settings (image size, conditioning, window) and its checkpoint folder (the
-training ``output_dir``'s last stage) are read from that config, so an
-evaluated network is always the trained one. Synthesis goes through the one
+training ``output_dir``'s last stage) are read from that config, and the network
+settings saved with the checkpoint (:mod:`covid_ct_cgan.checkpoint_settings`) take
+precedence over the config's defaults, so an evaluated network is always the
+trained one: an override that contradicts the checkpoint is refused, naming both values. Synthesis goes through the one
 synthesis code path, :func:`covid_ct_cgan.inference.run_synthesis`.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint_settings import CLASS_KEYS, saved_network_settings
 from ..errors import InputError
 from ..inference import run_synthesis
 from .provenance import stage_epochs
@@ -85,6 +89,43 @@ def load_training_config(config_files: Sequence[str | Path], overrides: Mapping[
     return parser.get()
 
 
+def _with_checkpoint_settings(raw: dict, checkpoint: Path, overrides: Mapping[str, Any], name: str) -> bool:
+    """Set the network settings saved with ``checkpoint`` in the training config ``raw`` (in place).
+
+    Returns:
+        Whether ``raw`` changed (the generator must be built again).
+
+    Raises:
+        InputError: the checkpoint's generator is another class than the config's, or an override
+            contradicts a saved setting (both values named).
+    """
+    saved = saved_network_settings(checkpoint)
+    if saved is None:
+        return False
+    path, recorded = saved
+    target = raw.get("network_def", {}).get("_target_") if isinstance(raw.get("network_def"), Mapping) else None
+    if "generator" in recorded and target is not None and str(recorded["generator"]) != str(target):
+        raise InputError(
+            f"the checkpoint {path} was trained with generator {recorded['generator']}, but the configs of model "
+            f"{name!r} build {target}; give the model the configs it was trained with"
+        )
+    plain = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - tuples vs lists
+    changed = False
+    for key, value in recorded.items():
+        if key in CLASS_KEYS or key not in raw:
+            continue
+        if key in overrides and plain(overrides[key]) != plain(value):
+            raise InputError(
+                f"the checkpoint {path} was trained with {value!r}, the training overrides of model {name!r} give "
+                f"{overrides[key]!r}; leave {key} out to use the checkpoint's",
+                key,
+            )
+        if plain(raw[key]) != plain(value):
+            raw[key] = value
+            changed = True
+    return changed
+
+
 def trained_model(
     name: str,
     config_files: Sequence[str | Path],
@@ -98,32 +139,44 @@ def trained_model(
         name: the model's name in tables.
         config_files: the config files of the training run (base first, overlays after).
         overrides: the training run's command-line overrides (``work_dir``, ``image_size`` ...).
-        checkpoint: file or stage folder; default the training ``output_dir``'s last stage.
+        checkpoint: file or stage folder; default the training ``output_dir``'s last stage. The network
+            settings saved with it replace the config's (see :func:`_with_checkpoint_settings`).
         device: where the generator runs.
 
     Returns:
         The :class:`TrainedModel` (weights not loaded yet: synthesis loads them strictly).
 
     Raises:
-        InputError: a config file is missing or the config cannot build its generator.
+        InputError: a config file is missing, the config cannot build its generator, or an override
+            contradicts the checkpoint's settings.
     """
     from monai.bundle import ConfigParser
 
     raw = load_training_config(config_files, overrides)
-    parser = ConfigParser(copy.deepcopy(raw))
-    stages = list(parser.get_parsed_content("stages"))
-    parser["stage"] = stages[-1]
-    parser["device"] = f"$torch.device('{torch.device(device)}')"
-    parser.parse(reset=True)
+
+    def parsed() -> Any:
+        parser = ConfigParser(copy.deepcopy(raw))
+        parser["stage"] = stages[-1]
+        parser["device"] = f"$torch.device('{torch.device(device)}')"
+        parser.parse(reset=True)
+        return parser
+
+    try:
+        stages = list(ConfigParser(copy.deepcopy(raw)).get_parsed_content("stages"))
+        parser = parsed()
+        output_dir = Path(parser.get_parsed_content("output_dir"))
+        seed = int(parser.get_parsed_content("seed"))
+    except Exception as err:  # noqa: BLE001 - any config failure becomes one clear line
+        raise InputError(f"cannot read the training config of model {name!r} {list(map(str, config_files))}: {err}") from None
+    folder = Path(checkpoint) if checkpoint else output_dir / stages[-1]
+    if _with_checkpoint_settings(raw, folder, overrides or {}, name):  # the settings the checkpoint was trained with
+        parser = parsed()
     try:
         network = parser.get_parsed_content("network_def")
         settings = {key: parser.get_parsed_content(key) for key in SETTING_KEYS}
         settings["image_size"] = int(parser.get_parsed_content("stage_image_size"))
-        output_dir = Path(parser.get_parsed_content("output_dir"))
-        seed = int(parser.get_parsed_content("seed"))
     except Exception as err:  # noqa: BLE001 - any config failure becomes one clear line
         raise InputError(f"cannot build the generator of model {name!r} from {list(map(str, config_files))}: {err}") from None
-    folder = Path(checkpoint) if checkpoint else output_dir / stages[-1]
     runs_dir = folder.parent if folder.is_dir() and folder.name == stages[-1] else output_dir  # where the stages are
     return TrainedModel(
         name=name, network=network.to(device), checkpoint=folder, settings=settings,

@@ -3,7 +3,9 @@
 - :mod:`.inputs`: find and read (real image, label map) pairs, keep their geometry;
 - :mod:`.lesion_augment`: new lesion layouts inside the same lung;
 - :mod:`.synthesis`: the bundle's ``run`` (:func:`run_synthesis`);
-- :mod:`.outputs`: results written exactly like their inputs, previews.
+- :mod:`.outputs`: results written exactly like their inputs, previews;
+- :mod:`.export`: ONNX export, ONNX Runtime and int8 synthesis (``precision: int8``);
+- :mod:`.tuning`: ``compile: auto`` and ``cpu_pixels_per_call: auto`` by probes cached per machine.
 """
 
 from .inputs import Geometry, LoadedInput, SynthesisInput, collect_inputs, load_input

@@ -35,7 +35,7 @@ import numpy as np
 from nibabel import orientations
 
 from .. import intensity
-from ..data.readers import AXCODES, IMAGE_SUFFIXES, PICTURE_SUFFIXES, load_image
+from ..data.readers import AXCODES, IMAGE_SUFFIXES, PICTURE_SUFFIXES, _is_dicom_file, load_image
 from ..errors import InputError
 from ..labels import check_label_map, lung_region
 
@@ -131,10 +131,21 @@ def _stem(path: Path) -> str:
     return path.name[: len(path.name) - len(_suffix(path))] if _suffix(path) in IMAGE_SUFFIXES else path.name
 
 
+def _refuse_dicom_file(image: Path) -> None:
+    """A single DICOM file is one slice of a series: the series is read from its folder."""
+    if image.is_file() and _is_dicom_file(image):
+        raise InputError(
+            f"is a single DICOM file; pass its series folder instead (image: {image.parent}), "
+            "which holds the .dcm files of all the slices",
+            image,
+        )
+
+
 def _unique_names(pairs: list[tuple[Path, Path, str | None]]) -> list[SynthesisInput]:
     seen: dict[str, int] = {}
     items = []
     for image, label, scale in pairs:
+        _refuse_dicom_file(image)
         base = _stem(image)
         count = seen.get(base, 0)
         seen[base] = count + 1

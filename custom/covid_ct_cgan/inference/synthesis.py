@@ -10,7 +10,10 @@ For every input pair (:mod:`.inputs`) and every variant ``k < num_variants``:
    ``image_size`` with area / nearest interpolation, padded to a square), gets
    its condition (:func:`covid_ct_cgan.transforms.make_condition`) and runs
    through the generator in batches (``torch.inference_mode``, bf16 autocast on
-   CPU / fp16 AMP on CUDA with ``amp``, ``torch.compile`` with ``compile``);
+   CPU / fp16 AMP on CUDA with ``amp``, ``torch.compile`` with ``compile``, or,
+   with ``precision: int8``, an int8 ONNX Runtime copy calibrated on training
+   label maps, :mod:`.export`; ``compile: auto`` and the CPU slicing by a cached
+   probe, :mod:`.tuning`);
 3. the generated slice is cropped and resized back (bilinear) to the slice's
    own size and composited at the original resolution,
    ``out = region * synthetic + (1 - region) * real``, region = the lung (or,
@@ -43,6 +46,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -59,6 +63,7 @@ from ..fileio import staged_directory, write_json, write_text
 from ..logs import progress as progress_bar
 from ..labels import GGO, num_classes as count_classes
 from ..transforms import CONDITIONS, CONTEXT_REGIONS, make_condition, synthesis_region
+from . import tuning
 from .inputs import LoadedInput, SynthesisInput, collect_inputs, load_input
 from .lesion_augment import LesionAugmenter, LesionPattern, lesion_pattern
 from .outputs import output_suffix, preview_picture, write_like, write_png
@@ -76,6 +81,7 @@ NETWORK_SETTINGS_HINT = (
 )
 COMPILE_BACKEND = "inductor"  # torch.compile backend of ``compile: true`` (tests use a faster one)
 CPU_PIXELS_PER_CALL = 2**17  # eager CPU slices: 2 samples at 256 px, 1 at 512 (fastest a slice on the development CPU)
+PRECISIONS = ("float", "int8")  # float: fp32, or bf16/fp16 autocast with ``amp``; int8: ONNX Runtime static int8
 MAX_LISTED_KEYS = 6
 
 
@@ -199,6 +205,14 @@ class ModelGrid:
 # --------------------------------------------------------------------------- generator runner
 
 
+def compile_generator(network: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` as synthesis uses it: static shapes, weights frozen on CPU; inductor's on-disk
+    cache in :func:`~.tuning.use_inductor_cache`'s folder (unless ``TORCHINDUCTOR_CACHE_DIR`` is set)."""
+    tuning.use_inductor_cache()
+    options = {"freezing": True} if device.type == "cpu" and COMPILE_BACKEND == "inductor" else None
+    return torch.compile(network, backend=COMPILE_BACKEND, options=options, dynamic=False)
+
+
 class GeneratorRunner:
     """Runs the generator on batches of conditions: inference mode, optional AMP and ``torch.compile``.
 
@@ -217,25 +231,30 @@ class GeneratorRunner:
         compile: run ``torch.compile(network)`` (inductor with weight freezing on CPU).
         batch_size: the batch size it will be called with.
         cpu_pixels_per_call: the eager CPU slice size in pixels; ``None`` runs whole batches.
+        engine: runs whole batches instead of ``network`` (e.g. the int8
+            :class:`~.export.OnnxGenerator`); ``amp``, ``compile`` and slicing do not apply then.
     """
 
     def __init__(
         self, network: torch.nn.Module, device: torch.device, amp: bool = False, compile: bool = False, batch_size: int = 8,
         cpu_pixels_per_call: int | None = CPU_PIXELS_PER_CALL,
+        engine: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.network = network.to(device).eval()
         self.device = device
         self.amp = bool(amp)
         self.batch_size = int(batch_size)
         self.cpu_pixels_per_call = cpu_pixels_per_call if device.type == "cpu" else None
+        self.engine = engine
         self.compiled = None
         self.compile_checked = False
-        if compile:
-            options = {"freezing": True} if device.type == "cpu" and COMPILE_BACKEND == "inductor" else None
-            self.compiled = torch.compile(self.network, backend=COMPILE_BACKEND, options=options, dynamic=False)
+        if compile and engine is None:
+            self.compiled = compile_generator(self.network, device)
 
     def __call__(self, conditions: torch.Tensor) -> torch.Tensor:
         """``(B, C, S, S)`` conditions -> ``(B, 1, S, S)`` float32 images in [-1, 1] on the CPU."""
+        if self.engine is not None:
+            return self.engine(conditions.cpu()).float()
         n = conditions.shape[0]
         x = conditions.to(self.device, torch.float32)
         if self.compiled is not None and n < self.batch_size:
@@ -416,7 +435,8 @@ def _check_output_dir(output_dir: Path, folders: list[Path], inputs: list[Synthe
 
 
 def _check_settings(
-    num_variants: int, batch_size: int, image_size: int, condition: str, context_region: str, network: torch.nn.Module
+    num_variants: int, batch_size: int, image_size: int, condition: str, context_region: str, network: torch.nn.Module,
+    precision: str = "float", compile: bool | str = False, cpu_pixels_per_call: int | str | None = None,
 ) -> None:
     if int(num_variants) < 1:
         raise InputError(f"num_variants must be at least 1, got {num_variants}")
@@ -426,6 +446,13 @@ def _check_settings(
         raise InputError(f"condition must be one of {CONDITIONS}, got {condition!r}")
     if context_region not in CONTEXT_REGIONS:
         raise InputError(f"context_region must be one of {CONTEXT_REGIONS}, got {context_region!r}")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if not isinstance(compile, bool) and compile != tuning.AUTO:
+        raise InputError(f"compile must be true, false or {tuning.AUTO!r}, got {compile!r}")
+    pixels = cpu_pixels_per_call
+    if not (pixels is None or pixels == tuning.AUTO or (isinstance(pixels, int) and not isinstance(pixels, bool) and pixels > 0)):
+        raise InputError(f"cpu_pixels_per_call must be a positive whole number, null or {tuning.AUTO!r}, got {pixels!r}")
     factor = int(getattr(network, "full_size_factor", getattr(network, "size_factor", 1)))
     if int(image_size) < factor or int(image_size) % factor:
         raise InputError(f"image_size must be a multiple of {factor} for this network, got {image_size}")
@@ -441,6 +468,36 @@ def _manifest_text(rows: list[dict[str, Any]]) -> str:
 
 def _preview_slice(label: np.ndarray, slices: list[int]) -> int:
     return max(slices, key=lambda z: (np.count_nonzero(label[:, :, z] >= GGO), np.count_nonzero(label[:, :, z]), -z))
+
+
+def _make_runner(
+    network: torch.nn.Module, device: torch.device, amp: bool, compile: bool | str, batch_size: int,
+    cpu_pixels_per_call: int | str | None, precision: str, slices: int, settings: _Settings,
+    calibration_input: str | Path | None, calibration_key: str, keep_effusion: bool,
+) -> GeneratorRunner:
+    """The runner of a run: int8 in ONNX Runtime, or PyTorch with ``auto`` settings resolved by :mod:`.tuning`."""
+    if precision == "int8":
+        from .export import calibration_conditions, int8_generator
+
+        if device.type != "cpu":
+            raise InputError(f"precision int8 runs on the CPU (ONNX Runtime); got device {device}")
+        if not calibration_input:
+            raise InputError("precision int8 needs calibration_input: a prepared datalist.json with training label maps")
+        if compile is True:
+            logger.warning("precision int8: compile does not apply (ONNX Runtime runs the int8 model)")
+        conditions = calibration_conditions(
+            calibration_input, settings.grid.image_size, settings.condition, settings.context_region,
+            settings.context_dilation, keep_effusion, calibration_key,
+            window_level=settings.window_level, window_width=settings.window_width)
+        logger.info(f"int8: calibrating on {len(conditions)} slices of '{calibration_key}' in {calibration_input}")
+        engine = int8_generator(network, settings.grid.image_size, conditions)
+        return GeneratorRunner(network, device, batch_size=batch_size, engine=engine)
+    choice = tuning.choose(
+        network, device, settings.grid.image_size, batch_size, amp, compile, cpu_pixels_per_call, slices,
+        CPU_PIXELS_PER_CALL, lambda net: compile_generator(net, device))
+    if tuning.AUTO in (compile, cpu_pixels_per_call):
+        logger.info(f"synthesis settings: {choice.reason}")
+    return GeneratorRunner(network, device, amp, choice.compile, batch_size, choice.cpu_pixels_per_call)
 
 
 @exit_on_input_error
@@ -467,8 +524,12 @@ def run_synthesis(
     window_width: float = intensity.DEFAULT_WINDOW_WIDTH,
     batch_size: int = 8,
     amp: bool = False,
-    compile: bool = False,
+    compile: bool | str = False,
     device: str | torch.device | None = None,
+    cpu_pixels_per_call: int | str | None = CPU_PIXELS_PER_CALL,
+    precision: str = "float",
+    calibration_input: str | Path | None = None,
+    calibration_key: str = "training",
 ) -> list[dict[str, Any]]:
     """Synthesise composited CT slices from label maps (see the module docstring). Bundle run id ``run``.
 
@@ -495,8 +556,16 @@ def run_synthesis(
         window_width: HU window width (as in training).
         batch_size: slices per generator call.
         amp: bf16 autocast on CPU, fp16 AMP on CUDA.
-        compile: ``torch.compile`` the generator.
+        compile: ``torch.compile`` the generator; ``"auto"``: when the run has more slices than the
+            measured break-even (:mod:`.tuning`).
         device: where the generator runs; default: the network's device.
+        cpu_pixels_per_call: eager CPU batches run in slices of this many pixels; ``None``: whole
+            batches; ``"auto"``: the fastest slicing of a probe cached per machine (:mod:`.tuning`).
+        precision: ``"float"`` (fp32, or autocast with ``amp``) or ``"int8"``: an ONNX Runtime static
+            int8 copy of the generator (CPU; :mod:`.export`), calibrated on ``calibration_input``.
+        calibration_input: a prepared ``datalist.json`` whose ``calibration_key`` list holds the label
+            maps that calibrate int8 (the training label maps); needed with ``precision: int8``.
+        calibration_key: the list of ``calibration_input`` to calibrate on.
 
     Returns:
         The manifest rows.
@@ -505,7 +574,8 @@ def run_synthesis(
         InputError: bad input or settings (a bundle run exits with one ``ERROR:`` line and status 2);
             nothing is written then.
     """
-    _check_settings(num_variants, batch_size, image_size, condition, context_region, network)
+    _check_settings(num_variants, batch_size, image_size, condition, context_region, network, precision, compile,
+                    cpu_pixels_per_call)
     intensity.window_bounds(window_level, window_width)
     augment = int(num_variants) > 1 if augment is None else bool(augment)
     if int(num_variants) > 1 and not augment:
@@ -534,7 +604,9 @@ def run_synthesis(
     # pass 2: synthesise into a staged folder that replaces output_dir only when complete
     settings = _Settings(ModelGrid(int(image_size)), count_classes(keep_effusion), condition, context_region,
                          int(context_dilation), float(window_level), float(window_width))
-    runner = GeneratorRunner(network, device, amp, compile, batch_size)
+    runner = _make_runner(network, device, amp, compile, batch_size, cpu_pixels_per_call, precision,
+                          total * int(num_variants), settings, calibration_input, calibration_key,
+                          bool(keep_effusion))
     with staged_directory(output_dir, overwrite=overwrite) as stage:
         for sub in ("images", "labels", "previews"):
             (stage / sub).mkdir()
@@ -556,8 +628,11 @@ def run_synthesis(
             "checkpoint": str(checkpoint_path), "num_variants": int(num_variants), "seed": int(seed), "augment": augment,
             "keep_original": bool(keep_original), "image_size": int(image_size), "condition": condition,
             "context_region": context_region, "context_dilation": int(context_dilation), "keep_effusion": bool(keep_effusion),
-            "window_level": float(window_level), "window_width": float(window_width), "amp": bool(amp),
-            "compile": bool(compile), "inputs": len(inputs), "outputs": len(rows),
+            "window_level": float(window_level), "window_width": float(window_width),
+            "amp": bool(amp) and precision == "float",
+            "compile": compile, "compiled": runner.compiled is not None, "precision": precision,
+            "cpu_pixels_per_call": runner.cpu_pixels_per_call if runner.engine is None else None,
+            "inputs": len(inputs), "outputs": len(rows),
         }, stage / "settings.json")
     print(f"synthesis: {len(rows)} outputs from {len(inputs)} inputs in {output_dir} (checkpoint {checkpoint_path})", flush=True)
     return rows

@@ -1,8 +1,11 @@
-"""Discriminators: pix2pixHD's N-layer PatchGAN, the multi-resolution discriminator and the DFM weighting net."""
+"""Discriminators: pix2pixHD's N-layer PatchGAN, the multi-resolution discriminator, the local discriminator on
+crops around the synthesised region (with its crop geometry) and the DFM weighting net."""
 
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+from scipy import ndimage
 from torch import Tensor, nn
 
 from .blocks import downsample, init_normal_, norm_layer
@@ -231,6 +234,130 @@ class MultiResolutionDiscriminator(nn.Module):
                 mask = nn.functional.max_pool2d(mask, 3, 2, 1)
             masks.append(disc.region_masks(mask))
         return masks
+
+
+class LocalDiscriminator(MultiResolutionDiscriminator):
+    """Local discriminator of the lesion-inpainting mode: one PatchGAN on fixed-size crops around the region.
+
+    In ``map+context`` mode with ``context_region: lesion`` the composited fake
+    differs from the real slice only in the dilated lesions, a few percent of the
+    pixels, and the global discriminators settle at chance. As image-completion
+    GANs do (Iizuka et al. 2017: a global and a local discriminator), this one
+    sees only crops centred on a region component (:func:`region_crop_boxes`),
+    taken identically from the real and the composited fake pair (label map and
+    image, :func:`crop_patches`). It is the block of :class:`NLayerDiscriminator`
+    (instance norm by default) at one scale; its output is nested like
+    :class:`MultiResolutionDiscriminator`'s, so the losses and
+    :meth:`~MultiResolutionDiscriminator.region_masks` apply unchanged.
+
+    Args:
+        in_channels: map channels plus image channels.
+        ndf: width of the first layer.
+        n_layers: stride-2 layers.
+        norm: normalisation name.
+        padding: convolution padding.
+        use_bias: bias of the convolutions followed by a norm layer.
+        init_gain: ``None`` (PyTorch's initialisation) or pix2pix's ``N(0, init_gain)`` initialisation.
+
+    Returns (forward):
+        a one-element list holding the crop's feature list (patch prediction last).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        ndf: int = 64,
+        n_layers: int = 3,
+        norm: str = "instance",
+        padding: int = PADDING,
+        use_bias: bool = True,
+        init_gain: Optional[float] = None,
+    ) -> None:
+        super().__init__(in_channels, ndf, n_layers, 1, norm, padding, use_bias, init_gain)
+
+
+def region_crop_boxes(
+    region: Tensor, size: int, generator: Optional[torch.Generator] = None
+) -> Tuple[List[Tuple[int, int]], Tensor]:
+    """Top-left corners of one ``size`` x ``size`` crop per sample, centred on a random component of its region.
+
+    Per sample, one pixel of ``region > 0.5`` is drawn uniformly, which draws
+    its connected component (8-connectivity) in proportion to the component's
+    area (a dilated speck of a lesion is seldom worth a crop of its own). If the
+    component's bounding box fits into the crop, the crop contains the whole
+    component, centred on its box; a larger component gets a crop centred on
+    the drawn pixel (a different part of it each time).
+    Crops are shifted inside the image at its borders, so a component that fits
+    stays inside the crop there too. A sample without region gets the centred
+    crop and ``False`` in the returned flags: its local GAN and feature-matching
+    terms are skipped (zero weight).
+
+    Args:
+        region: ``(B, 1, H, W)`` region masks (values in ``[0, 1]``), on any device.
+        size: crop side in pixels, at most ``H`` and ``W``.
+        generator: random source of the component and pixel draws (default: torch's global one).
+
+    Returns:
+        ``(boxes, has_region)``: ``B`` corners ``(top, left)`` as Python ints, and a ``(B,)`` bool tensor on
+        ``region``'s device.
+
+    Raises:
+        ValueError: ``region`` is not ``(B, 1, H, W)``, or ``size`` is not in ``1..min(H, W)``.
+    """
+    if region.ndim != 4 or region.shape[1] != 1:
+        raise ValueError(f"region must be (B, 1, H, W), got shape {tuple(region.shape)}")
+    height, width = int(region.shape[-2]), int(region.shape[-1])
+    if not 1 <= size <= min(height, width):
+        raise ValueError(f"crop size must be in 1..{min(height, width)} for {height}x{width} images, got {size}")
+    masks = (region.detach()[:, 0] > 0.5).cpu().numpy()
+    structure = np.ones((3, 3), dtype=bool)
+    boxes: List[Tuple[int, int]] = []
+    flags: List[bool] = []
+
+    def draw(n: int) -> int:
+        return int(torch.randint(n, (1,), generator=generator))
+
+    for mask in masks:
+        labels, count = ndimage.label(mask, structure=structure)
+        if count == 0:
+            boxes.append(((height - size) // 2, (width - size) // 2))
+            flags.append(False)
+            continue
+        all_ys, all_xs = np.nonzero(labels)
+        pick = draw(len(all_ys))  # a region pixel: components are drawn in proportion to their area
+        ys, xs = np.nonzero(labels == labels[all_ys[pick], all_xs[pick]])
+        top, left, y_span, x_span = int(ys.min()), int(xs.min()), int(ys.max() - ys.min()) + 1, int(xs.max() - xs.min()) + 1
+        if y_span <= size and x_span <= size:  # the whole component, centred on its bounding box
+            top, left = top - (size - y_span) // 2, left - (size - x_span) // 2
+        else:  # larger than the crop: centred on the drawn pixel
+            top, left = int(all_ys[pick]) - size // 2, int(all_xs[pick]) - size // 2
+        boxes.append((min(max(top, 0), height - size), min(max(left, 0), width - size)))
+        flags.append(True)
+    return boxes, torch.tensor(flags, dtype=torch.bool, device=region.device)
+
+
+def crop_patches(x: Tensor, boxes: Sequence[Tuple[int, int]], size: int) -> Tensor:
+    """Crop ``size`` x ``size`` patches at ``boxes`` (one per sample), differentiably.
+
+    Args:
+        x: ``(B, C, H, W)``; crops of the real pair and the fake pair taken with the same
+            ``boxes`` are aligned pixel for pixel.
+        boxes: ``B`` corners ``(top, left)`` from :func:`region_crop_boxes`.
+        size: crop side.
+
+    Returns:
+        ``(B, C, size, size)``.
+
+    Raises:
+        ValueError: the number of boxes differs from the batch, or a crop leaves the image.
+    """
+    if len(boxes) != x.shape[0]:
+        raise ValueError(f"{len(boxes)} crop boxes for a batch of {x.shape[0]}")
+    height, width = x.shape[-2:]
+    for top, left in boxes:
+        if not (0 <= top <= height - size and 0 <= left <= width - size):
+            raise ValueError(f"crop at ({top}, {left}) of size {size} leaves the {height}x{width} image")
+    return torch.stack([x[i, :, top : top + size, left : left + size] for i, (top, left) in enumerate(boxes)])
 
 
 class DfmWeight(nn.Module):
