@@ -4,7 +4,8 @@ Training saves ``train.yaml``'s ``network_settings`` (generator class, ``image_s
 ``condition``, ``ngf``, ``n_downsampling`` ...) in three places: in every checkpoint
 the savers write and in ``best_generator.pt`` (entry ``network_settings``, a
 :class:`NetworkSettings`), and in the stage folder's ``settings.json``
-(:func:`covid_ct_cgan.engines.stages.record_stage_settings`).
+(:func:`covid_ct_cgan.engines.stages.record_stage_settings`; read back by
+:func:`covid_ct_cgan.checkpoints.read_stage_settings`).
 
 Inference and evaluation read them back (:func:`saved_network_settings`), so a
 checkpoint (or ``--checkpoint_dir``) is enough to rebuild its generator:
@@ -24,8 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from .checkpoints import SETTINGS_FILE, CheckpointError, load_latest_checkpoint, read_checkpoint, read_stage_settings
 from .errors import InputError, exit_on_input_error
 
 __all__ = [
@@ -78,14 +78,12 @@ def _embedded(ckpt: Any) -> dict[str, Any] | None:
 
 def _load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported when the weights are loaded
+        return read_checkpoint(path)
+    except CheckpointError:  # an unreadable checkpoint is reported when the weights are loaded
         return None
 
 
 def _folder_settings(folder: Path) -> tuple[Path, dict[str, Any]] | None:
-    from .engines.stages import SETTINGS_FILE, read_stage_settings
-
     recorded = read_stage_settings(folder)
     return (folder / SETTINGS_FILE, recorded) if recorded else None
 
@@ -107,8 +105,6 @@ def saved_network_settings(checkpoint: str | Path) -> tuple[Path, dict[str, Any]
     Raises:
         InputError: the stage folder's ``settings.json`` exists but cannot be read.
     """
-    from .engines.stages import load_latest_checkpoint
-
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         found = load_latest_checkpoint(path, required=["generator"])

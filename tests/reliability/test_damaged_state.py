@@ -47,7 +47,7 @@ def write_checkpoints(folder: Path, ngf: int = 8) -> tuple[Path, Path]:
 
 def test_cut_short_checkpoint_is_reported_and_the_previous_good_one_used(tmp_path: Path, caplog) -> None:
     good, cut = write_checkpoints(tmp_path / "joint")
-    with caplog.at_level(logging.WARNING, logger="covid_ct_cgan.engines.stages"):
+    with caplog.at_level(logging.WARNING, logger="covid_ct_cgan.checkpoints"):
         path, ckpt = load_latest_checkpoint(tmp_path / "joint", required=["generator", "trainer"])
     assert path == good and ckpt["trainer"]["iteration"] == 3
     warnings = [r.getMessage() for r in caplog.records]

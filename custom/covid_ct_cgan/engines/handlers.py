@@ -18,16 +18,11 @@ from monai.handlers import CheckpointSaver
 from PIL import Image
 
 from ..fileio import atomic_path
-from ..figures import pyplot, write_figure
-from .trainer import autocast_context, unwrap
+from ..figures import label_picture, pyplot, to_uint8_picture, write_figure
+from ..networks.wrapping import unwrap
+from ..precision import autocast_context
 
 logger = logging.getLogger(__name__)
-
-# label-map colours for previews: outside lung, lung, GGO, consolidation, effusion
-LABEL_COLOURS = np.array(
-    [[0, 0, 0], [70, 110, 160], [250, 210, 60], [220, 50, 40], [60, 200, 220]], dtype=np.uint8
-)
-
 
 def linear_decay_lambda(total_epochs: int, constant_epochs: int | None = None):
     """LR factor of the paper (pix2pixHD): constant, then linear decay towards 0.
@@ -52,17 +47,6 @@ def linear_decay_lambda(total_epochs: int, constant_epochs: int | None = None):
         return max(0.0, 1.0 - (epoch - const + 1) / (n_decay + 1))
 
     return factor
-
-
-def to_uint8_picture(image: np.ndarray) -> np.ndarray:
-    """A [x, y] image in [-1, 1] as an 8-bit picture (rows = y)."""
-    return np.clip((np.asarray(image, dtype=np.float32).T + 1.0) * 127.5, 0, 255).astype(np.uint8)
-
-
-def label_picture(label: np.ndarray) -> np.ndarray:
-    """A [x, y] integer label map as an RGB picture (rows = y)."""
-    lab = np.clip(np.asarray(label).astype(np.int64).T, 0, len(LABEL_COLOURS) - 1)
-    return LABEL_COLOURS[lab]
 
 
 def sample_grid(

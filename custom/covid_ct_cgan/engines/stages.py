@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,70 +27,46 @@ from typing import Any
 import torch
 from ignite.handlers import Checkpoint
 
+from ..checkpoints import (
+    SETTINGS_FILE,
+    UNREADABLE,
+    CheckpointError,
+    checkpoint_candidates,
+    load_latest_checkpoint,
+    read_checkpoint,
+    read_stage_settings,
+)
 from ..errors import InputError, exit_on_input_error, interrupt_note
 from ..fileio import check_writable, write_json
 from ..locking import output_lock
 from ..networks.handover import load_generator_part
+from ..networks.wrapping import unwrap
 from ..settings import BundleCommand, load_config, setting_differences, using_command
 from .cleanup import removing_empty_outputs
-from .trainer import unwrap
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("global", "local", "joint")
-_CKPT_PATTERN = re.compile(r"checkpoint_(epoch|iteration)=(\d+)\.pt$")
-SETTINGS_FILE = "settings.json"
-
-
-def checkpoint_candidates(checkpoint_dir: str | Path) -> list[Path]:
-    """Resumable checkpoints of a stage, newest first (by modification time, then name)."""
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.glob("*.pt") if _CKPT_PATTERN.search(p.name)]
-    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
-
-
-def load_latest_checkpoint(checkpoint_dir: str | Path, required: Sequence[str] = ()) -> tuple[Path, dict] | None:
-    """Load the newest readable checkpoint of a stage.
-
-    A truncated or unreadable file is reported and skipped, and the previous
-    good one is used.
-
-    Args:
-        checkpoint_dir: folder of the stage's checkpoints.
-        required: keys the checkpoint must hold.
-
-    Returns:
-        ``(path, checkpoint)`` or ``None`` when there is no readable checkpoint.
-    """
-    for path in checkpoint_candidates(checkpoint_dir):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is skipped with a message
-            logger.warning(f"{path}: unreadable checkpoint ({type(err).__name__}: {err}); trying the previous one")
-            continue
-        missing = [k for k in required if k not in ckpt]
-        if missing:
-            logger.warning(f"{path}: checkpoint lacks {missing}; trying the previous one")
-            continue
-        return path, ckpt
-    return None
+__all__ = [  # checkpoint discovery lives in covid_ct_cgan.checkpoints (shared with inference); named here too
+    "SETTINGS_FILE", "STAGES", "check_stage_settings", "checkpoint_candidates", "hand_over", "load_latest_checkpoint",
+    "read_stage_settings", "record_stage_settings", "resume", "run_ids", "run_stage", "run_stages",
+]
 
 
 def _refuse_foreign_checkpoints(checkpoint_dir: str | Path, keys: Sequence[str]) -> None:
     """Readable checkpoints that lack keys of this configuration would be overwritten by a fresh start: refuse."""
     for path in checkpoint_candidates(checkpoint_dir):
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - unreadable files were reported by load_latest_checkpoint
-            continue
-        missing = [k for k in keys if k not in ckpt]
-        raise InputError(
-            f"checkpoint {path.name} was written by another configuration (it lacks {', '.join(missing)}); "
-            "train with the settings it was written with, or start over in another output_dir (or with resume=false)",
-            Path(checkpoint_dir),
-        )
+            read_checkpoint(path, keys)
+        except CheckpointError as err:
+            if err.problem == UNREADABLE:  # unreadable files were reported by load_latest_checkpoint
+                continue
+            missing = err.missing or list(keys)
+            raise InputError(
+                f"checkpoint {path.name} was written by another configuration (it lacks {', '.join(missing)}); "
+                "train with the settings it was written with, or start over in another output_dir (or with resume=false)",
+                Path(checkpoint_dir),
+            ) from None
 
 
 def resume(trainer: Any, save_dict: Mapping[str, Any], checkpoint_dir: str | Path) -> Path | None:
@@ -161,24 +136,6 @@ def _checkpoint_space(save_dict: Mapping[str, Any], files: int = 5) -> int:
         if isinstance(obj, torch.nn.Module):
             total += 3 * sum(t.numel() * t.element_size() for t in obj.state_dict().values())  # + Adam's two moments
     return files * total
-
-
-def read_stage_settings(stage_dir: str | Path) -> dict[str, Any] | None:
-    """The network settings recorded in a stage folder (``settings.json``), or ``None`` when there are none.
-
-    Raises:
-        InputError: the file exists but is not a JSON object.
-    """
-    path = Path(stage_dir) / SETTINGS_FILE
-    if not path.is_file():
-        return None
-    try:
-        recorded = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read the stage's settings ({err}); delete it to accept this run's", path) from None
-    if not isinstance(recorded, dict):
-        raise InputError("is not a JSON object of settings; delete it to accept this run's", path)
-    return recorded
 
 
 def check_stage_settings(stage_dir: str | Path, settings: Mapping[str, Any], action: str = "resume") -> None:

@@ -45,7 +45,6 @@ iteration that stepped an optimizer (it has nothing to update from otherwise).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -60,37 +59,13 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from .. import losses
+from ..networks.discriminator import crop_patches, region_crop_boxes
+from ..networks.wrapping import unwrap
+from ..precision import autocast_context
 
 logger = logging.getLogger(__name__)
 
 COMPILE_BACKEND = "inductor"  # torch.compile backend of ``compile=True`` (tests use a faster one)
-
-
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a ``DistributedDataParallel`` (or the module itself)."""
-    return module.module if isinstance(module, DistributedDataParallel) else module
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles)."""
-    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return any(bool(check()) for check in checks if check is not None)
-
-
-def amp_by_default(device: torch.device | str) -> bool:
-    """The default of ``amp``: on CUDA, and on CPUs with native bf16; off elsewhere, where bf16 is
-    emulated and a convolution is tens of times slower than in fp32 (see ``benchmarks/``)."""
-    device = torch.device(device)
-    return device.type == "cuda" or (device.type == "cpu" and native_bf16_cpu())
-
-
-def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """Mixed precision: bf16 autocast on CPU, fp16 autocast on CUDA; a no-op when disabled."""
-    if not enabled:
-        return contextlib.nullcontext()
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 class ConditionalGanTrainer(Trainer):
@@ -318,9 +293,6 @@ class ConditionalGanTrainer(Trainer):
             ``weights`` are the local discriminator's region masks of the cropped region, zero for
             samples without region.
         """
-        # imported here: covid_ct_cgan.networks imports this module (its hand-over unwraps DDP)
-        from ..networks.discriminator import crop_patches, region_crop_boxes
-
         source = batchdata["region"]
         size = min(self.local_crop, int(region.shape[-2]), int(region.shape[-1]))
         boxes, has_region = region_crop_boxes(torch.as_tensor(source), size, self._crop_rng)

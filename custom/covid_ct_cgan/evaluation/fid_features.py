@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform, RandomizableTransform
 
+from ..checkpoints import read_checkpoint, state_dict_of
 from ..errors import InputError
 from ..labels import CONSOLIDATION, GGO, lung_region
 
@@ -227,8 +228,8 @@ def train_feature_network(
     description = (f"project feature net {type(network).__name__} ({key}), trained {epochs} epochs on "
                    f"{len(items)} real training slices at {image_size} px, seed {seed}")
     if (folder / FEATURE_NET_FILE).is_file():
-        state = torch.load(folder / FEATURE_NET_FILE, map_location="cpu", weights_only=True)
-        network.load_state_dict(state["network"] if "network" in state else state, strict=True)
+        state = read_checkpoint(folder / FEATURE_NET_FILE, what="cached FID feature network")
+        network.load_state_dict(state_dict_of(state, ["network"], folder / FEATURE_NET_FILE, "FID feature network"), strict=True)
         logger.info(f"FID feature network from the cache {folder}")
         return FeatureExtractor(network, image_size, description, device=device)
 
@@ -290,11 +291,8 @@ def inception_extractor(weights: str | Path, device: str | torch.device = "cpu")
             "inception_weights needs torchvision, which is not installed (pip install torchvision matching your "
             "torch), or leave inception_weights empty to use the project's own feature network", path,
         ) from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file
-        raise InputError(f"cannot read the Inception weights ({type(err).__name__})", path) from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = read_checkpoint(path, what="the Inception weights")
+    state = state.get("state_dict", state)
     if not isinstance(state, dict) or "fc.weight" not in state:
         raise InputError("not an Inception-v3 state dict (no 'fc.weight')", path)
     net = inception_v3(weights=None, aux_logits=any(k.startswith("AuxLogits.") for k in state),

@@ -13,9 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..engines.stages import load_latest_checkpoint
+from ..checkpoints import CheckpointError, load_latest_checkpoint, read_checkpoint
 
 PROVENANCE_COLUMNS: tuple[str, ...] = ("data", "image_size", "epochs", "seed", "commit")
 
@@ -45,8 +43,8 @@ def trained_epochs(checkpoint: str | Path) -> int | None:
         ckpt = found[1] if found else None
     elif path.is_file():
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - provenance is best effort; the loader reports real problems
+            ckpt = read_checkpoint(path)
+        except CheckpointError:  # provenance is best effort; the loader reports real problems
             return None
     state = ckpt.get("trainer") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or "iteration" not in state or not state.get("epoch_length"):

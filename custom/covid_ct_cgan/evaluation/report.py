@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 
 from .. import intensity
-from ..engines.handlers import label_picture, to_uint8_picture
 from ..errors import InputError, exit_on_input_error
-from ..figures import pyplot, write_figure
+from ..figures import label_picture, pyplot, to_uint8_picture, write_figure
 from ..fileio import staged_directory, write_text
 from ..inference import SynthesisInput, load_input
 from ..labels import GGO

@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from .. import intensity
-from ..engines.handlers import LABEL_COLOURS, to_uint8_picture
 from ..fileio import atomic_path
+from ..figures import LABEL_COLOURS, to_uint8_picture
 from .inputs import Geometry
 
 

@@ -43,7 +43,6 @@ import csv
 import io
 import logging
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
@@ -56,12 +55,12 @@ from monai.transforms import Resize, SpatialPad
 from monai.utils import convert_to_tensor
 
 from .. import intensity
-from ..engines.stages import load_latest_checkpoint
-from ..engines.trainer import autocast_context
+from ..checkpoints import load_latest_checkpoint, read_checkpoint, state_dict_of
 from ..errors import InputError, exit_on_input_error
 from ..fileio import staged_directory, write_json, write_text
 from ..logs import progress as progress_bar
 from ..labels import GGO, num_classes as count_classes
+from ..precision import autocast_context
 from ..transforms import CONDITIONS, CONTEXT_REGIONS, make_condition, synthesis_region
 from . import tuning
 from .inputs import LoadedInput, SynthesisInput, collect_inputs, load_input
@@ -110,11 +109,7 @@ def _read_checkpoint(checkpoint: str | Path) -> tuple[Path, Any]:
             return found
     if not path.is_file():
         raise InputError("checkpoint not found; train first or set checkpoint_dir / checkpoint", path)
-    try:
-        return path, torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt or foreign files
-        detail = str(err).splitlines()[0][:200] if str(err) else ""
-        raise InputError(f"cannot read checkpoint ({type(err).__name__}: {detail})", path) from None
+    return path, read_checkpoint(path)
 
 
 def load_generator(network: torch.nn.Module, checkpoint: str | Path) -> Path:
@@ -134,13 +129,7 @@ def load_generator(network: torch.nn.Module, checkpoint: str | Path) -> Path:
             ``network`` (missing, unexpected and mis-shaped keys are listed).
     """
     path, ckpt = _read_checkpoint(checkpoint)
-    if isinstance(ckpt, Mapping) and isinstance(ckpt.get("generator"), Mapping):
-        state = ckpt["generator"]
-    elif isinstance(ckpt, Mapping) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        state = ckpt
-    else:
-        found = _listing([str(k) for k in ckpt]) if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise InputError(f"not a generator checkpoint: expected key 'generator' or a state dict, found {found}", path)
+    state = state_dict_of(ckpt, ["generator"], path, "generator")
     expected = network.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -45,8 +45,8 @@ from typing import Any
 
 import torch
 
-from ..engines.trainer import autocast_context
 from ..fileio import write_json
+from ..precision import autocast_context
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from .discriminator import DfmWeight, MultiResolutionDiscriminator, NLayerDiscri
 from .generator import DesumWeight, GlobalGenerator, GlobalLocalGenerator, LocalEnhancer, UNetGenerator
 from .handover import load_generator_part
 from .param_count import count_parameters
+from .wrapping import unwrap
 
 __all__ = [
     "DesumWeight",
@@ -31,4 +32,5 @@ __all__ = [
     "in_channels_for",
     "load_generator_part",
     "norm_layer",
+    "unwrap",
 ]

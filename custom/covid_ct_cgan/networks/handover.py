@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..engines.trainer import unwrap
+from ..checkpoints import read_checkpoint, state_dict_of
 from ..errors import InputError
+from .wrapping import unwrap
 
 PARTS: tuple[str, ...] = ("global_net", "local_net")
 MAX_LISTED = 20
@@ -24,17 +24,6 @@ MAX_LISTED = 20
 def _listing(keys: list[str]) -> str:
     shown = ", ".join(keys[:MAX_LISTED])
     return shown + (f", ... ({len(keys) - MAX_LISTED} more)" if len(keys) > MAX_LISTED else "")
-
-
-def _generator_state(checkpoint: Any, key: str, source: str) -> Mapping[str, Tensor]:
-    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(key), Mapping):
-        return checkpoint[key]
-    if isinstance(checkpoint, Mapping) and checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values()):
-        return checkpoint
-    found = _listing([str(k) for k in checkpoint]) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-    raise InputError(
-        f"not a generator checkpoint: expected a state dict or a dict with key {key!r}, found {found}", source
-    )
 
 
 def load_generator_part(
@@ -67,13 +56,10 @@ def load_generator_part(
         source = str(state_dict_or_path)
         if not Path(source).is_file():
             raise InputError("checkpoint file not found", source)
-        try:
-            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for corrupt or foreign files
-            raise InputError(f"cannot read checkpoint ({type(err).__name__}: {err})", source) from err
+        checkpoint = read_checkpoint(source)
     else:
         source, checkpoint = "<state dict>", state_dict_or_path
-    state = _generator_state(checkpoint, key, source)
+    state = state_dict_of(checkpoint, [key], source, "generator")
 
     prefix = part + "."
     incoming = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

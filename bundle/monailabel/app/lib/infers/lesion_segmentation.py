@@ -28,6 +28,7 @@ from monai.bundle import ConfigParser
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from covid_ct_cgan import intensity
+from covid_ct_cgan.checkpoints import read_checkpoint, state_dict_of
 from covid_ct_cgan.data.lung_mask import derive_lung_mask
 from covid_ct_cgan.data.readers import PICTURE_SUFFIXES, load_image
 from covid_ct_cgan.errors import InputError
@@ -60,16 +61,8 @@ def load_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
             "bundle/configs/segmentation.yaml) or start the server with --conf segmentation_checkpoint <file>",
             checkpoint,
         )
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt or foreign files
-        raise InputError(f"cannot read checkpoint ({type(err).__name__})", checkpoint) from None
-    for key in ("network", "model", "state_dict"):
-        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
-            return ckpt[key]
-    if isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return ckpt
-    raise InputError("not a UNet checkpoint: expected a state dict, or one under 'network' or 'model'", checkpoint)
+    ckpt = read_checkpoint(checkpoint)  # the package's one reader: weights_only, one clear error for a damaged file
+    return dict(state_dict_of(ckpt, ["network", "model", "state_dict"], checkpoint, "UNet"))
 
 
 class LesionSegmentation(InferTask):

@@ -1,0 +1,20 @@
+"""Looking through the wrappers training puts around a network (``DistributedDataParallel``)."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["unwrap"]
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` (or the module itself).
+
+    Args:
+        module: a network, wrapped or not.
+
+    Returns:
+        The network whose ``state_dict`` keys have no ``module.`` prefix.
+    """
+    return module.module if isinstance(module, DistributedDataParallel) else module
