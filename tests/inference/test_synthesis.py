@@ -347,3 +347,38 @@ def test_bundle_run(tmp_path: Path, builders, checkpoint_dir: Path, nifti_2d, re
     errors = [line for line in bad.stderr.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 1 and str(empty) in errors[0] and "no lung" in errors[0]
     assert "Traceback" not in bad.stderr and not (tmp_path / "out_bad").exists()
+
+
+def test_bundle_run_overrides_a_postprocessing_setting_and_a_handler(
+    tmp_path: Path, checkpoint_dir: Path, nifti_2d, repo_root: Path
+) -> None:
+    """``--inference#postprocessing#...`` and ``--inference#handlers#...`` reach the wired workflow."""
+    image, label = nifti_2d
+    command = [sys.executable, "-m", "monai.bundle", "run", "run", "--config_file", "bundle/configs/inference.yaml",
+               "--checkpoint_dir", str(checkpoint_dir), "--image_size", str(IMAGE_SIZE), "--ngf", "8",
+               "--n_downsampling", "1", "--n_blocks_global", "1", "--n_blocks_local", "1", "--amp", "false",
+               "--image", str(image), "--label", str(label), "--output_dir", str(tmp_path / "out"), "--num_variants", "2",
+               "--inference#postprocessing#transforms#2#min_size", "400", "--inference#handlers#1#iteration_log", "true"]
+    done = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    preview = Image.open(tmp_path / "out" / "previews" / "slice_v0.png")
+    assert preview.size == (3 * 400 + 4, 360)  # the 40 x 36 slice enlarged 10 times (default 192: 5 times)
+    logged = done.stdout + done.stderr
+    assert "Iter: 1/2 -- slices: 1" in logged and "Iter: 2/2 -- slices: 1" in logged  # StatsHandler per iteration
+
+
+def test_a_preprocessing_chain_without_the_lesion_map_is_refused(tmp_path: Path, builders, checkpoint_dir: Path,
+                                                                 nifti_2d) -> None:
+    """The evaluator needs the chain's three parts; without one it names it before reading anything."""
+    from monai.transforms import Compose
+
+    from covid_ct_cgan.inference import LoadSynthesisInputd, build_evaluator
+
+    image, label = nifti_2d
+    evaluator = build_evaluator(builders.make_generator(), checkpoint_dir / "joint", tmp_path / "out", image=image,
+                                label=label, image_size=IMAGE_SIZE)
+    evaluator.preprocessing = Compose([LoadSynthesisInputd()])
+    with pytest.raises(InputError, match="needs a LesionMapd"):
+        evaluator.run()
+    assert not (tmp_path / "out").exists()

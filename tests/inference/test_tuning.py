@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from covid_ct_cgan.inference import synthesis, tuning
+from covid_ct_cgan.inference import run_synthesis, synthesis, tuning
 from covid_ct_cgan.inference.tuning import ProbeCache, choose
 
 from conftest import IMAGE_SIZE, make_generator
@@ -171,7 +171,7 @@ def test_run_synthesis_resolves_auto(cache: ProbeCache, tmp_path: Path, builders
     hu, label = builders.tiny_volume(nz=3)
     image = builders.save_nifti(hu, tmp_path / "in" / "v.nii.gz")
     lab = builders.save_nifti(label, tmp_path / "in" / "v_label.nii.gz")
-    synthesis.run_synthesis.__wrapped__(make_generator(), checkpoint_dir / "joint", tmp_path / "out", image=image,
+    run_synthesis.__wrapped__(make_generator(), checkpoint_dir / "joint", tmp_path / "out", image=image,
                                         label=lab, image_size=IMAGE_SIZE, batch_size=1, compile="auto",
                                         cpu_pixels_per_call="auto")
     settings = json.loads((tmp_path / "out" / "settings.json").read_text())

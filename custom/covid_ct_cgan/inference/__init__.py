@@ -2,7 +2,8 @@
 
 - :mod:`.inputs`: find and read (real image, label map) pairs, keep their geometry;
 - :mod:`.lesion_augment`: new lesion layouts inside the same lung;
-- :mod:`.synthesis`: the bundle's ``run`` (:func:`run_synthesis`);
+- :mod:`.synthesis`: the model grid, the generator runner, checkpoint loading, the run's checks;
+- :mod:`.workflow`: the bundle's ``run`` as a MONAI evaluator (:func:`run_evaluator`) and :func:`run_synthesis`;
 - :mod:`.outputs`: results written exactly like their inputs, previews;
 - :mod:`.export`: ONNX export, ONNX Runtime and int8 synthesis (``precision: int8``);
 - :mod:`.tuning`: ``compile: auto`` and ``cpu_pixels_per_call: auto`` by probes cached per machine.
@@ -11,9 +12,25 @@
 from .inputs import Geometry, LoadedInput, SynthesisInput, collect_inputs, load_input
 from .lesion_augment import LesionAugmenter, LesionPattern, lesion_pattern
 from .outputs import preview_picture, write_like
-from .synthesis import GeneratorRunner, ModelGrid, load_generator, run_synthesis, variant_seed
+from .synthesis import GeneratorRunner, ModelGrid, SynthesisSettings, load_generator, variant_seed
+from .workflow import (
+    Compositd, LesionMapd, LoadSynthesisInputd, SliceQueueInferer, SynthesisDataset, SynthesisEvaluator, ToModelGridd,
+    WritePreviewd, WriteSynthesisd, build_evaluator, run_evaluator, run_synthesis,
+)
 
 __all__ = [
+    "Compositd",
+    "LesionMapd",
+    "LoadSynthesisInputd",
+    "SliceQueueInferer",
+    "SynthesisDataset",
+    "SynthesisEvaluator",
+    "SynthesisSettings",
+    "ToModelGridd",
+    "WritePreviewd",
+    "WriteSynthesisd",
+    "build_evaluator",
+    "run_evaluator",
     "Geometry",
     "GeneratorRunner",
     "LesionAugmenter",

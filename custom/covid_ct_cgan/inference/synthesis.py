@@ -35,6 +35,10 @@ The folder is built under a temporary name and moved into place at the end
 (:func:`covid_ct_cgan.fileio.staged_directory`): a failure leaves nothing.
 It must not lie inside an input folder, and an existing one is replaced only
 with ``overwrite`` and only if it is a synthesis output (has a ``manifest.csv``).
+
+The run is :class:`~.workflow.SynthesisEvaluator` (wired in ``inference.yaml``, built from Python by
+:func:`~.workflow.run_synthesis`); this module holds its pieces: the model grid, the generator runner,
+checkpoint loading, variant seeds and label maps, and the run's checks.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import csv
 import io
 import logging
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -54,18 +58,14 @@ import torch.nn.functional as F
 from monai.transforms import Resize, SpatialPad
 from monai.utils import convert_to_tensor
 
-from .. import intensity
 from ..checkpoints import load_latest_checkpoint, read_checkpoint, state_dict_of
-from ..errors import InputError, exit_on_input_error
-from ..fileio import staged_directory, write_json, write_text
-from ..logs import progress as progress_bar
-from ..labels import GGO, num_classes as count_classes
+from ..errors import InputError
+from ..labels import GGO
 from ..precision import autocast_context
-from ..transforms import CONDITIONS, CONTEXT_REGIONS, make_condition, synthesis_region
+from ..transforms import CONDITIONS, CONTEXT_REGIONS
 from . import tuning
-from .inputs import LoadedInput, SynthesisInput, collect_inputs, load_input
-from .lesion_augment import LesionAugmenter, LesionPattern, lesion_pattern
-from .outputs import output_suffix, preview_picture, write_like, write_png
+from .inputs import LoadedInput, SynthesisInput
+from .lesion_augment import LesionAugmenter, LesionPattern
 
 logger = logging.getLogger(__name__)
 
@@ -273,23 +273,19 @@ class GeneratorRunner:
 # --------------------------------------------------------------------------- one run
 
 
-@dataclass
-class _Result:
-    """One (input, variant) output while its slices come back from the generator."""
+@dataclass(frozen=True)
+class SynthesisSettings:
+    """What every slice of a run shares: the model grid, the condition and the intensity window.
 
-    loaded: LoadedInput
-    variant: int
-    seed: int
-    label: np.ndarray
-    composite: np.ndarray
-    description: str
-    regions: dict[int, np.ndarray] = field(default_factory=dict)
-    remaining: int = 0
-
-
-@dataclass
-class _Settings:
-    """What every slice of a run shares."""
+    Args:
+        grid: the model's square grid (:class:`ModelGrid`).
+        num_classes: label-map classes (:func:`covid_ct_cgan.labels.num_classes`).
+        condition: ``"map"`` or ``"map+context"`` (as in training).
+        context_region: ``"lung"`` or ``"lesion"``: the region synthesised with ``map+context``.
+        context_dilation: lesion dilation in model pixels for ``context_region: lesion``.
+        window_level: HU window level (as in training).
+        window_width: HU window width (as in training).
+    """
 
     grid: ModelGrid
     num_classes: int
@@ -300,81 +296,7 @@ class _Settings:
     window_width: float
 
 
-class _Synthesiser:
-    """Queues slices of results, runs full batches through the generator, writes finished results into ``stage``."""
-
-    def __init__(
-        self, runner: GeneratorRunner, settings: _Settings, stage: Path, batch_size: int, progress: Any
-    ) -> None:
-        self.runner, self.settings, self.stage = runner, settings, stage
-        self.batch_size, self.progress = batch_size, progress
-        self.pending: list[tuple[_Result, int, torch.Tensor]] = []
-        self.rows: list[dict[str, Any]] = []
-        self.items: list[dict[str, Any]] = []
-
-    def add(self, result: _Result) -> None:
-        """Queue the slices of ``result`` that have a region to synthesise; write it once all are back."""
-        s, loaded = self.settings, result.loaded
-        region_mode = s.context_region if s.condition == "map+context" else "lung"
-        # the lesion dilation is in model pixels; in the input's pixels it scales with the resize
-        dilation = int(round(s.context_dilation * max(loaded.image.shape[:2]) / s.grid.image_size))
-        for z in loaded.lung_slices():
-            label = result.label[:, :, z]
-            region = synthesis_region(torch.from_numpy(label.astype(np.int64))[None], region_mode, dilation)[0].numpy()
-            if not region.any():
-                self.progress.update(1)
-                continue
-            model_image = intensity.to_model(loaded.image[:, :, z], loaded.scale, s.window_level, s.window_width)
-            image_t, label_t = s.grid.to_grid(model_image, label)
-            cond, _ = make_condition(label_t, image_t, s.num_classes, s.condition, s.context_region, s.context_dilation)
-            result.regions[z] = region
-            result.remaining += 1
-            self.pending.append((result, z, cond))
-        if result.remaining == 0:
-            self._write(result)
-        while len(self.pending) >= self.batch_size:
-            self._run_batch()
-
-    def flush(self) -> None:
-        """Run what is still queued."""
-        while self.pending:
-            self._run_batch()
-
-    def _run_batch(self) -> None:
-        s = self.settings
-        batch, self.pending = self.pending[: self.batch_size], self.pending[self.batch_size :]
-        generated = self.runner(torch.stack([cond for _, _, cond in batch]))
-        for (result, z, _), out in zip(batch, generated):
-            real = result.loaded.image[:, :, z]
-            generated = s.grid.from_grid(out, real.shape)
-            synthetic = intensity.from_model(generated, result.loaded.scale, s.window_level, s.window_width)
-            result.composite[:, :, z] = np.where(result.regions[z], synthetic, real)  # outside the region: the input
-            result.remaining -= 1
-            if result.remaining == 0:
-                self._write(result)
-        self.progress.update(len(batch))
-
-    def _write(self, result: _Result) -> None:
-        loaded, s = result.loaded, self.settings
-        name = f"{loaded.item.name}_v{result.variant}"
-        suffix = output_suffix(loaded.geometry)
-        image_rel, label_rel, preview_rel = f"images/{name}{suffix}", f"labels/{name}{suffix}", f"previews/{name}.png"
-        write_like(result.composite, loaded.geometry, self.stage / image_rel)
-        write_like(result.label, loaded.geometry, self.stage / label_rel, is_label=True)
-        z = _preview_slice(result.label, loaded.lung_slices())
-        picture = preview_picture(loaded.image[:, :, z], result.label[:, :, z], result.composite[:, :, z],
-                                  loaded.scale, s.window_level, s.window_width)
-        write_png(picture, self.stage / preview_rel)
-        self.rows.append({
-            "input": str(loaded.item.image), "input_label": str(loaded.item.label), "variant": result.variant,
-            "seed": result.seed, "output": image_rel, "label_map": label_rel, "preview": preview_rel,
-            "augmentation": result.description, "slices_synthesised": len(result.regions),
-        })
-        self.items.append({"image": image_rel, "label": label_rel, "source": str(loaded.item.image),
-                           "variant": result.variant, "seed": result.seed, "scale": loaded.scale})
-
-
-def _variant_label(
+def variant_label(
     loaded: LoadedInput, augmenter: LesionAugmenter | None, rng: np.random.Generator, donors: list[LesionPattern]
 ) -> tuple[np.ndarray, str]:
     """The label map of one variant: the input's own (no ``augmenter``), or augmented slice by slice."""
@@ -398,7 +320,12 @@ def variant_seed(seed: int, name: str, variant: int) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def _check_output_dir(output_dir: Path, folders: list[Path], inputs: list[SynthesisInput], overwrite: bool) -> None:
+def check_output_dir(output_dir: Path, folders: list[Path], inputs: list[SynthesisInput], overwrite: bool) -> None:
+    """Refuse an ``output_dir`` inside (or holding) the inputs, or one that is not a synthesis output to replace.
+
+    Raises:
+        InputError: naming ``output_dir`` and the problem.
+    """
     out = output_dir.expanduser().resolve()
     for folder in folders:
         folder = folder.expanduser().resolve()
@@ -423,10 +350,15 @@ def _check_output_dir(output_dir: Path, folders: list[Path], inputs: list[Synthe
             )
 
 
-def _check_settings(
+def check_settings(
     num_variants: int, batch_size: int, image_size: int, condition: str, context_region: str, network: torch.nn.Module,
     precision: str = "float", compile: bool | str = False, cpu_pixels_per_call: int | str | None = None,
 ) -> None:
+    """Refuse a bad run setting before any work (one line naming it).
+
+    Raises:
+        InputError: a count below 1, an unknown choice, an ``image_size`` the network cannot take.
+    """
     if int(num_variants) < 1:
         raise InputError(f"num_variants must be at least 1, got {num_variants}")
     if int(batch_size) < 1:
@@ -447,7 +379,8 @@ def _check_settings(
         raise InputError(f"image_size must be a multiple of {factor} for this network, got {image_size}")
 
 
-def _manifest_text(rows: list[dict[str, Any]]) -> str:
+def manifest_text(rows: list[dict[str, Any]]) -> str:
+    """The ``manifest.csv`` text of ``rows`` (columns :data:`MANIFEST_COLUMNS`)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
     writer.writeheader()
@@ -455,13 +388,14 @@ def _manifest_text(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _preview_slice(label: np.ndarray, slices: list[int]) -> int:
+def preview_slice(label: np.ndarray, slices: list[int]) -> int:
+    """The slice of ``slices`` shown in the preview: the most lesion, then the most lung, then the first."""
     return max(slices, key=lambda z: (np.count_nonzero(label[:, :, z] >= GGO), np.count_nonzero(label[:, :, z]), -z))
 
 
-def _make_runner(
+def make_runner(
     network: torch.nn.Module, device: torch.device, amp: bool, compile: bool | str, batch_size: int,
-    cpu_pixels_per_call: int | str | None, precision: str, slices: int, settings: _Settings,
+    cpu_pixels_per_call: int | str | None, precision: str, slices: int, settings: SynthesisSettings,
     calibration_input: str | Path | None, calibration_key: str, keep_effusion: bool,
 ) -> GeneratorRunner:
     """The runner of a run: int8 in ONNX Runtime, or PyTorch with ``auto`` settings resolved by :mod:`.tuning`."""
@@ -487,141 +421,3 @@ def _make_runner(
     if tuning.AUTO in (compile, cpu_pixels_per_call):
         logger.info(f"synthesis settings: {choice.reason}")
     return GeneratorRunner(network, device, amp, choice.compile, batch_size, choice.cpu_pixels_per_call)
-
-
-@exit_on_input_error
-def run_synthesis(
-    network: torch.nn.Module,
-    checkpoint: str | Path,
-    output_dir: str | Path,
-    input: str | Path | None = None,
-    image: str | Path | None = None,
-    label: str | Path | None = None,
-    datalist_key: str = "test_synthesis",
-    num_variants: int = 1,
-    seed: int = 0,
-    augment: bool | None = None,
-    keep_original: bool = True,
-    augmenter: LesionAugmenter | None = None,
-    overwrite: bool = False,
-    image_size: int = 128,
-    condition: str = "map",
-    context_region: str = "lung",
-    context_dilation: int = 3,
-    keep_effusion: bool = False,
-    window_level: float = intensity.DEFAULT_WINDOW_LEVEL,
-    window_width: float = intensity.DEFAULT_WINDOW_WIDTH,
-    batch_size: int = 8,
-    amp: bool = False,
-    compile: bool | str = False,
-    device: str | torch.device | None = None,
-    cpu_pixels_per_call: int | str | None = CPU_PIXELS_PER_CALL,
-    precision: str = "float",
-    calibration_input: str | Path | None = None,
-    calibration_key: str = "training",
-) -> list[dict[str, Any]]:
-    """Synthesise composited CT slices from label maps (see the module docstring). Bundle run id ``run``.
-
-    Args:
-        network: the generator, built with the training run's network settings.
-        checkpoint: checkpoint file or stage folder, see :func:`load_generator`.
-        output_dir: where the results go (a new folder; see ``overwrite``).
-        input: a ``datalist.json`` or a folder, see :func:`~.inputs.collect_inputs`.
-        image: a single image file or DICOM series folder (with ``label``, instead of ``input``).
-        label: the label map of ``image``.
-        datalist_key: the datalist's list to use.
-        num_variants: outputs per input.
-        seed: seed of the lesion augmentation (a variant's seed is in the manifest).
-        augment: augment the lesion maps; default: when ``num_variants > 1``.
-        keep_original: variant 0 uses the input's own label map (the others are augmented).
-        augmenter: the lesion augmentation; default :class:`LesionAugmenter` ()
-        overwrite: replace an existing synthesis output folder.
-        image_size: the model's square input size (as in training).
-        condition: ``"map"`` or ``"map+context"`` (as in training).
-        context_region: ``"lung"`` or ``"lesion"``: the region synthesised with ``map+context``.
-        context_dilation: lesion dilation in model pixels for ``context_region: lesion``.
-        keep_effusion: label maps may hold class 4 (as in training).
-        window_level: HU window level (as in training).
-        window_width: HU window width (as in training).
-        batch_size: slices per generator call.
-        amp: bf16 autocast on CPU, fp16 AMP on CUDA.
-        compile: ``torch.compile`` the generator; ``"auto"``: when the run has more slices than the
-            measured break-even (:mod:`.tuning`).
-        device: where the generator runs; default: the network's device.
-        cpu_pixels_per_call: eager CPU batches run in slices of this many pixels; ``None``: whole
-            batches; ``"auto"``: the fastest slicing of a probe cached per machine (:mod:`.tuning`).
-        precision: ``"float"`` (fp32, or autocast with ``amp``) or ``"int8"``: an ONNX Runtime static
-            int8 copy of the generator (CPU; :mod:`.export`), calibrated on ``calibration_input``.
-        calibration_input: a prepared ``datalist.json`` whose ``calibration_key`` list holds the label
-            maps that calibrate int8 (the training label maps); needed with ``precision: int8``.
-        calibration_key: the list of ``calibration_input`` to calibrate on.
-
-    Returns:
-        The manifest rows.
-
-    Raises:
-        InputError: bad input or settings (a bundle run exits with one ``ERROR:`` line and status 2);
-            nothing is written then.
-    """
-    _check_settings(num_variants, batch_size, image_size, condition, context_region, network, precision, compile,
-                    cpu_pixels_per_call)
-    intensity.window_bounds(window_level, window_width)
-    augment = int(num_variants) > 1 if augment is None else bool(augment)
-    if int(num_variants) > 1 and not augment:
-        logger.warning("num_variants > 1 without augment: the variants are identical")
-    augmenter = augmenter or LesionAugmenter()
-    augmented = [augment and not (keep_original and k == 0) for k in range(int(num_variants))]
-    device = torch.device(device) if device is not None else next(network.parameters()).device
-    output_dir = Path(output_dir).expanduser()
-    inputs, folders = collect_inputs(input, image, label, datalist_key)
-    _check_output_dir(output_dir, folders, inputs, overwrite)
-    checkpoint_path = load_generator(network, checkpoint)
-
-    # pass 1: read and check every input before any work; collect the donor lesion patterns
-    donors: list[LesionPattern] = []
-    total = 0
-    for item in progress_bar(inputs, desc="checking inputs", unit="input", leave=False):
-        loaded = load_input(item, keep_effusion)
-        if min(ModelGrid(int(image_size)).resized_shape(loaded.image.shape[:2])) < 1:
-            nx, ny = loaded.image.shape[:2]
-            raise InputError(f"a slice of {nx} x {ny} pixels is too narrow for the model's {image_size}-pixel grid", item.image)
-        total += len(loaded.lung_slices())
-        if any(augmented) and augmenter.move_prob > 0:
-            patterns = (lesion_pattern(loaded.label[:, :, z], loaded.slice_name(z)) for z in loaded.lung_slices())
-            donors += [p for p in patterns if p is not None]
-
-    # pass 2: synthesise into a staged folder that replaces output_dir only when complete
-    settings = _Settings(ModelGrid(int(image_size)), count_classes(keep_effusion), condition, context_region,
-                         int(context_dilation), float(window_level), float(window_width))
-    runner = _make_runner(network, device, amp, compile, batch_size, cpu_pixels_per_call, precision,
-                          total * int(num_variants), settings, calibration_input, calibration_key,
-                          bool(keep_effusion))
-    with staged_directory(output_dir, overwrite=overwrite) as stage:
-        for sub in ("images", "labels", "previews"):
-            (stage / sub).mkdir()
-        with progress_bar(total=total * int(num_variants), desc="synthesis", unit="slice") as progress:
-            synthesiser = _Synthesiser(runner, settings, stage, int(batch_size), progress)
-            for item in inputs:
-                loaded = load_input(item, keep_effusion)
-                for k in range(int(num_variants)):
-                    seed_k = variant_seed(seed, item.name, k)
-                    used, description = _variant_label(
-                        loaded, augmenter if augmented[k] else None, np.random.default_rng(seed_k), donors
-                    )
-                    synthesiser.add(_Result(loaded, k, seed_k, used, loaded.image.copy(), description))
-            synthesiser.flush()
-        rows = synthesiser.rows
-        write_text(_manifest_text(rows), stage / MANIFEST)
-        write_json({"synthetic": synthesiser.items}, stage / "datalist.json")
-        write_json({
-            "checkpoint": str(checkpoint_path), "num_variants": int(num_variants), "seed": int(seed), "augment": augment,
-            "keep_original": bool(keep_original), "image_size": int(image_size), "condition": condition,
-            "context_region": context_region, "context_dilation": int(context_dilation), "keep_effusion": bool(keep_effusion),
-            "window_level": float(window_level), "window_width": float(window_width),
-            "amp": bool(amp) and precision == "float",
-            "compile": compile, "compiled": runner.compiled is not None, "precision": precision,
-            "cpu_pixels_per_call": runner.cpu_pixels_per_call if runner.engine is None else None,
-            "inputs": len(inputs), "outputs": len(rows),
-        }, stage / "settings.json")
-    print(f"synthesis: {len(rows)} outputs from {len(inputs)} inputs in {output_dir} (checkpoint {checkpoint_path})", flush=True)
-    return rows

@@ -2,7 +2,7 @@
 
 The bundle's own synthesis (``inference.yaml``, run id ``run``) does the work: the task reads
 the config, sets ``image``, ``label`` and a scratch ``output_dir``, and calls
-:func:`covid_ct_cgan.inference.run_synthesis` with the config's ``synthesis_args``. So the
+:func:`covid_ct_cgan.inference.run_evaluator` with the config's ``evaluator``. So the
 result is the generated lung composited into the real image, written with the input's
 geometry and HU scale (outside the lung it is the input, bit for bit).
 
@@ -34,15 +34,15 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from covid_ct_cgan.errors import InputError
-from covid_ct_cgan.inference import run_synthesis
+from covid_ct_cgan.inference import run_evaluator
 
 from ..settings import INFERENCE_CONFIG, AppSettings
 from .lesion_segmentation import LABELS
 
 logger = logging.getLogger(__name__)
 
-# run_synthesis exits the process on bad input (for the command line); the server wants the InputError
-_run_synthesis = inspect.unwrap(run_synthesis)
+# run_evaluator exits the process on bad input (for the command line); the server wants the InputError
+_run_evaluator = inspect.unwrap(run_evaluator)
 SOURCE_TAGS = (DefaultLabelTag.FINAL.value, DefaultLabelTag.ORIGINAL.value)
 
 
@@ -98,7 +98,7 @@ class Synthesis(InferTask):
             "num_variants": int(request.get("num_variants", 1)),
             "seed": int(request.get("seed", 0)),
         })
-        return _run_synthesis(**parser.get_parsed_content("synthesis_args"))
+        return _run_evaluator(parser.get_parsed_content("evaluator"))
 
     def _new_image_id(self, image_id: str, variant: int) -> str:
         existing = set(self.datastore.list_images())
