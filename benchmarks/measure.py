@@ -249,8 +249,35 @@ def environment(device: torch.device) -> dict[str, Any]:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp spins before sleeping)"),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_native_bf16": native_bf16,
+        "cpu_amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "monai": monai.__version__,
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def machine_kind(env: dict[str, Any]) -> str:
+    """The folder name of a machine kind under ``results/``: vendor and family of the CPU and its
+    widest matrix unit (``amd-epyc-avx2``, ``intel-xeon-amx``), or ``cuda-<gpu>`` on a GPU.
+
+    Args:
+        env: :func:`environment`'s record of the machine (older records without ``cpu_amx`` count as no AMX).
+
+    Returns:
+        A lower-case name of letters, digits and ``-``.
+    """
+    def slug(text: str) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", re.sub(r"\((r|tm)\)", "", text.lower())).strip("-")
+
+    if env.get("gpu"):
+        return "cuda-" + slug(env["gpu"])
+    words = [w for w in slug(env.get("cpu") or "cpu").split("-") if w not in ("processor", "cpu")]
+    name = "-".join(words[:2]) or "cpu"
+    if env.get("cpu_amx"):
+        unit = "amx"
+    elif env.get("cpu_native_bf16"):
+        unit = "avx512-bf16"
+    else:
+        unit = slug(env.get("cpu_capability") or "default")
+    return f"{name}-{unit}"

@@ -6,14 +6,14 @@ Usage, from the repository root::
                              [--update]
 
 It prints Markdown tables and writes ``DIR/<quick|full>.json`` and ``DIR/<quick|full>.md``
-(default ``benchmarks/results/``; the JSON is rewritten after every case, so an
+(default ``benchmarks/results/<machine kind>/``, e.g. ``intel-xeon-amx``; the JSON is rewritten after every case, so an
 interrupted run keeps what it measured). Sections (what they build, see ``benchmarks/README.md``):
 
 * ``training``: one iteration of the ``train#trainer`` of ``train.yaml`` + ``paper.yaml``
   (G forward, D step, DFM step, G step) on a fixed batch, per stage, ``image_size``
   256 and 512, ngf 32 and 64, batch 1: fp32 eager (the reference), ``fast`` (train.yaml's
-  defaults: AMP by the hardware, fused Adam) and ``compiled`` (``fast`` + ``compile: true``;
-  full mode).
+  defaults: AMP by the hardware, fused Adam), ``channels_last`` (``fast`` + ``channels_last: true``)
+  and, full mode only, ``compiled`` (``fast`` + ``compile: true``).
 * ``synthesis``: :class:`covid_ct_cgan.inference.synthesis.GeneratorRunner` on phantom
   label maps at 256 and 512, batch 1 and 8: fp32 eager (whole batches), fp32 default (CPU
   micro-batches), AMP, compiled/frozen AMP and compiled/frozen fp32, with the largest
@@ -53,7 +53,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import (bf16_probe, compare, compute_bound, environment, flops, fp32_peak, measure, paired,  # noqa: E402
+from measure import (bf16_probe, compare, compute_bound, environment, flops, fp32_peak, machine_kind, measure, paired,  # noqa: E402
                      process_peak_mb, spread, sync, timed)
 from report import markdown, psnr_within, targets  # noqa: E402
 
@@ -123,7 +123,8 @@ def config_parser(overrides: dict[str, Any], paper: bool = True) -> Any:
 
 
 def build_trainer(device: torch.device, stage: str, image_size: int, ngf: int, amp: bool | None = False,
-                  compile: bool = False, fused: bool | None = False, seed: int = 0) -> tuple[Any, float]:
+                  compile: bool = False, fused: bool | None = False, seed: int = 0,
+                  channels_last: bool | None = False) -> tuple[Any, float]:
     """The ``train#trainer`` of ``train.yaml`` + ``paper.yaml`` for one stage, batch 1, fed one fixed batch.
 
     Args:
@@ -136,6 +137,8 @@ def build_trainer(device: torch.device, stage: str, image_size: int, ngf: int, a
         fused: ``fused_adam`` of ``train.yaml`` (Adam's ``fused``, one kernel for all weights) for all three
             optimizers (``None``: train.yaml's default).
         seed: seeds the weights and the batch (variants built with one seed start equal).
+        channels_last: ``channels_last`` of ``train.yaml`` (networks and batch in the channels-last layout;
+            ``None``: train.yaml's default).
 
     Returns:
         ``(trainer, state_mb)``; ``trainer.run()`` is one iteration; ``state_mb`` is the memory
@@ -149,7 +152,8 @@ def build_trainer(device: torch.device, stage: str, image_size: int, ngf: int, a
         "train#trainer#train_data_loader": "$[None]", "train#trainer#train_handlers": [],
         "train#trainer#max_epochs": 1, "train#trainer#compile": compile,
     }
-    overrides.update({key: value for key, value in (("fused_adam", fused), ("amp", amp)) if value is not None})
+    overrides.update({key: value for key, value in (("fused_adam", fused), ("amp", amp), ("channels_last", channels_last))
+                      if value is not None})
     parser = config_parser(overrides)
     size = parser.get_parsed_content("stage_image_size")
     num_classes = parser.get_parsed_content("num_classes")
@@ -228,19 +232,25 @@ def run_training(plan: Plan, device: torch.device, peak: dict[str, Any], rows: l
         print(f"  training {stage} image_size {size} ngf {ngf}", flush=True)
         row: dict[str, Any] = {"stage": stage, "image_size": size, "stage_input": size // 2 if stage == "global" else size,
                                "ngf": ngf, "batch": 1,
-                               "variants": {"fp32_eager": {"amp": False, "fused_adam": False, "compile": False},
-                                            "fast": {"amp": None, "fused_adam": None, "compile": False}}}
+                               "variants": {"fp32_eager": {"amp": False, "fused_adam": False, "compile": False,
+                                                           "channels_last": False},
+                                            "fast": {"amp": None, "fused_adam": None, "compile": False,
+                                                     "channels_last": None},
+                                            "channels_last": {"amp": None, "fused_adam": None, "compile": False,
+                                                              "channels_last": True}}}
         if plan.train_compiled:
-            row["variants"]["compiled"] = {"amp": None, "fused_adam": None, "compile": True}
+            row["variants"]["compiled"] = {"amp": None, "fused_adam": None, "compile": True, "channels_last": None}
 
         def work() -> None:
             torch.compiler.reset()  # earlier cases' code counts against the recompile limit (then: silently eager)
             trainers = {}
             for name, v in row["variants"].items():
                 trainers[name], row["state_mb_per_variant"] = build_trainer(
-                    device, stage, size, ngf, amp=v["amp"], compile=v["compile"], fused=v["fused_adam"])
+                    device, stage, size, ngf, amp=v["amp"], compile=v["compile"], fused=v["fused_adam"],
+                    channels_last=v["channels_last"])
                 # what train.yaml's defaults resolved to on this device
-                v.update(amp=trainers[name].amp, fused_adam=bool(trainers[name].g_optimizer.defaults["fused"]))
+                v.update(amp=trainers[name].amp, fused_adam=bool(trainers[name].g_optimizer.defaults["fused"]),
+                         channels_last=trainers[name].channels_last)
             results = measure({name: tr.run for name, tr in trainers.items()}, plan.train_repeats, device)
             for res in results.values():
                 res.pop("output")
@@ -540,7 +550,8 @@ def run_data(plan: Plan, device: torch.device, work_dir: Path, data_dir: Path, r
 def _arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one case a section, fewer repeats, no training compile")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder of <mode>.json and <mode>.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder of <mode>.json and <mode>.md (default: results/<machine kind>/, e.g. intel-xeon-amx)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats a variant (default: by mode)")
@@ -580,6 +591,9 @@ def main(argv: list[str]) -> dict[str, Any] | None:
     data: dict[str, Any] = {"mode": mode, "started": time.strftime("%Y-%m-%d %H:%M"), "plan": asdict(plan),
                             "environment": environment(device), "bf16_probe": bf16_probe(device),
                             "fp32_peak": fp32_peak(device)}
+    data["machine_kind"] = machine_kind(data["environment"])
+    if args.out is None:  # each kind of machine keeps its own results
+        args.out = DEFAULT_OUT / data["machine_kind"]
     args.out.mkdir(parents=True, exist_ok=True)
     record = data  # where this run's end load and duration go
     earlier = args.out / f"{mode}.json"

@@ -150,7 +150,8 @@ def _batch(stage: str) -> dict[str, torch.Tensor]:
     return {"condition": cond, "image": image, "region": region}
 
 
-def _trainer(stage: str = "joint", amp: bool = False, compile: bool = False, fused: bool = False) -> ConditionalGanTrainer:
+def _trainer(stage: str = "joint", amp: bool = False, compile: bool = False, fused: bool = False,
+             channels_last: bool = False) -> ConditionalGanTrainer:
     generator = _tiny_generator(stage)
     torch.manual_seed(1)
     disc = MultiResolutionDiscriminator(CLASSES + 1, ndf=8, n_layers=2, num_d=2)
@@ -163,7 +164,7 @@ def _trainer(stage: str = "joint", amp: bool = False, compile: bool = False, fus
         device="cpu", max_epochs=1, train_data_loader=[_batch(stage)], generator=generator, discriminator=disc,
         g_optimizer=adam(generator.parameters()), d_optimizer=adam(disc.parameters()),
         dfm_net=dfm, dfm_optimizer=adam(dfm.parameters()) if dfm.learnable else None,
-        num_map_channels=CLASSES, n_layers_d=2, amp=amp, compile=compile,
+        num_map_channels=CLASSES, n_layers_d=2, amp=amp, compile=compile, channels_last=channels_last,
     )
 
 
@@ -212,6 +213,25 @@ def test_trainer_compile_matches_eager_and_keeps_plain_modules(monkeypatch: pyte
     assert isinstance(compiled.discriminator, MultiResolutionDiscriminator)
 
 
+@pytest.mark.parametrize("amp", [False, True])
+def test_trainer_channels_last_matches_contiguous(amp: bool) -> None:
+    """channels_last changes the memory layout only: fp32 losses and weights equal up to float rounding over three
+    iterations; with bf16 autocast the generator output stays within 40 dB of the contiguous bf16 trainer's."""
+    plain, last = _trainer(amp=amp, fused=True), _trainer(amp=amp, fused=True, channels_last=True)
+    conv = next(m for m in last.generator.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert set(last.generator.state_dict()) == set(plain.generator.state_dict())
+    for _ in range(3):
+        assert _losses(last) == pytest.approx(_losses(plain), rel=BF16_LOSS_RTOL if amp else 1e-4)
+    cond = _batch("joint")["condition"]
+    with torch.no_grad():
+        out_plain, out_last = plain.generator(cond), last.generator(cond.contiguous(memory_format=torch.channels_last))
+    if amp:
+        assert _psnr(out_last, out_plain) >= PSNR_BOUND_DB
+    else:
+        torch.testing.assert_close(out_last, out_plain, rtol=0, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_trainer_inductor_iteration_close_to_eager() -> None:
     eager, compiled = _trainer(), _trainer(compile=True)
@@ -244,6 +264,14 @@ def test_train_yaml_fast_paths_are_on_by_default(tmp_path: Path) -> None:
     for name in ("g_optimizer", "d_optimizer", "dfm_optimizer"):
         assert parser.get_parsed_content(name).defaults["fused"] is True, name
     assert parser.get_parsed_content("amp") is amp_by_default(parser.get_parsed_content("device"))
+    # channels-last layout: an option (off: its gain on the AMX CPU is within the noise, see benchmarks/README.md)
+    assert parser.get_parsed_content("channels_last") is False
+    assert parser["train"]["trainer"]["channels_last"] == "@channels_last"
+    from covid_ct_cgan.errors import InputError
+    from covid_ct_cgan.settings import check_overrides
+
+    with pytest.raises(InputError, match=r"^channels_last: must be True or False, got 'yes'"):
+        check_overrides(parser.get(), {"channels_last": "yes"})
     assert parser["train"]["dataloader"]["_target_"] == "ThreadDataLoader"
     # on CUDA: pinned batches copied without blocking, cuDNN autotuning (set after set_determinism)
     assert parser.get_parsed_content("cuda_fast") is (parser.get_parsed_content("device").type == "cuda")
@@ -340,3 +368,20 @@ def test_benchmark_compute_ceiling(bench) -> None:
             "training": [{"stage": "joint", "image_size": 256, "ngf": 32, "compute": bound}]}
     text = "\n".join(bench.report._compute(data))
     assert "| training joint 256 ngf 32 | 4 | 8 | 25% | 4.00x |" in text
+
+
+def test_benchmark_results_folder_per_machine_kind(bench) -> None:
+    """Each kind of machine keeps its results in its own folder, named from the recorded machine."""
+    kind = bench.measure.machine_kind
+    assert kind({"cpu": "AMD EPYC 7B13", "cpu_capability": "AVX2", "cpu_native_bf16": False}) == "amd-epyc-avx2"
+    assert kind({"cpu": "Intel(R) Xeon(R) Processor", "cpu_capability": "AVX512", "cpu_native_bf16": True,
+                 "cpu_amx": True}) == "intel-xeon-amx"
+    assert kind({"cpu": "Intel(R) Xeon(R) Gold 6338 CPU", "cpu_capability": "AVX512", "cpu_native_bf16": True,
+                 "cpu_amx": False}) == "intel-xeon-avx512-bf16"
+    assert kind({"gpu": "NVIDIA H100 80GB HBM3", "cpu": "AMD EPYC"}) == "cuda-nvidia-h100-80gb-hbm3"
+    this_machine = kind(bench.measure.environment(torch.device("cpu")))
+    assert this_machine and all(c.isalnum() or c == "-" for c in this_machine)
+    import json
+
+    for saved in sorted((REPO_ROOT / "benchmarks" / "results").glob("*/*.json")):
+        assert kind(json.loads(saved.read_text())["environment"]) == saved.parent.name, saved

@@ -398,7 +398,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "condition": CONDITIONS, "context_region": CONTEXT_REGIONS, "desum": DESUM_MODES, "dfm": DFM_MODES,
     "stage": GENERATOR_MODES, "gan_mode": GAN_MODES,
 }
-_FLAGS = ("resume", "overwrite", "keep_effusion", "include_healthy", "fused_adam", "local_d")
+_FLAGS = ("resume", "overwrite", "keep_effusion", "include_healthy", "fused_adam", "channels_last", "local_d")
 
 
 def _value(parser: Any, key: str) -> Any:

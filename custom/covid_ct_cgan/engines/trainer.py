@@ -111,6 +111,9 @@ class ConditionalGanTrainer(Trainer):
             shapes; the first iterations compile, minutes on a CPU; clears code compiled
             earlier in the process). The networks themselves stay plain modules, so
             checkpoints, validation and DDP see them.
+        channels_last: keep the weights of the networks and the batch in the channels-last
+            memory format (oneDNN's native layout on CPU; values, checkpoints and state-dict
+            keys unchanged). The networks are converted in place when the trainer is built.
         epoch_length, non_blocking, train_handlers, key_train_metric,
         additional_metrics, postprocessing, decollate: as in MONAI's ``Trainer``.
 
@@ -146,6 +149,7 @@ class ConditionalGanTrainer(Trainer):
         amp: bool = False,
         grad_scaler: torch.amp.GradScaler | None = None,
         compile: bool = False,
+        channels_last: bool = False,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         train_handlers: Sequence | None = None,
@@ -210,6 +214,11 @@ class ConditionalGanTrainer(Trainer):
         self.grad_scaler = grad_scaler
         self.scaler: torch.amp.GradScaler | None = None
         self.state.non_finite = None
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            for net in (generator, discriminator, dfm_net, local_discriminator):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)  # in place: optimizers keep their parameters
         self.compile = bool(compile)
         if self.compile:
             # code compiled for an earlier trainer (the previous stage of `training`) counts against
@@ -312,6 +321,8 @@ class ConditionalGanTrainer(Trainer):
         cond = batchdata["condition"].to(device, non_blocking=nb).float()
         real = batchdata["image"].to(device, non_blocking=nb).float()
         region = batchdata["region"].to(device, non_blocking=nb).float()
+        if engine.channels_last:
+            cond, real, region = (t.contiguous(memory_format=torch.channels_last) for t in (cond, real, region))
         label_map = cond[:, : engine.num_map_channels]
         weight = unwrap(engine.discriminator).region_masks(region) if engine.region_weighted else None
         autocast = autocast_context(torch.device(device), engine.amp)
