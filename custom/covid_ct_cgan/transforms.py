@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
@@ -95,6 +96,30 @@ def synthesis_region(label: torch.Tensor, context_region: str = "lung", dilation
         x = F.max_pool2d(x, kernel_size=2 * dilation + 1, stride=1, padding=dilation)
         lesion = x.squeeze(0) if squeeze else x
     return (lesion > 0) & (label > 0)
+
+
+def slice_region(
+    label: np.ndarray, condition: str = "map", context_region: str = "lung", context_dilation: int = 0, image_size: int = 1
+) -> np.ndarray:
+    """The region synthesis fills in one label-map slice at the slice's own resolution.
+
+    The lung, or with ``map+context`` and ``context_region: lesion`` the lesions dilated by
+    ``context_dilation`` model pixels, scaled to the slice (``x max(H, W) / image_size``).
+    Synthesis and the evaluation of what it drew use this one rule.
+
+    Args:
+        label: integer label map ``(H, W)``.
+        condition: the model's conditioning mode.
+        context_region: ``"lung"`` or ``"lesion"`` (with ``map+context``).
+        context_dilation: lesion dilation in model pixels.
+        image_size: the model grid's side.
+
+    Returns:
+        Boolean ``(H, W)`` mask.
+    """
+    mode = context_region if condition == "map+context" else "lung"
+    dilation = int(round(int(context_dilation) * max(label.shape[:2]) / int(image_size)))
+    return synthesis_region(torch.from_numpy(np.asarray(label, dtype=np.int64))[None], mode, dilation)[0].numpy()
 
 
 def make_condition(

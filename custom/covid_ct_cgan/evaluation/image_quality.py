@@ -59,7 +59,7 @@ from ..fileio import staged_directory, write_json, write_text
 from ..logs import progress
 from ..inference import ModelGrid, SynthesisInput, load_input, write_like
 from ..labels import lung_region
-from ..transforms import synthesis_region
+from ..transforms import slice_region
 from . import image_metrics
 from .fid_features import FeatureExtractor, fid, inception_extractor, mask_outside_lung, train_feature_network
 from .models import TrainedModel, synthesise, trained_model
@@ -189,9 +189,8 @@ def generated_region(label: np.ndarray, settings: Mapping[str, Any]) -> np.ndarr
     Returns:
         Boolean mask: the lung, or for ``map+context`` with ``context_region: lesion`` the dilated lesions.
     """
-    mode = settings.get("context_region", "lung") if settings.get("condition", "map") == "map+context" else "lung"
-    dilation = int(round(int(settings.get("context_dilation", 0)) * max(label.shape[:2]) / int(settings.get("image_size", 1))))
-    return synthesis_region(torch.from_numpy(np.asarray(label, dtype=np.int64))[None], mode, dilation)[0].numpy()
+    return slice_region(label, settings.get("condition", "map"), settings.get("context_region", "lung"),
+                        int(settings.get("context_dilation", 0)), int(settings.get("image_size", 1)))
 
 
 def _region_description(settings: Mapping[str, Any]) -> str:

@@ -45,7 +45,7 @@ from ..errors import InputError, exit_on_input_error
 from ..fileio import staged_directory, write_json, write_text
 from ..labels import num_classes as count_classes
 from ..logs import progress as progress_bar, progress_handler
-from ..transforms import make_condition, synthesis_region
+from ..transforms import make_condition, slice_region
 from .inputs import LoadedInput, SynthesisInput, collect_inputs, load_input
 from .lesion_augment import LesionAugmenter, LesionPattern, lesion_pattern
 from .outputs import output_suffix, preview_picture, write_like, write_png
@@ -200,13 +200,10 @@ class ToModelGridd(Transform):
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         s, loaded = self.settings, data["loaded"]
-        region_mode = s.context_region if s.condition == "map+context" else "lung"
-        # the lesion dilation is in model pixels; in the input's pixels it scales with the resize
-        dilation = int(round(s.context_dilation * max(loaded.image.shape[:2]) / s.grid.image_size))
         regions, conditions = {}, []
         for z in loaded.lung_slices():
             label = data["label"][:, :, z]
-            region = synthesis_region(torch.from_numpy(label.astype(np.int64))[None], region_mode, dilation)[0].numpy()
+            region = slice_region(label, s.condition, s.context_region, s.context_dilation, s.grid.image_size)
             if not region.any():
                 continue
             model_image = intensity.to_model(loaded.image[:, :, z], loaded.scale, s.window_level, s.window_width)
