@@ -130,6 +130,7 @@ def make_condition(
     context_region: str = "lung",
     dilation: int = 3,
     blank_value: float = 0.0,
+    region: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Build the generator input and the synthesis region from a label map.
 
@@ -142,6 +143,9 @@ def make_condition(
         context_region: region blanked and synthesised, ``"lung"`` or ``"lesion"``.
         dilation: lesion dilation in pixels for ``"lesion"``.
         blank_value: value written into the blanked region of the context channel.
+        region: the region to blank and synthesise, same shape as ``label``; default: the one
+            ``label`` defines (synthesis of a lesion-augmented map passes the union of the original
+            and the new lesions' regions, so that no real lesion stays unlabelled in the composite).
 
     Returns:
         ``(condition, region)``: float (C, H, W) / (B, C, H, W) and float 0/1 region mask.
@@ -154,7 +158,9 @@ def make_condition(
     if lab.numel() and (lab.min() < 0 or lab.max() >= num_classes):
         raise ValueError(f"label map values must be in 0..{num_classes - 1}, found {int(lab.min())}..{int(lab.max())}")
     onehot = F.one_hot(lab, num_classes).movedim(-1, channel_dim).float()
-    region = synthesis_region(label, context_region if condition == "map+context" else "lung", dilation).float()
+    if region is None:
+        region = synthesis_region(label, context_region if condition == "map+context" else "lung", dilation)
+    region = region.float()
     if condition == "map":
         return onehot, region
     if condition != "map+context":

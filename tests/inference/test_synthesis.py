@@ -382,3 +382,24 @@ def test_a_preprocessing_chain_without_the_lesion_map_is_refused(tmp_path: Path,
     with pytest.raises(InputError, match="needs a LesionMapd"):
         evaluator.run()
     assert not (tmp_path / "out").exists()
+
+
+def test_lesion_inpainting_of_an_augmented_map_redraws_the_own_lesions_too(tmp_path: Path, builders, nifti_2d) -> None:
+    """A moved or rotated lesion map must not leave the real lesion in place, unlabelled, in the composite."""
+    image, label = nifti_2d
+    ckpt = tmp_path / "ctx.pt"
+    torch.save({"generator": builders.make_generator(5).state_dict()}, ckpt)
+    net = builders.make_generator(5)
+    run_synthesis.__wrapped__(net, ckpt, tmp_path / "out", image=image, label=label, image_size=IMAGE_SIZE,
+                              condition="map+context", context_region="lesion", context_dilation=1,
+                              num_variants=2, seed=3)
+    real, lab = read_nifti(image)[0], read_nifti(label)[0]
+    fake = read_nifti(tmp_path / "out/images/slice_v1.nii.gz")[0]
+    used = read_nifti(tmp_path / "out/labels/slice_v1.nii.gz")[0]
+    own, new = lab >= 2, used >= 2
+    assert np.count_nonzero(own & ~new) > 0  # the augmentation moved some lesion pixels away
+    changed = fake != real
+    assert np.all(lab[changed] > 0)  # still only lung pixels change
+    # every lesion pixel of the input (and of the new map) is redrawn, not kept from the real slice
+    assert np.count_nonzero(changed & own) > 0.9 * np.count_nonzero(own)
+    assert np.count_nonzero(changed & new) > 0.9 * np.count_nonzero(new)

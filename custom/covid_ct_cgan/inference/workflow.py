@@ -45,7 +45,7 @@ from ..errors import InputError, exit_on_input_error
 from ..fileio import staged_directory, write_json, write_text
 from ..labels import num_classes as count_classes
 from ..logs import progress as progress_bar, progress_handler
-from ..transforms import make_condition, slice_region
+from ..transforms import make_condition, slice_region, synthesis_region
 from .inputs import LoadedInput, SynthesisInput, collect_inputs, load_input
 from .lesion_augment import LesionAugmenter, LesionPattern, lesion_pattern
 from .outputs import output_suffix, preview_picture, write_like, write_png
@@ -202,13 +202,20 @@ class ToModelGridd(Transform):
         s, loaded = self.settings, data["loaded"]
         regions, conditions = {}, []
         for z in loaded.lung_slices():
-            label = data["label"][:, :, z]
+            label, own = data["label"][:, :, z], loaded.label[:, :, z]
+            # an augmented map redraws the input's own lesions' region too: a real lesion left in place
+            # beside a moved one would be unlabelled in the composite (lesion inpainting)
             region = slice_region(label, s.condition, s.context_region, s.context_dilation, s.grid.image_size)
+            region |= slice_region(own, s.condition, s.context_region, s.context_dilation, s.grid.image_size)
             if not region.any():
                 continue
             model_image = intensity.to_model(loaded.image[:, :, z], loaded.scale, s.window_level, s.window_width)
             image_t, label_t = s.grid.to_grid(model_image, label)
-            cond, _ = make_condition(label_t, image_t, s.num_classes, s.condition, s.context_region, s.context_dilation)
+            own_t = s.grid.to_grid(model_image, own)[1]
+            mode = s.context_region if s.condition == "map+context" else "lung"
+            region_t = synthesis_region(label_t, mode, s.context_dilation) | synthesis_region(own_t, mode, s.context_dilation)
+            cond, _ = make_condition(label_t, image_t, s.num_classes, s.condition, s.context_region, s.context_dilation,
+                                     region=region_t)
             regions[z] = region
             conditions.append((z, cond))
         return {**data, "regions": regions, "conditions": conditions, "composite": loaded.image.copy(),
