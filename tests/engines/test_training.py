@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import re
 import signal
@@ -45,6 +47,13 @@ def test_training_runs_every_stage_and_hands_over(work_dir: Path) -> None:
         assert (out / stage / "validation_curve.png").is_file()
         rows = (out / stage / "validation.csv").read_text().strip().splitlines()
         assert rows[0] == "epoch,val_ssim,val_psnr" and len(rows) == 3
+        with open(out / stage / "training.csv", newline="") as handle:
+            means = list(csv.DictReader(handle))
+        assert [int(r["epoch"]) for r in means] == [1, 2]
+        for r in means:  # the epoch means of the losses the stage trains; the local D is off (nan)
+            assert all(math.isfinite(float(r[k])) for k in ("loss", "d_loss", "g_gan", "g_fm", "lr")), r
+            assert math.isnan(float(r["d_local"]))
+        assert float(means[0]["lr"]) == 0.0002
     joint = _ckpt(out / "joint" / "checkpoint_epoch=2.pt")
     assert {"dfm_optimizer", "dfm_lr_scheduler"} <= set(joint)  # the DFM net learns in the joint stage only
     assert not {"dfm_optimizer", "dfm_lr_scheduler"} & set(_ckpt(out / "local" / "checkpoint_epoch=2.pt"))

@@ -274,6 +274,9 @@ def check_end_like_reference(runner: Runner, reference: dict) -> dict:
     with open(runner.stage_dir / "validation.csv", newline="") as handle:
         epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
     assert epochs == list(range(1, EPOCHS + 1)), f"validated epochs {epochs}"
+    with open(runner.stage_dir / "training.csv", newline="") as handle:  # a resumed epoch is not kept twice
+        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
+    assert epochs == list(range(1, EPOCHS + 1)), f"epoch means of epochs {epochs}"
     assert set(got["generator"]) == set(ref["generator"])
     assert all(torch.isfinite(v).all() for v in got["generator"].values())
     return got

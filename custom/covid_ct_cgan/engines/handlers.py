@@ -226,14 +226,21 @@ class EpochMeans:
     ``StatsHandler``, ``TensorBoardStatsHandler`` and MLflow's epoch logging
     record them without any handler knowing about GANs.
 
+    With ``csv_path`` the means are also kept per epoch in a CSV (``training.csv`` of a stage:
+    ``epoch``, ``lr`` and each key, ``nan`` where a key is not trained in the stage), rewritten
+    atomically each epoch; a resumed run drops the rows of the epochs it trains again.
+
     Args:
         keys: scalar keys of the trainer's output.
         optimizer: optimizer whose first group's learning rate is logged as ``lr``.
+        csv_path: the CSV to keep; ``None``: none (ranks other than 0).
     """
 
-    def __init__(self, keys: Sequence[str], optimizer: torch.optim.Optimizer | None = None) -> None:
+    def __init__(self, keys: Sequence[str], optimizer: torch.optim.Optimizer | None = None,
+                 csv_path: str | Path | None = None) -> None:
         self.keys = list(keys)
         self.optimizer = optimizer
+        self.csv_path = Path(csv_path) if csv_path else None
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
 
@@ -264,6 +271,23 @@ class EpochMeans:
     def _publish(self, engine: Engine) -> None:
         for key, total in self._sums.items():
             engine.state.metrics[f"train_{key}"] = total / self._counts[key]
+        if self.csv_path is not None:
+            self._write(engine.state.epoch, engine.state.metrics)
+
+    def _write(self, epoch: int, metrics: dict[str, Any]) -> None:
+        names = ["lr", *self.keys]
+        rows: list[dict[str, str]] = []
+        if self.csv_path.exists():
+            with open(self.csv_path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
+        values = {"lr": metrics.get("lr", math.nan), **{k: metrics.get(f"train_{k}", math.nan) for k in self.keys}}
+        rows.append({"epoch": str(epoch), **{n: f"{float(values[n]):.6g}" for n in names}})
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.csv_path, overwrite=True) as tmp:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=["epoch", *names], restval="nan")
+                writer.writeheader()
+                writer.writerows(rows)
 
 
 class DfmWeightSpread:
