@@ -1,0 +1,445 @@
+"""The real-data recipe (``medseg.yaml``, run id ``recipe``): one command from raw slices to one report.
+
+Runs, each as its own bundle run with the recipe's settings (and skipped when its results exist, so a
+stopped recipe continues where it stopped):
+
+1. the map-only generator (``train.yaml`` + the recipe overlay, run id ``training``);
+2. the lesion-inpainting generator (the same + ``lesion_inpainting.yaml``);
+3. image quality and realism of both on the test slices (``evaluate.yaml``, run id ``run``);
+4. segmentation: real slices only, experiment A (``ratio`` replaced) and B (``ratio`` added) with the
+   map-only generator (``segmentation.yaml``);
+5. segmentation: experiment B with the lesion-inpainting generator;
+6. ``evaluate.yaml``'s report (Tables II-IV);
+7. the recipe's report (``<work_dir>/report``): the segmentation table with paired differences against
+   the real-only UNet, the published results on the same test slices, the realism table, the
+   discriminator signal of lesion inpainting, the targets and the time of every step.
+
+Every step's time is kept in ``<work_dir>/recipe_timings.json`` as it finishes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError, exit_on_input_error
+from ..fileio import staged_directory, write_json, write_text
+from ..figures import pyplot, write_figure
+from ..settings import BundleCommand, run_bundle
+from .provenance import code_version
+from .report import markdown_table
+from .segmentation import read_csv
+from .statistics import mean_score, patient_bootstrap
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PUBLISHED_INFECTION", "PUBLISHED_CLASSES", "run_recipe", "paired_difference", "write_recipe_report"]
+
+# Mean Dice on the 48 COVID-SemiSeg test slices, Inf-Net repository (EvaluateResults/), binary infection
+PUBLISHED_INFECTION: tuple[tuple[str, float], ...] = (
+    ("U-Net", 43.9), ("U-Net++", 58.1), ("Inf-Net", 68.2), ("Semi-Inf-Net", 73.9),
+)
+# per class, Semi-Inf-Net + multi-class U-Net (the same repository)
+PUBLISHED_CLASSES: dict[str, float] = {"ggo": 62.4, "consolidation": 36.2}
+CHANCE_D_LOSS = 0.25  # least-squares D loss of a discriminator that outputs 0.5 for everything (per scale)
+TIME_BUDGET_S = 2 * 3600.0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description() -> str:
+    """CPU model, cores, torch threads, native bf16 and the GPU (if any) of this run."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    kind = "AMX + AVX512-BF16" if "amx_bf16" in flags else ("AVX512" if "avx512f" in flags else "AVX2")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{_cpu_name()} ({kind}), {os.cpu_count()} logical CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, {gpu}"
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+def _timings_path(work_dir: Path) -> Path:
+    return work_dir / "recipe_timings.json"
+
+
+def _read_timings(work_dir: Path) -> dict[str, float]:
+    path = _timings_path(work_dir)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@exit_on_input_error
+def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
+    """Run the recipe's steps (see the module docstring) and write its report.
+
+    Args:
+        command: the recipe's own bundle command (``covid_ct_cgan.settings.current_command()``): its
+            config files (``train.yaml`` first, then ``medseg.yaml``) and overrides are those of both
+            generators' training.
+        args: ``work_dir``, ``data_dir``, ``output_dir`` (the map-only generator's), ``models``
+            (``evaluate.yaml`` entries to score), ``segmentation`` (overrides of ``segmentation.yaml``),
+            ``evaluation`` (other overrides of ``evaluate.yaml``), ``ratio``, ``seed``, ``overwrite``.
+
+    Returns:
+        The report folder.
+
+    Raises:
+        SystemExit: status 2 and one ``ERROR:`` line on bad input (a step's own errors included).
+    """
+    if command is None or not command.config_files:
+        raise InputError("the recipe runs as a bundle command: python -m monai.bundle run recipe --config_file "
+                         "\"['bundle/configs/train.yaml','bundle/configs/medseg.yaml']\" ...")
+    files = [str(f) for f in command.config_files]
+    configs_dir = Path(files[0]).parent
+    overrides = {k: v for k, v in command.overrides.items()}
+    work_dir, data_dir = Path(args["work_dir"]), Path(args["data_dir"])
+    output_dir = Path(args["output_dir"])
+    seed, overwrite, ratio = int(args.get("seed", 0)), bool(args.get("overwrite", False)), float(args["ratio"])
+    segmentation = dict(args.get("segmentation") or {})
+    evaluation = dict(args.get("evaluation") or {})
+    inpainting_dir = work_dir / "output_lesion_inpainting"
+    evaluation_dir = work_dir / "evaluation"
+    common = {"work_dir": str(work_dir), "data_dir": str(data_dir), "seed": seed, "overwrite": overwrite}
+    evaluate_yaml, segmentation_yaml = str(configs_dir / "evaluate.yaml"), str(configs_dir / "segmentation.yaml")
+    inpainting_files = [*files, str(configs_dir / "lesion_inpainting.yaml")]
+    inpainting_overrides = {k: v for k, v in overrides.items() if k not in ("output_dir", "experiment_name")}
+
+    def done(path: Path) -> Callable[[], bool]:
+        return lambda: path.is_file() and not overwrite
+
+    steps: list[tuple[str, str, Callable[[], bool], Callable[[], None]]] = [
+        ("generator_map", "the map-only generator (three stages)", lambda: False,
+         lambda: run_bundle("training", config_file=files, **overrides)),
+        ("generator_lesion_inpainting", "the lesion-inpainting generator (three stages)", lambda: False,
+         lambda: run_bundle("training", config_file=inpainting_files, **inpainting_overrides)),
+        ("image_quality", "image quality and realism on the test slices",
+         done(evaluation_dir / "image_quality" / "image_quality.csv"),
+         lambda: run_bundle("run", config_file=evaluate_yaml, checkpoint_dir=str(output_dir),
+                            model_names=list(args["models"]), **evaluation, **common)),
+        ("segmentation_map", f"segmentation: real only, A and B at {ratio:g} (map-only generator)",
+         done(work_dir / "segmentation" / "results" / "summary.csv"),
+         lambda: run_bundle("run", config_file=segmentation_yaml, checkpoint_dir=str(output_dir),
+                            output_dir=str(work_dir / "segmentation"), experiments=["A", "B"], ratios=[0.0, ratio],
+                            **segmentation, **common)),
+        ("segmentation_lesion_inpainting", f"segmentation: B at {ratio:g} (lesion-inpainting generator)",
+         done(work_dir / "segmentation_lesion_inpainting" / "results" / "summary.csv"),
+         lambda: run_bundle("run", config_file=segmentation_yaml, checkpoint_dir=str(inpainting_dir),
+                            generator_configs=[files[0], str(configs_dir / "lesion_inpainting.yaml")],
+                            output_dir=str(work_dir / "segmentation_lesion_inpainting"), experiments=["B"],
+                            ratios=[ratio], **segmentation, **common)),
+        ("evaluation_report", "evaluate.yaml's report (Tables II-IV)",
+         done(evaluation_dir / "report" / "report.md"),
+         lambda: run_bundle("report", config_file=evaluate_yaml, segmentation_output_dir=str(work_dir / "segmentation"),
+                            **common)),
+    ]
+    timings = _read_timings(work_dir)
+    for number, (name, description, finished, run) in enumerate(steps, 1):
+        if finished():
+            logger.info(f"==== recipe step {number}/{len(steps) + 1}: {description}: done before, kept ====")
+            continue
+        logger.info(f"==== recipe step {number}/{len(steps) + 1}: {description} ====")
+        start = time.perf_counter()
+        run()
+        if name.startswith("generator") and name in timings and overwrite is False:
+            # a resumed (or already finished) generator adds its new time to the recorded one
+            timings[name] = timings[name] + (time.perf_counter() - start)
+        else:
+            timings[name] = time.perf_counter() - start
+        write_json(timings, _timings_path(work_dir), overwrite=True)
+    logger.info(f"==== recipe step {len(steps) + 1}/{len(steps) + 1}: the report ====")
+    report_dir = write_recipe_report(work_dir, output_dir, inpainting_dir, ratio, seed, overwrite=True,
+                                     configs=files, overrides=overrides)
+    print(f"recipe: report in {report_dir / 'report.md'}", flush=True)
+    return report_dir
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def paired_difference(base: Sequence[Mapping[str, str]], other: Sequence[Mapping[str, str]], column: str,
+                      n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Per-slice paired difference ``other - base`` of one column (percent), its mean and bootstrap interval.
+
+    Slices are matched by ``name``; a slice with no value in either run (an absent class) is left out.
+    The bootstrap draws patients (the ``patient`` column) with replacement.
+
+    Args:
+        base: ``slices.csv`` rows of the reference run (real slices only).
+        other: ``slices.csv`` rows of the compared run, on the same test slices.
+        column: e.g. ``"dice_infection"``.
+        n_boot: bootstrap draws.
+        confidence: interval coverage.
+        seed: bootstrap seed.
+
+    Returns:
+        ``{"mean", "low", "high", "slices"}`` in percent points.
+
+    Raises:
+        InputError: the two runs were scored on different test slices.
+    """
+    a = {r["name"]: r for r in base}
+    b = {r["name"]: r for r in other}
+    if set(a) != set(b):
+        raise InputError(f"the runs compared were scored on different test slices ({len(a)} vs {len(b)})")
+    names = [n for n in a if math.isfinite(float(a[n][column] or "nan")) and math.isfinite(float(b[n][column] or "nan"))]
+    diff = np.array([float(b[n][column]) - float(a[n][column]) for n in names]) * 100.0
+    boot = patient_bootstrap(diff, [a[n]["patient"] for n in names], mean_score, n_boot, confidence, seed)
+    return {"mean": float(diff.mean()), "low": float(boot.low), "high": float(boot.high), "slices": len(names)}
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return read_csv(path) if path.is_file() else []
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _f(value: float, digits: int = 1) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _summary(rows: Sequence[Mapping[str, str]], run: str, cls: str) -> Mapping[str, str]:
+    for r in rows:
+        if r["run"] == run and r["class"] == cls and r["metric"] == "dice":
+            return r
+    return {}
+
+
+def _discriminator_rows(stage_dirs: Mapping[str, Path]) -> list[dict[str, Any]]:
+    out = []
+    for stage, folder in stage_dirs.items():
+        rows = _rows(folder / "training.csv")
+        if not rows:
+            continue
+        last = rows[-1]
+        out.append({"stage": stage, "epochs": len(rows), **{k: _num(last.get(k)) for k in
+                    ("d_loss", "g_gan", "g_fm", "d_local", "g_local", "g_local_fm")}})
+    return out
+
+
+def _discriminator_figure(stage_dirs: Mapping[str, Path], path: Path) -> Path | None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    drawn = False
+    for stage, folder in stage_dirs.items():
+        rows = _rows(folder / "training.csv")
+        if not rows:
+            continue
+        epochs = [int(r["epoch"]) for r in rows]
+        axes[0].plot(epochs, [_num(r["d_loss"]) for r in rows], marker=".", label=stage)
+        axes[1].plot(epochs, [_num(r.get("d_local")) for r in rows], marker=".", label=stage)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    for ax, title in zip(axes, ("global D loss (2 scales; chance 0.50)", "local D loss (chance 0.25)")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return write_figure(fig, path, overwrite=True)
+
+
+def write_recipe_report(work_dir: str | Path, output_dir: str | Path, inpainting_dir: str | Path, ratio: float,
+                        seed: int = 0, overwrite: bool = False, configs: Sequence[str] = (),
+                        overrides: Mapping[str, Any] | None = None) -> Path:
+    """``<work_dir>/report``: ``report.md``, ``segmentation.csv``, ``targets.csv``, ``timings.csv`` and figures.
+
+    Args:
+        work_dir: the recipe's work folder (steps' results inside).
+        output_dir: the map-only generator's training output.
+        inpainting_dir: the lesion-inpainting generator's training output.
+        ratio: the synthetic fraction of experiments A and B.
+        seed: bootstrap seed.
+        overwrite: replace an existing report.
+        configs: the recipe's config files (for the command line in the report).
+        overrides: the recipe's overrides (idem).
+
+    Returns:
+        The report folder.
+    """
+    work_dir, output_dir, inpainting_dir = Path(work_dir), Path(output_dir), Path(inpainting_dir)
+    pct = int(round(ratio * 100))
+    seg_map = work_dir / "segmentation" / "results"
+    seg_inp = work_dir / "segmentation_lesion_inpainting" / "results"
+    summary = _rows(seg_map / "summary.csv") + _rows(seg_inp / "summary.csv")
+    slices_map, slices_inp = _rows(seg_map / "slices.csv"), _rows(seg_inp / "slices.csv")
+    runs = [  # (label, generator, run name, summary rows, slice rows)
+        ("real slices only", "-", "real_only", slices_map),
+        (f"A: {pct} % replaced", "map-only", f"A_{pct:02d}", slices_map),
+        (f"B: {pct} % added", "map-only", f"B_{pct:02d}", slices_map),
+        (f"B: {pct} % added", "lesion inpainting", f"B_{pct:02d}", slices_inp),
+    ]
+    summaries = [_rows(seg_map / "summary.csv")] * 3 + [_rows(seg_inp / "summary.csv")]
+    base = [r for r in slices_map if r["run"] == "real_only"]
+    seg_rows, table = [], []
+    for (label, generator, run, slices), rows in zip(runs, summaries):
+        these = [r for r in slices if r["run"] == run]
+        if not these:
+            continue
+        entry: dict[str, Any] = {"run": label, "generator": generator}
+        cells = [label, generator]
+        info = _summary(rows, run, "infection")
+        entry.update(train_real=info.get("train_real", ""), train_synthetic=info.get("train_synthetic", ""))
+        cells += [entry["train_real"], entry["train_synthetic"]]
+        for cls in ("infection", "ggo", "consolidation"):
+            r = _summary(rows, run, cls)
+            est, lo, hi = _num(r.get("estimate")), _num(r.get("boot_low")), _num(r.get("boot_high"))
+            mean, half = _num(r.get("mean")), _num(r.get("fold_half_width"))
+            entry.update({f"{cls}_dice": est, f"{cls}_boot_low": lo, f"{cls}_boot_high": hi,
+                          f"{cls}_fold_mean": mean, f"{cls}_fold_half_width": half})
+            cells.append(f"{_f(est)} [{_f(lo)}, {_f(hi)}]" + (f"<br>{_f(mean)} ± {_f(half)}" if cls == "infection" else ""))
+        if run != "real_only" and base:
+            diff = paired_difference(base, these, "dice_infection", seed=seed)
+            entry.update(infection_diff=diff["mean"], infection_diff_low=diff["low"], infection_diff_high=diff["high"])
+            cells.append(f"{diff['mean']:+.1f} [{diff['low']:+.1f}, {diff['high']:+.1f}]")
+        else:
+            cells.append("-")
+        seg_rows.append(entry)
+        table.append(cells)
+
+    quality = _rows(work_dir / "evaluation" / "image_quality" / "image_quality.csv")
+    realism = [r for r in quality if r["region"] == "complemented"]
+    stage_dirs = {s: inpainting_dir / s for s in ("global", "local", "joint")}
+    disc = _discriminator_rows(stage_dirs)
+    timings = _read_timings(work_dir)
+    total = sum(timings.values())
+
+    real_only = next((e for e in seg_rows if e["run"] == "real slices only"), {})
+    targets: list[dict[str, Any]] = []
+
+    def target(name: str, measured: str, met: bool | None) -> None:
+        targets.append({"target": name, "measured": measured, "met": "n/a" if met is None else ("yes" if met else "no")})
+
+    half = real_only.get("infection_fold_half_width", math.nan)
+    for e in seg_rows:
+        if e["run"].startswith("B"):
+            d = e.get("infection_diff", math.nan)
+            target(f"B ({e['generator']}): infection Dice above real-only by more than its fold half-width ({_f(half)})",
+                   f"{d:+.1f} points (paired 95% [{e['infection_diff_low']:+.1f}, {e['infection_diff_high']:+.1f}])",
+                   bool(d > half) if math.isfinite(d) and math.isfinite(half) else None)
+    best = max((e["infection_dice"] for e in seg_rows if math.isfinite(e.get("infection_dice", math.nan))), default=math.nan)
+    target("infection Dice >= Inf-Net's 68.2 (plain MONAI UNet)", f"best {_f(best)}",
+           bool(best >= 68.2) if math.isfinite(best) else None)
+    inp = next((r for r in realism if r["model"] == "lesion_inpainting"), None)
+    if inp is not None:
+        v, acc = _num(inp["vesselness_ratio"]), _num(inp["two_sample_accuracy"])
+        target("lesion inpainting: vesselness ratio within 0.8-1.2", _f(v, 2), bool(0.8 <= v <= 1.2) if math.isfinite(v) else None)
+        target("lesion inpainting: two-sample accuracy below 0.7", _f(acc, 2), bool(acc < 0.7) if math.isfinite(acc) else None)
+    if timings:
+        target("whole recipe within 2 h on this machine", f"{total / 60:.0f} min", bool(total <= TIME_BUDGET_S))
+
+    with staged_directory(work_dir / "report", overwrite=overwrite) as stage:
+        lines = [
+            "# Real-data recipe report",
+            "",
+            f"Machine: {machine_description()}. Commit {code_version()}. Seed {seed}.",
+            "",
+            "Command: `python -m monai.bundle run recipe --config_file \"" + str(list(configs)) + "\" "
+            + " ".join(f"--{k} {v}" for k, v in (overrides or {}).items()) + "`",
+            "",
+            f"## Segmentation on the {len(base)} test slices (Dice %)",
+            "",
+            "Slice mean with its 95% bootstrap interval over test slices; for infection also the fold mean ± the "
+            "95% t half-width over 10 folds of the test set. Last column: the paired per-slice difference from "
+            "the real-only UNet (mean and 95% bootstrap interval). One training run per row (seeded).",
+            "",
+            markdown_table(["run", "generator", "real", "synthetic", "infection", "GGO", "consolidation",
+                            "infection vs real only"], table),
+            "",
+            "## Published results on the same test slices",
+            "",
+            "Mean Dice % on the 48 COVID-SemiSeg test slices from the Inf-Net repository (`EvaluateResults/`); "
+            "binary infection, and per class for Semi-Inf-Net + multi-class U-Net. Those networks trained at "
+            "352 px, on GPUs, Semi-Inf-Net with 1,600 pseudo-labelled slices more.",
+            "",
+            markdown_table(["method", "infection", "GGO", "consolidation"],
+                           [[m, _f(v), "", ""] for m, v in PUBLISHED_INFECTION]
+                           + [["Semi-Inf-Net + multi-class U-Net", "", _f(PUBLISHED_CLASSES["ggo"]),
+                               _f(PUBLISHED_CLASSES["consolidation"])]]
+                           + [[f"ours: {e['run']} ({e['generator']})", _f(e["infection_dice"]), _f(e["ggo_dice"]),
+                               _f(e["consolidation_dice"])] for e in seg_rows]),
+            "",
+            "## Realism on the test slices",
+            "",
+            "Each model redraws its region of the real test slice from the slice's own label map (map-only: the "
+            "lung; lesion inpainting: the dilated lesions); the rest is the real slice. FID and KID on the "
+            "project's feature network (whole slice); vesselness ratio: mean Frangi response inside the "
+            "redrawn region, generated / real (1 = real); two-sample accuracy: a small CNN telling generated "
+            "from real crops of that region, cross-validated (0.5 = indistinguishable).",
+            "",
+            markdown_table(["model", "region", "PSNR (dB)", "SSIM", "FID", "KID", "vesselness ratio", "two-sample acc."],
+                           [[r["model"], r["realism_region"], _f(_num(r["psnr"]), 2), _f(_num(r["ssim"]), 3),
+                             _f(_num(r["fid"]), 3), _f(_num(r["kid"]), 4), _f(_num(r["vesselness_ratio"]), 2),
+                             f"{_f(_num(r['two_sample_accuracy']), 2)} [{_f(_num(r['two_sample_low']), 2)}, "
+                             f"{_f(_num(r['two_sample_high']), 2)}]"] for r in realism]),
+            "",
+            "![real | models on the same label maps](model_grid.png)",
+            "",
+            "## Lesion inpainting: the discriminators' signal",
+            "",
+            f"Epoch means of the last epoch of each stage ({inpainting_dir}/<stage>/training.csv). A "
+            f"least-squares discriminator that has given up outputs 0.5 everywhere: D loss "
+            f"{CHANCE_D_LOSS:.2f} per scale (0.50 for the global D's 2 scales), local D {CHANCE_D_LOSS:.2f}.",
+            "",
+            markdown_table(["stage", "epochs", "D loss", "G GAN", "G FM", "local D loss", "local G GAN", "local G FM"],
+                           [[d["stage"], d["epochs"], *(_f(d[k], 3) for k in ("d_loss", "g_gan", "g_fm", "d_local",
+                                                                             "g_local", "g_local_fm"))] for d in disc]),
+            "",
+            "![discriminator losses of lesion inpainting](discriminator_losses.png)",
+            "",
+            "## Targets (issue 14)",
+            "",
+            markdown_table(["target", "measured", "met"], [[t["target"], t["measured"], t["met"]] for t in targets]),
+            "",
+            "## Time",
+            "",
+            markdown_table(["step", "minutes"], [[k, f"{v / 60:.1f}"] for k, v in timings.items()]
+                           + [["all", f"{total / 60:.1f}"]]),
+            "",
+        ]
+        write_text("\n".join(lines), stage / "report.md")
+        _write_csv(stage / "segmentation.csv", seg_rows)
+        _write_csv(stage / "targets.csv", targets)
+        _write_csv(stage / "timings.csv", [{"step": k, "seconds": round(v, 1)} for k, v in timings.items()])
+        grid = work_dir / "evaluation" / "report" / "model_grid.png"
+        if grid.is_file():
+            shutil.copyfile(grid, stage / "model_grid.png")
+        _discriminator_figure(stage_dirs, stage / "discriminator_losses.png")
+    return work_dir / "report"
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    names: list[str] = []
+    for r in rows:
+        names += [k for k in r if k not in names]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=names, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
