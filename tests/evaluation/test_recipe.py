@@ -1,0 +1,111 @@
+"""The real-data recipe (``medseg.yaml``, run id ``recipe``, issue 14): one command, every step, one report.
+
+The end-to-end test runs the whole recipe at tiny scale (64 px, one epoch, small networks) on a subset of the
+real MedSeg slices with the dataset's own train/test split, through the same bundle command a user types.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from covid_ct_cgan.evaluation.recipe import paired_difference
+from covid_ct_cgan.errors import InputError
+from covid_ct_cgan.settings import run_bundle
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = REPO_ROOT / "bundle" / "configs"
+MEDSEG = REPO_ROOT.parent / "shared" / "data" / "medseg-slices"
+TRAIN, TEST = 8, 4  # slices taken from the dataset's train/ and test/
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_paired_difference_matches_slices_and_refuses_other_test_sets() -> None:
+    base = [{"name": f"s{k}", "patient": f"s{k}", "dice_infection": str(v)} for k, v in enumerate([0.5, 0.6, 0.7, "nan"])]
+    other = [{"name": f"s{k}", "patient": f"s{k}", "dice_infection": str(v)} for k, v in enumerate([0.6, 0.6, 0.9, 0.2])][::-1]
+    diff = paired_difference(base, other, "dice_infection", n_boot=200)
+    assert diff["slices"] == 3  # the slice without a value in the base run is left out
+    assert math.isclose(diff["mean"], 100 * np.mean([0.1, 0.0, 0.2]))
+    assert diff["low"] <= diff["mean"] <= diff["high"]
+    with pytest.raises(InputError, match="different test slices"):
+        paired_difference(base, other[:2], "dice_infection")
+
+
+def _subset(root: Path) -> Path:
+    """8 training and 4 test slices of MedSeg in the dataset's own train/ and test/ layout."""
+    for part, count in (("train", TRAIN), ("test", TEST)):
+        stems = sorted(p.stem for p in (MEDSEG / part / "images").iterdir())[:count]
+        for kind in ("images", "labels"):
+            (root / part / kind).mkdir(parents=True)
+            for stem in stems:
+                src = next((MEDSEG / part / kind).glob(f"{stem}.*"))
+                shutil.copyfile(src, root / part / kind / src.name)
+    return root
+
+
+def test_recipe_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
+    raw, work = _subset(tmp_path / "raw"), tmp_path / "work"
+    tiny = {"dataset_dir": str(raw), "work_dir": str(work), "image_size": 64, "epochs": 1, "ngf": 8, "ndf": 8,
+            "n_blocks_global": 1, "n_blocks_local": 1, "batch_size": 4,
+            "recipe_segmentation#image_size": 64, "recipe_segmentation#epochs": 1,
+            "recipe_segmentation#unet_channels": [4, 8, 16, 32, 64],
+            "recipe_evaluation": {"fid#epochs": 1, "realism#iterations": 5, "realism#folds": 2}}
+    files = [str(CONFIGS / "train.yaml"), str(CONFIGS / "medseg.yaml")]
+    run_bundle("recipe", config_file=files, **tiny)
+
+    # no test slice trained a generator or a segmenter (the dataset's own test/ folder is the test set)
+    lists = json.loads((work / "data" / "datalist.json").read_text())
+    train_images = {it["image"] for key in ("training", "validation") for it in lists[key]}
+    assert len(train_images) == TRAIN
+    assert len(lists["test_segmentation"]) == TEST and not train_images & {it["image"] for it in lists["test_segmentation"]}
+    for run_dir in (work / "segmentation" / "results" / "runs").iterdir():
+        used = {Path(it["image"]).name for it in json.loads((run_dir / "training.json").read_text())["train_items"]
+                if it["origin"] == "real"}
+        assert used
+        assert not used & {Path(it["image"]).name for it in lists["test_segmentation"]}
+
+    report = work / "report"
+    text = (report / "report.md").read_text()
+    for heading in ("## Segmentation on the 4 test slices", "## Published results on the same test slices",
+                    "## Realism on the test slices", "## Lesion inpainting: the discriminators' signal", "## Targets",
+                    "## Time"):
+        assert heading in text, heading
+    assert "| Inf-Net | 68.2 |" in text
+    seg = _rows(report / "segmentation.csv")
+    assert [(r["run"], r["generator"]) for r in seg] == [
+        ("real slices only", "-"), ("A: 50 % replaced", "map-only"), ("B: 50 % added", "map-only"),
+        ("B: 50 % added", "lesion inpainting")]
+    assert [r["train_synthetic"] for r in seg] == ["0", "4", "4", "4"]  # 7 training slices: round(0.5 * 7)
+    for r in seg:
+        assert 0.0 <= float(r["infection_dice"]) <= 100.0
+        assert float(r["infection_boot_low"]) <= float(r["infection_dice"]) <= float(r["infection_boot_high"])
+    assert all(math.isfinite(float(r["infection_diff"])) for r in seg[1:])
+    realism = {r["model"] for r in _rows(work / "evaluation" / "image_quality" / "image_quality.csv")}
+    assert realism == {"ours", "lesion_inpainting", "mean_lung"}
+    targets = _rows(report / "targets.csv")
+    assert len(targets) == 6 and {t["met"] for t in targets} <= {"yes", "no"}
+    # the inpainting generator's local discriminator trained in every stage, its losses are kept
+    for stage in ("global", "local", "joint"):
+        means = _rows(work / "output_lesion_inpainting" / stage / "training.csv")
+        assert math.isfinite(float(means[-1]["d_local"])) and math.isfinite(float(means[-1]["d_loss"]))
+    assert (report / "model_grid.png").stat().st_size > 0 and (report / "discriminator_losses.png").stat().st_size > 0
+    timings = json.loads((work / "recipe_timings.json").read_text())
+    assert set(timings) == {"generator_map", "generator_lesion_inpainting", "image_quality", "segmentation_map",
+                            "segmentation_lesion_inpainting", "evaluation_report"}
+
+    # a second call keeps what exists (no step is redone) and rewrites only the report
+    summary = work / "segmentation" / "results" / "summary.csv"
+    before = summary.stat().st_mtime_ns
+    run_bundle("recipe", config_file=files, **tiny)
+    assert summary.stat().st_mtime_ns == before
+    assert (report / "report.md").read_text().count("## Targets") == 1
