@@ -17,7 +17,7 @@ import pytest
 import covid_ct_cgan  # noqa: F401 - installs the filters, as every bundle config does
 from covid_ct_cgan.errors import exit_on_input_error, interrupt_note, resume_command
 from covid_ct_cgan.fileio import atomic_path, staged_directory
-from covid_ct_cgan.logs import LineProgress, ProgressLogger, final_paths, progress, progress_handler
+from covid_ct_cgan.logs import LineProgress, ProgressLogger, final_paths, progress, progress_handler, tidy_log_handlers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CLI = [
@@ -50,6 +50,8 @@ def test_the_real_plugin_warning_is_not_shown(caplog: pytest.LogCaptureFixture) 
 def test_log_messages_name_final_paths_not_staging_names(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     log = logging.getLogger("covid_ct_cgan.test")
     with caplog.at_level(logging.INFO):
+        tidy_log_handlers()  # what every entry point does when it starts (caplog's handler exists now)
+        assert logging.getLogRecordFactory() is logging.LogRecord  # no interpreter-wide record factory
         with staged_directory(tmp_path / "results") as stage:
             with atomic_path(stage / "model.nii.gz") as tmp:
                 tmp.write_bytes(b"x")

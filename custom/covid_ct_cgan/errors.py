@@ -50,9 +50,9 @@ class interrupt_note:  # noqa: N801 - used like contextlib's lower-case context 
         self.describe = describe
 
     def __enter__(self) -> interrupt_note:
-        from .logs import quiet_interrupts  # the loggers of the handlers built for this work exist by now
+        from .logs import tidy_log_handlers  # the loggers of the handlers built for this work exist by now
 
-        quiet_interrupts()
+        tidy_log_handlers()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -115,9 +115,9 @@ def exit_on_input_error(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .logs import quiet_interrupts  # the run's log handlers exist by now
+        from .logs import tidy_log_handlers  # the run's log handlers exist by now
 
-        quiet_interrupts()
+        tidy_log_handlers()
         try:
             return func(*args, **kwargs)
         except InputError as err:

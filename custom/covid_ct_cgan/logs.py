@@ -6,9 +6,13 @@ Installed once when :mod:`covid_ct_cgan` is imported (every bundle config import
   which MONAI logs once per DICOM reader it builds (once per file read);
 * :class:`DropInterruptRecords` drops the tracebacks libraries log about a
   Ctrl-C (the entry point prints one line instead);
-* a log record factory writes a staging name (``.<name>.<random>.tmp``, see
+* :class:`FinalPaths` writes a staging name (``.<name>.<random>.tmp``, see
   :mod:`covid_ct_cgan.fileio`) as the final name it is renamed to, so a log
   never points at a temporary path that is gone after the run.
+
+The two handler filters (:class:`DropInterruptRecords`, :class:`FinalPaths`) are put on the log
+handlers that exist when an entry point starts and again before training runs
+(:func:`tidy_log_handlers`); nothing replaces the interpreter's log-record factory.
 
 Progress: :func:`progress_handler` (an Ignite handler for the configs' handler
 lists) and :func:`progress` (for loops) show a tqdm bar on a terminal and,
@@ -72,20 +76,38 @@ class DropInterruptRecords(logging.Filter):
         return not (record.levelno >= logging.ERROR and isinstance(sys.exc_info()[1], KeyboardInterrupt))
 
 
-def quiet_interrupts() -> None:
-    """Put :class:`DropInterruptRecords` on the handlers of every logger there is now (idempotent).
+class FinalPaths(logging.Filter):
+    """Write every staging name of :mod:`covid_ct_cgan.fileio` in a record's message as its final name.
 
-    Called when an entry point starts and again before training runs
-    (:class:`covid_ct_cgan.errors.interrupt_note`), when the handlers that MONAI's
-    handlers add to their own loggers exist too.
+    A filter on log handlers: the record passes, its message rewritten (see :func:`final_paths`).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string is the logging module's to report
+            return True
+        shown = final_paths(message)
+        if shown != message:
+            record.msg, record.args = shown, ()
+        return True
+
+
+def tidy_log_handlers() -> None:
+    """Put :class:`DropInterruptRecords` and :class:`FinalPaths` on the handlers of every logger there is now.
+
+    Idempotent. Called when an entry point starts (:func:`covid_ct_cgan.errors.exit_on_input_error`) and
+    again before training runs (:class:`covid_ct_cgan.errors.interrupt_note`), when the handlers that
+    MONAI's handlers add to their own loggers exist too.
     """
     loggers = [logging.getLogger()] + [
         lg for lg in list(logging.Logger.manager.loggerDict.values()) if isinstance(lg, logging.Logger)
     ]
     for lg in loggers:
         for handler in list(lg.handlers):
-            if not any(isinstance(f, DropInterruptRecords) for f in handler.filters):
-                handler.addFilter(DropInterruptRecords())
+            for kind in (DropInterruptRecords, FinalPaths):
+                if not any(isinstance(f, kind) for f in handler.filters):
+                    handler.addFilter(kind())
 
 
 def final_paths(text: str) -> str:
@@ -97,34 +119,15 @@ def final_paths(text: str) -> str:
     return _STAGING.sub(lambda m: m.group("name"), text) if ".tmp" in text else text
 
 
-def _final_path_factory(base: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
-    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = base(*args, **kwargs)
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a bad format string is the logging module's to report
-            return record
-        shown = final_paths(message)
-        if shown != message:
-            record.msg, record.args = shown, ()
-        return record
-
-    factory._covid_ct_cgan_final_paths = True  # type: ignore[attr-defined]
-    return factory
-
-
 def install_log_filters() -> None:
-    """Install the filters and the final-path record factory (idempotent; called on import of the package)."""
+    """Drop the records and warnings that carry no information (idempotent; called on import of the package)."""
     for name, prefix in QUIET_RECORDS:
         target = logging.getLogger(name)
         if not any(isinstance(f, DropRecords) and prefix in f.prefixes for f in target.filters):
             target.addFilter(DropRecords([prefix]))
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    quiet_interrupts()
-    current = logging.getLogRecordFactory()
-    if not getattr(current, "_covid_ct_cgan_final_paths", False):
-        logging.setLogRecordFactory(_final_path_factory(current))
+    tidy_log_handlers()
 
 
 def on_terminal() -> bool:
