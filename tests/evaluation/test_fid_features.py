@@ -14,6 +14,7 @@ from covid_ct_cgan.errors import InputError
 from covid_ct_cgan.evaluation.fid_features import (
     FEATURE_NET_FILE,
     FeatureExtractor,
+    FIDFeatures,
     default_feature_network,
     fid,
     inception_extractor,
@@ -81,6 +82,29 @@ def test_feature_network_trains_with_supervised_trainer_and_is_cached(dataset: P
     other = train_feature_network(items, cache, image_size=32, epochs=2, batch_size=2, seed=0)
     assert len(list(cache.glob(f"*/{FEATURE_NET_FILE}"))) == 2  # other settings, other cache entry
     assert other.description != first.description
+
+
+def test_fid_component_trains_on_first_use_once_and_shares_the_cache(dataset: Path, tmp_path: Path) -> None:
+    items = load_datalist(dataset, "training")
+    torch.manual_seed(0)
+    network_def = default_feature_network()
+    before = {k: v.clone() for k, v in network_def.state_dict().items()}
+    features = FIDFeatures(tmp_path / "cache", network_def, image_size=32, epochs=1, batch_size=2, seed=0)
+    assert not (tmp_path / "cache").exists()  # built lazily: nothing trained when the config is parsed
+    first = features.extractor(items)
+    assert len(list((tmp_path / "cache").glob(f"*/{FEATURE_NET_FILE}"))) == 1
+    assert features.extractor(items) is first  # once per run
+    assert all(torch.equal(before[k], v) for k, v in network_def.state_dict().items())  # trained a copy
+    # the same cache entry as the function with the same settings (results identical to before the component)
+    direct = train_feature_network(items, tmp_path / "cache", default_feature_network(), 32, 1, 2, seed=0)
+    assert len(list((tmp_path / "cache").glob(f"*/{FEATURE_NET_FILE}"))) == 1
+    assert direct.description == first.description
+    other = features.extractor(items, window_level=-500.0)  # another window: another network
+    assert other is not first and len(list((tmp_path / "cache").glob(f"*/{FEATURE_NET_FILE}"))) == 2
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.allclose(first(x), direct(x), atol=1e-6)
+    with pytest.raises(InputError, match="not found"):
+        FIDFeatures(tmp_path / "cache", inception_weights=tmp_path / "missing.pth").extractor([])
 
 
 def test_inception_option_fails_with_one_clear_error(tmp_path: Path) -> None:

@@ -15,13 +15,25 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from covid_ct_cgan import intensity
 from covid_ct_cgan.errors import InputError
-from covid_ct_cgan.evaluation.image_quality import evaluate_image_quality, generated_region, load_datalist, mean_lung_intensity
+from covid_ct_cgan.evaluation.fid_features import FIDFeatures
+from covid_ct_cgan.evaluation.image_quality import (
+    ImageQuality,
+    evaluate_image_quality,
+    generated_region,
+    load_datalist,
+    mean_lung_intensity,
+)
 from covid_ct_cgan.evaluation.models import trained_model
 from covid_ct_cgan.networks import GlobalLocalGenerator, UNetGenerator
 from covid_ct_cgan.transforms import synthesis_region
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundle" / "configs"
+
+
+def tiny_features(tmp_path: Path) -> FIDFeatures:
+    """The project's FID feature network at 32 px, one epoch."""
+    return FIDFeatures(tmp_path / "fid_features", image_size=32, epochs=1, batch_size=2)
 
 
 def test_model_is_rebuilt_from_its_training_configs(tmp_path: Path, generator_checkpoint: Path, tiny_overrides: dict) -> None:
@@ -52,7 +64,7 @@ def test_evaluation_scores_models_and_the_mean_lung_baseline(
 ) -> None:
     model = trained_model("ours", [CONFIGS / "train.yaml"], tiny_overrides, checkpoint=generator_checkpoint)
     out = tmp_path / "evaluation"
-    summary = evaluate_image_quality([model], dataset, out, fid_image_size=32, fid_epochs=1, fid_batch_size=2,
+    summary = evaluate_image_quality([model], dataset, out, features=tiny_features(tmp_path),
                                      realism={"folds": 2, "iterations": 20, "kid_subsets": 10})
     folder = out / "image_quality"
     assert {p.name for p in folder.iterdir()} >= {"image_quality.csv", "per_image.csv", "settings.json", "synthesis"}
@@ -103,9 +115,9 @@ def test_evaluation_scores_models_and_the_mean_lung_baseline(
     assert summary[0]["vesselness_ratio"] == pytest.approx(ratio[0] / ratio[1], rel=1e-4)  # from the per-slice values
 
     with pytest.raises(InputError, match="overwrite"):
-        evaluate_image_quality([model], dataset, out, fid_image_size=32, fid_epochs=1, fid_batch_size=2)
+        evaluate_image_quality([model], dataset, out, features=tiny_features(tmp_path))
     with pytest.raises(InputError, match="unknown key"):
-        evaluate_image_quality([model], dataset, tmp_path / "other", fid_image_size=32, fid_epochs=1,
+        evaluate_image_quality([model], dataset, tmp_path / "other", features=tiny_features(tmp_path),
                                realism={"crop": 16})
 
 
@@ -122,5 +134,26 @@ def test_generated_region_is_the_region_the_model_draws(dataset: Path) -> None:
 def test_missing_checkpoint_is_one_clear_error(dataset: Path, tmp_path: Path, tiny_overrides: dict) -> None:
     model = trained_model("ours", [CONFIGS / "train.yaml"], tiny_overrides)
     with pytest.raises(InputError, match="no checkpoint for model 'ours'"):
-        evaluate_image_quality([model], dataset, tmp_path / "evaluation", fid_image_size=32, fid_epochs=1)
+        evaluate_image_quality([model], dataset, tmp_path / "evaluation", features=tiny_features(tmp_path))
     assert not (tmp_path / "evaluation" / "image_quality").exists()  # nothing half-written
+
+
+def test_model_names_select_entries_of_models_in_their_order(tmp_path: Path) -> None:
+    models = {"ours": {"configs": ["train.yaml"]}, "pix2pix": {"configs": ["train.yaml", "pix2pix.yaml"]}}
+    run = ImageQuality(models, tmp_path / "datalist.json", tmp_path / "evaluation", model_names=["pix2pix", "ours"])
+    assert list(run.selected_models()) == ["pix2pix", "ours"]
+    assert list(ImageQuality(models, "d.json", "out").selected_models()) == ["ours", "pix2pix"]  # None: all
+    with pytest.raises(InputError, match=r"^model_names: no entry \['mine'\] in models \(entries: ours, pix2pix\)$"):
+        ImageQuality(models, "d.json", "out", model_names=["ours", "mine"]).selected_models()
+    with pytest.raises(InputError, match="named twice"):
+        ImageQuality(models, "d.json", "out", model_names=["ours", "ours"]).selected_models()
+
+
+def test_run_refuses_an_unknown_model_name_with_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = ImageQuality({"ours": {"configs": [str(CONFIGS / "train.yaml")]}}, tmp_path / "datalist.json",
+                       tmp_path / "evaluation", model_names=["mine"])
+    with pytest.raises(SystemExit) as stop:
+        run.run()
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["ERROR: model_names: no entry ['mine'] in models (entries: ours)"]
+    assert not (tmp_path / "evaluation").exists()

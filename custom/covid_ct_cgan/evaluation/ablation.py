@@ -1,4 +1,4 @@
-"""Ablations (paper Table V): ``evaluate.yaml`` run id ``ablation``.
+"""Ablations (paper Table V): ``evaluate.yaml`` run id ``ablation`` (:class:`AblationStudy`).
 
 Each ablation is an overlay on ``train.yaml`` in ``bundle/configs/ablation/``
 (``ours`` is the proposed model itself, trained with the same settings so the
@@ -36,6 +36,7 @@ import copy
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ import torch
 
 from ..errors import InputError, exit_on_input_error
 from ..fileio import staged_directory, write_json, write_text
-from .fid_features import FeatureExtractor, inception_extractor, train_feature_network
+from .fid_features import FIDFeatures
 from .image_quality import csv_text, evaluate_image_quality, load_datalist
 from .models import load_training_config, trained_model
 from .segmentation import run_experiments
@@ -91,116 +92,107 @@ def _dice_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     return found[0] if found else {}
 
 
-@exit_on_input_error
-def run_ablations(
-    output_dir: str | Path,
-    datalist: str | Path,
-    ablations: Sequence[str] = tuple(ABLATIONS),
-    config_dir: str | Path = "bundle/configs",
-    training_overrides: Mapping[str, Any] | None = None,
-    segmentation_config: str | Path = "bundle/configs/segmentation.yaml",
-    segmentation_overrides: Mapping[str, Any] | None = None,
-    ratio: float = 0.5,
-    inception_weights: str | Path = "",
-    fid_network: torch.nn.Module | None = None,
-    fid_image_size: int = 128,
-    fid_epochs: int = 20,
-    fid_batch_size: int = 8,
-    fid_learning_rate: float = 1e-3,
-    fid_cache_dir: str | Path | None = None,
-    seed: int = 0,
-    overwrite: bool = False,
-    train: bool = True,
-    device: str | torch.device = "cpu",
-) -> list[dict[str, Any]]:
-    """Train and score every ablation (see the module docstring).
+@dataclass
+class AblationStudy:
+    """Bundle run id ``ablation`` of ``evaluate.yaml`` (its ``ablation_study`` component): ``$@ablation_study.run()``.
 
     Args:
         output_dir: the evaluation folder; results go to ``<output_dir>/ablation``.
         datalist: the prepared ``datalist.json``.
+        features: the FID features (``evaluate.yaml``'s ``fid``, shared with ``run``); ``None``: the project's
+            feature network with its default settings, cached in ``<output_dir>/fid_features``.
         ablations: names of overlays in ``<config_dir>/ablation/``.
         config_dir: the folder of ``train.yaml`` and ``ablation/``.
         training_overrides: overrides of every ablation's training (``work_dir``, ``image_size``, ``epochs`` ...).
         segmentation_config: the segmentation config (its UNet and statistics).
         segmentation_overrides: overrides of it (``epochs``, ``image_size`` ...).
         ratio: the synthetic fraction of experiment A whose infection Dice is reported (paper: 0.5).
-        inception_weights: a local Inception-v3 weights file for the FID; empty: the project's feature network.
-        fid_network: the project's FID feature network (before training).
-        fid_image_size: its input size.
-        fid_epochs: its training epochs.
-        fid_batch_size: its batch size.
-        fid_learning_rate: its learning rate.
-        fid_cache_dir: its cache; default ``<output_dir>/fid_features``.
         seed: synthesis, segmentation and bootstrap seed.
         overwrite: replace existing ablation results.
         train: train the ablations first (``False``: evaluate existing checkpoints only).
         device: where the networks run.
-
-    Returns:
-        The rows of ``ablation.csv``.
-
-    Raises:
-        SystemExit: status 2 with one ``ERROR:`` line on bad input.
     """
-    from monai.bundle import ConfigParser
 
-    output_dir, datalist, config_dir = Path(output_dir), Path(datalist), Path(config_dir)
-    target = output_dir / FOLDER
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise InputError("already exists and is not empty; pass overwrite=true to replace it", target)
-    unknown = [a for a in ablations if not (config_dir / FOLDER / f"{a}.yaml").is_file()]
-    if unknown:
-        raise InputError(f"no ablation overlay for {unknown} (expected {config_dir / FOLDER}/<name>.yaml)")
-    overrides = dict(training_overrides or {})
-    configs = {a: [str(config_dir / "train.yaml"), str(config_dir / FOLDER / f"{a}.yaml")] for a in ablations}
-    if train:
-        for name in ablations:
-            logger.info(f"==== ablation {name}: training ====")
-            train_ablation(configs[name], overrides)
-    if not datalist.is_file():
-        raise InputError("datalist not found; prepare the data first or set data_dir", datalist)
-    extractor: FeatureExtractor
-    if inception_weights:
-        extractor = inception_extractor(inception_weights, device)
-    else:
+    output_dir: str | Path
+    datalist: str | Path
+    features: FIDFeatures | None = None
+    ablations: Sequence[str] = field(default_factory=lambda: list(ABLATIONS))
+    config_dir: str | Path = "bundle/configs"
+    training_overrides: Mapping[str, Any] | None = None
+    segmentation_config: str | Path = "bundle/configs/segmentation.yaml"
+    segmentation_overrides: Mapping[str, Any] | None = None
+    ratio: float = 0.5
+    seed: int = 0
+    overwrite: bool = False
+    train: bool = True
+    device: str | torch.device = "cpu"
+
+    @exit_on_input_error
+    def run(self) -> list[dict[str, Any]]:
+        """Train and score every ablation (see the module docstring).
+
+        Returns:
+            The rows of ``ablation.csv``.
+
+        Raises:
+            SystemExit: status 2 with one ``ERROR:`` line on bad input.
+        """
+        from monai.bundle import ConfigParser
+
+        output_dir, datalist, config_dir = Path(self.output_dir), Path(self.datalist), Path(self.config_dir)
+        ablations, seed, device, ratio = list(self.ablations), self.seed, self.device, self.ratio
+        target = output_dir / FOLDER
+        if target.is_dir() and any(target.iterdir()) and not self.overwrite:
+            raise InputError("already exists and is not empty; pass overwrite=true to replace it", target)
+        unknown = [a for a in ablations if not (config_dir / FOLDER / f"{a}.yaml").is_file()]
+        if unknown:
+            raise InputError(f"no ablation overlay for {unknown} (expected {config_dir / FOLDER}/<name>.yaml)")
+        overrides = dict(self.training_overrides or {})
+        configs = {a: [str(config_dir / "train.yaml"), str(config_dir / FOLDER / f"{a}.yaml")] for a in ablations}
+        if self.train:
+            for name in ablations:
+                logger.info(f"==== ablation {name}: training ====")
+                train_ablation(configs[name], overrides)
+        if not datalist.is_file():
+            raise InputError("datalist not found; prepare the data first or set data_dir", datalist)
+        features = self.features or FIDFeatures(output_dir / "fid_features", seed=seed, device=device)
         level = float(overrides.get("window_level", -600.0))
         width = float(overrides.get("window_width", 1500.0))
-        extractor = train_feature_network(
-            load_datalist(datalist, "training"), fid_cache_dir or output_dir / "fid_features", fid_network,
-            fid_image_size, fid_epochs, fid_batch_size, fid_learning_rate, seed, level, width, device,
-        )
-    seg_raw = ConfigParser.load_config_files(str(segmentation_config))
-    for key, value in (segmentation_overrides or {}).items():
-        seg_raw[key] = copy.deepcopy(value)
-    rows: list[dict[str, Any]] = []
-    with staged_directory(target, overwrite=overwrite) as stage:
-        for name in ablations:
-            logger.info(f"==== ablation {name}: evaluation ====")
-            model = trained_model(name, configs[name], overrides, device=device)
-            quality = evaluate_image_quality(
-                [model], datalist, stage / name, seed=seed, mean_lung_baseline=False, feature_extractor=extractor,
-                device=device,
-            )
-            seg = run_experiments.__wrapped__(  # type: ignore[attr-defined] - errors reach this entry point
-                stage / name / "segmentation", datalist, experiments=["A"], ratios=[ratio],
-                generator={"configs": configs[name], "overrides": overrides}, seed=seed, device=device, config=seg_raw,
-            )
-            comp, lung, dice = _by_region(quality, "complemented"), _by_region(quality, "lung_only"), _dice_row(seg)
-            rows.append({
-                "ablation": name, "description": ABLATIONS.get(name, name), "fid": comp["fid"], "psnr": comp["psnr"],
-                "ssim": comp["ssim"], "fid_lung": lung["fid"], "psnr_lung": lung["psnr"],
-                "dice_infection": dice.get("mean", math.nan), "dice_fold_low": dice.get("fold_low", math.nan),
-                "dice_fold_high": dice.get("fold_high", math.nan),
-                "dice_fold_half_width": dice.get("fold_half_width", math.nan),
-                "dice_boot_low": dice.get("boot_low", math.nan), "dice_boot_high": dice.get("boot_high", math.nan),
-                "data": comp["data"], "image_size": comp["image_size"], "epochs": comp["epochs"], "seed": comp["seed"],
-                "commit": comp["commit"], "checkpoint": comp["checkpoint"],
-                "segmentation": (f"experiment A, {ratio:.0%} synthetic; UNet {dice.get('image_size', '?')} px, "
-                                 f"{dice.get('epochs', '?')} epochs"),
-            })
-        write_text(csv_text(rows, COLUMNS), stage / "ablation.csv")
-        write_json({"ablations": list(ablations), "training_overrides": {k: str(v) for k, v in overrides.items()},
-                    "segmentation_overrides": {k: str(v) for k, v in (segmentation_overrides or {}).items()},
-                    "ratio": ratio, "feature_net": extractor.description, "seed": seed}, stage / "settings.json")
-    print(f"ablation: {len(rows)} rows in {target / 'ablation.csv'}", flush=True)
-    return rows
+        train_items = [] if features.inception_weights else load_datalist(datalist, "training")
+        extractor = features.extractor(train_items, level, width)
+        seg_raw = ConfigParser.load_config_files(str(self.segmentation_config))
+        for key, value in (self.segmentation_overrides or {}).items():
+            seg_raw[key] = copy.deepcopy(value)
+        rows: list[dict[str, Any]] = []
+        with staged_directory(target, overwrite=self.overwrite) as stage:
+            for name in ablations:
+                logger.info(f"==== ablation {name}: evaluation ====")
+                model = trained_model(name, configs[name], overrides, device=device)
+                quality = evaluate_image_quality(
+                    [model], datalist, stage / name, seed=seed, mean_lung_baseline=False, features=extractor,
+                    device=device,
+                )
+                seg = run_experiments.__wrapped__(  # type: ignore[attr-defined] - errors reach this entry point
+                    stage / name / "segmentation", datalist, experiments=["A"], ratios=[ratio],
+                    generator={"configs": configs[name], "overrides": overrides}, seed=seed, device=device,
+                    config=seg_raw,
+                )
+                comp, lung, dice = _by_region(quality, "complemented"), _by_region(quality, "lung_only"), _dice_row(seg)
+                rows.append({
+                    "ablation": name, "description": ABLATIONS.get(name, name), "fid": comp["fid"],
+                    "psnr": comp["psnr"], "ssim": comp["ssim"], "fid_lung": lung["fid"], "psnr_lung": lung["psnr"],
+                    "dice_infection": dice.get("mean", math.nan), "dice_fold_low": dice.get("fold_low", math.nan),
+                    "dice_fold_high": dice.get("fold_high", math.nan),
+                    "dice_fold_half_width": dice.get("fold_half_width", math.nan),
+                    "dice_boot_low": dice.get("boot_low", math.nan), "dice_boot_high": dice.get("boot_high", math.nan),
+                    "data": comp["data"], "image_size": comp["image_size"], "epochs": comp["epochs"],
+                    "seed": comp["seed"], "commit": comp["commit"], "checkpoint": comp["checkpoint"],
+                    "segmentation": (f"experiment A, {ratio:.0%} synthetic; UNet {dice.get('image_size', '?')} px, "
+                                     f"{dice.get('epochs', '?')} epochs"),
+                })
+            write_text(csv_text(rows, COLUMNS), stage / "ablation.csv")
+            write_json({"ablations": ablations, "training_overrides": {k: str(v) for k, v in overrides.items()},
+                        "segmentation_overrides": {k: str(v) for k, v in (self.segmentation_overrides or {}).items()},
+                        "ratio": ratio, "feature_net": extractor.description, "seed": seed}, stage / "settings.json")
+        print(f"ablation: {len(rows)} rows in {target / 'ablation.csv'}", flush=True)
+        return rows

@@ -22,7 +22,10 @@ of the synthesis split (never on test slices, never on generated ones):
 - training: MONAI ``SupervisedTrainer`` (``StatsHandler``,
   ``CheckpointSaver``), seeded; the weights are cached under
   ``<output_dir>/fid_features/<settings hash>/feature_net.pt`` and reused
-  by every later run with the same settings and training slices.
+  by every later run with the same settings and training slices;
+- in ``evaluate.yaml`` all of this is the ``fid`` component (:class:`FIDFeatures`,
+  e.g. ``--fid#epochs 5``), which trains or loads the network only when a run
+  first needs its features.
 
 With ``inception_weights`` (a ``pt_inception-2015-12-05.pth`` of pytorch-fid
 or a torchvision ``inception_v3`` state dict) the 2048 pool features of
@@ -36,6 +39,7 @@ compare models evaluated in the same run only.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -319,6 +323,80 @@ def inception_extractor(weights: str | Path, device: str | torch.device = "cpu")
         raise InputError(f"the weights do not fit Inception-v3: {str(err).splitlines()[0]}", path) from None
     return FeatureExtractor(net, INCEPTION_SIZE, f"Inception-v3 pool features ({path.name}, {note})", channels=3,
                             device=device)
+
+
+class FIDFeatures:
+    """The FID features of ``evaluate.yaml`` (its ``fid`` component), built on first use.
+
+    The network is not trained (or read from the cache) when the config is parsed, only when a run asks
+    for :meth:`extractor`: the project's feature network (``network_def``) trained on real training slices
+    by :func:`train_feature_network` and cached in ``cache_dir``, or with ``inception_weights`` the
+    Inception-v3 pool features of :func:`inception_extractor`. Each extractor is built once per run.
+
+    Args:
+        cache_dir: folder of cached feature networks (one sub-folder per settings hash).
+        network_def: the feature network before training; default :func:`default_feature_network`.
+        image_size: its square input size.
+        epochs: its training epochs.
+        batch_size: its training batch size.
+        learning_rate: its Adam learning rate.
+        inception_weights: a local Inception-v3 weights file used instead; empty: the project's network.
+        seed: seed of its weights and augmentation.
+        device: where it trains and runs.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        network_def: torch.nn.Module | None = None,
+        image_size: int = 128,
+        epochs: int = 20,
+        batch_size: int = 8,
+        learning_rate: float = 1e-3,
+        inception_weights: str | Path = "",
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.network_def = network_def
+        self.image_size, self.epochs, self.batch_size = image_size, epochs, batch_size
+        self.learning_rate = learning_rate
+        self.inception_weights = inception_weights
+        self.seed = seed
+        self.device = device
+        self._built: dict[tuple[Any, ...], FeatureExtractor] = {}
+
+    def extractor(
+        self, items: Sequence[Mapping[str, Any]], window_level: float = -600.0, window_width: float = 1500.0
+    ) -> FeatureExtractor:
+        """The feature extractor, trained on ``items`` (or read from the cache) on the first call.
+
+        Args:
+            items: datalist items (``image``, ``label``, optional ``scale``) of real training slices
+                (not used with ``inception_weights``).
+            window_level: HU window level of the training slices.
+            window_width: HU window width of the training slices.
+
+        Returns:
+            A :class:`FeatureExtractor`.
+
+        Raises:
+            InputError: no training slices, or unusable ``inception_weights``.
+        """
+        if self.inception_weights:
+            key: tuple[Any, ...] = ("inception",)
+        else:
+            key = (float(window_level), float(window_width), tuple(sorted(str(it["image"]) for it in items)))
+        if key not in self._built:
+            if self.inception_weights:
+                self._built[key] = inception_extractor(self.inception_weights, self.device)
+            else:  # a copy: extractors of other windows keep their own weights
+                network = copy.deepcopy(self.network_def) if self.network_def is not None else None
+                self._built[key] = train_feature_network(
+                    items, self.cache_dir, network, self.image_size, self.epochs, self.batch_size,
+                    self.learning_rate, self.seed, window_level, window_width, self.device,
+                )
+        return self._built[key]
 
 
 def fid(generated: torch.Tensor, real: torch.Tensor) -> float:

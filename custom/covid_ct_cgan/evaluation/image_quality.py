@@ -1,4 +1,4 @@
-"""Image quality of synthesised slices (paper Table II): ``evaluate.yaml`` run id ``run``.
+"""Image quality of synthesised slices (paper Table II): ``evaluate.yaml`` run id ``run`` (:class:`ImageQuality`).
 
 For every model (ours and the baselines, each rebuilt from its training
 config, see :mod:`.models`), every ``test_synthesis`` label map is turned into
@@ -61,7 +61,7 @@ from ..inference import ModelGrid, SynthesisInput, load_input, write_like
 from ..labels import lung_region
 from ..transforms import slice_region
 from . import image_metrics
-from .fid_features import FeatureExtractor, fid, inception_extractor, mask_outside_lung, train_feature_network
+from .fid_features import FeatureExtractor, FIDFeatures, fid, mask_outside_lung
 from .models import TrainedModel, synthesise, trained_model
 from .provenance import data_description, provenance
 from .realism import (
@@ -306,13 +306,7 @@ def evaluate_image_quality(
     batch_size: int = 8,
     amp: bool = False,
     mean_lung_baseline: bool = True,
-    feature_extractor: FeatureExtractor | None = None,
-    fid_network: torch.nn.Module | None = None,
-    fid_image_size: int = 128,
-    fid_epochs: int = 20,
-    fid_batch_size: int = 8,
-    fid_learning_rate: float = 1e-3,
-    fid_cache_dir: str | Path | None = None,
+    features: FIDFeatures | FeatureExtractor | None = None,
     realism: RealismSettings | Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
@@ -329,13 +323,9 @@ def evaluate_image_quality(
         batch_size: synthesis batch size.
         amp: mixed precision for synthesis.
         mean_lung_baseline: add the trivial mean-lung baseline.
-        feature_extractor: FID features to use (e.g. Inception); default: the project's feature network.
-        fid_network: the project's feature network before training (default: a small DenseNet).
-        fid_image_size: its square input size.
-        fid_epochs: its training epochs.
-        fid_batch_size: its batch size.
-        fid_learning_rate: its learning rate.
-        fid_cache_dir: where trained feature networks are cached; default ``<output_dir>/fid_features``.
+        features: the FID features: :class:`~.fid_features.FIDFeatures` (trained on the ``train_key`` slices in
+            the models' HU window when first used) or a ready extractor; default: the project's feature network
+            with its default settings, cached in ``<output_dir>/fid_features``.
         realism: KID, vesselness and two-sample settings (:class:`~.realism.RealismSettings` or its keys).
         device: where networks run (the two-sample classifier always runs on the CPU).
 
@@ -360,11 +350,9 @@ def evaluate_image_quality(
     train_items = load_datalist(datalist, train_key)
     level, width = (models[0].settings["window_level"], models[0].settings["window_width"]) if models else (-600.0, 1500.0)
     slices = real_slices(test_items, level, width)
-    if feature_extractor is None:
-        feature_extractor = train_feature_network(
-            train_items, fid_cache_dir or output_dir / "fid_features", fid_network, fid_image_size, fid_epochs,
-            fid_batch_size, fid_learning_rate, seed, level, width, device,
-        )
+    if features is None:
+        features = FIDFeatures(output_dir / "fid_features", seed=seed, device=device)
+    feature_extractor = features.extractor(train_items, level, width) if isinstance(features, FIDFeatures) else features
     real_features = {
         "complemented": feature_extractor(torch.stack([_grid(s.real, s.label, feature_extractor.image_size)
                                                        for s in slices])),
@@ -447,33 +435,72 @@ def build_models(
     return out
 
 
-@exit_on_input_error
-def run_image_quality(
-    models: Mapping[str, Mapping[str, Any]],
-    datalist: str | Path,
-    output_dir: str | Path,
-    training_overrides: Mapping[str, Any] | None = None,
-    inception_weights: str | Path = "",
-    device: str | torch.device = "cpu",
-    **kwargs: Any,
-) -> list[dict[str, Any]]:
-    """Bundle run id ``run`` of ``evaluate.yaml``: build the models from their training configs and score them.
+@dataclass
+class ImageQuality:
+    """Bundle run id ``run`` of ``evaluate.yaml`` (its ``image_quality`` component): ``$@image_quality.run()``.
 
     Args:
-        models: ``{name: {"configs": [...], "checkpoint": ...}}``, see :func:`build_models`.
+        models: ``{name: {"configs": [train.yaml, overlay ...], "checkpoint": optional}}``, see :func:`build_models`.
         datalist: the prepared ``datalist.json``.
-        output_dir: the evaluation folder.
-        training_overrides: overrides of the training runs (``work_dir``, ``image_size`` ...).
-        inception_weights: a local Inception-v3 weights file for the FID; empty: the project's feature network.
+        output_dir: the evaluation folder; results go to ``<output_dir>/image_quality``.
+        model_names: the entries of ``models`` to score, in this order; ``None``: all of them.
+        features: the FID features (``evaluate.yaml``'s ``fid``); ``None``: the project's defaults.
+        realism: KID, vesselness and two-sample settings (:class:`~.realism.RealismSettings` or its keys).
+        training_overrides: overrides of the models' training configs (``work_dir``, ``image_size`` ...).
+        test_key: the datalist list of test slices.
+        train_key: the datalist list of real training slices (mean lung intensity, FID feature network).
+        overwrite: replace an existing ``image_quality`` folder.
+        seed: synthesis seed.
+        batch_size: synthesis batch size.
+        amp: mixed precision for synthesis.
+        mean_lung_baseline: add the trivial mean-lung baseline.
         device: where networks run.
-        kwargs: the other arguments of :func:`evaluate_image_quality`.
-
-    Returns:
-        The summary rows.
-
-    Raises:
-        SystemExit: status 2 with one ``ERROR:`` line on bad input.
     """
-    built = build_models(models, training_overrides, device)
-    extractor = inception_extractor(inception_weights, device) if inception_weights else None
-    return evaluate_image_quality(built, datalist, output_dir, feature_extractor=extractor, device=device, **kwargs)
+
+    models: Mapping[str, Mapping[str, Any]]
+    datalist: str | Path
+    output_dir: str | Path
+    model_names: Sequence[str] | None = None
+    features: FIDFeatures | FeatureExtractor | None = None
+    realism: RealismSettings | Mapping[str, Any] | None = None
+    training_overrides: Mapping[str, Any] | None = None
+    test_key: str = "test_synthesis"
+    train_key: str = "training"
+    overwrite: bool = False
+    seed: int = 0
+    batch_size: int = 8
+    amp: bool = False
+    mean_lung_baseline: bool = True
+    device: str | torch.device = "cpu"
+
+    def selected_models(self) -> dict[str, Mapping[str, Any]]:
+        """The entries of ``models`` named by ``model_names`` (all of them when it is ``None``).
+
+        Raises:
+            InputError: a name that is not an entry of ``models``, or one named twice.
+        """
+        names = list(self.models) if self.model_names is None else [str(n) for n in self.model_names]
+        unknown = [n for n in names if n not in self.models]
+        if unknown:
+            raise InputError(f"model_names: no entry {unknown} in models (entries: {', '.join(self.models)})")
+        if len(set(names)) != len(names):
+            raise InputError(f"model_names: a model is named twice in {names}")
+        return {name: self.models[name] for name in names}
+
+    @exit_on_input_error
+    def run(self) -> list[dict[str, Any]]:
+        """Build the selected models from their training configs and score them (see the module docstring).
+
+        Returns:
+            The summary rows (``image_quality.csv``).
+
+        Raises:
+            SystemExit: status 2 with one ``ERROR:`` line on bad input.
+        """
+        built = build_models(self.selected_models(), self.training_overrides, self.device)
+        return evaluate_image_quality(
+            built, self.datalist, self.output_dir, test_key=self.test_key, train_key=self.train_key,
+            overwrite=self.overwrite, seed=self.seed, batch_size=self.batch_size, amp=self.amp,
+            mean_lung_baseline=self.mean_lung_baseline, features=self.features, realism=self.realism,
+            device=self.device,
+        )

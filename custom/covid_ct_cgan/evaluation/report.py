@@ -1,4 +1,4 @@
-"""The evaluation report: ``evaluate.yaml`` run id ``report``.
+"""The evaluation report: ``evaluate.yaml`` run id ``report`` (:class:`EvaluationReport`).
 
 Reads what the other run ids wrote and turns it into the paper's tables:
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -395,3 +396,28 @@ def run_report(
         write_text("\n\n".join(sections) + "\n", stage / "report.md")
     print(f"report: {target / 'report.md'}", flush=True)
     return target / "report.md"
+
+
+@dataclass
+class EvaluationReport:
+    """Bundle run id ``report`` of ``evaluate.yaml`` (its ``evaluation_report`` component): ``$@evaluation_report.run()``.
+
+    Args: those of :func:`run_report`.
+    """
+
+    output_dir: str | Path
+    image_quality_dir: str | Path | None = None
+    segmentation_dir: str | Path | None = None
+    ablation_dir: str | Path | None = None
+    overwrite: bool = False
+    grid_rows: int = 4
+    window_level: float = intensity.DEFAULT_WINDOW_LEVEL
+    window_width: float = intensity.DEFAULT_WINDOW_WIDTH
+
+    def run(self) -> Path:
+        """Write the report (:func:`run_report`); the path of ``report.md``.
+
+        Raises:
+            SystemExit: status 2 with one ``ERROR:`` line, as :func:`run_report`.
+        """
+        return run_report(**asdict(self))
