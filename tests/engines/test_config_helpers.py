@@ -25,7 +25,7 @@ SAVE_DICT_KEYS = {
 }
 TRACKING_KEYS = [
     "stage", "image_size", "epochs", "batch_size", "learning_rate", "betas", "lambda_fm", "lambda_l1", "gan_mode",
-    "freeze_global_epochs", "local_d", "local_crop", "lambda_local", "condition", "context_region", "ngf",
+    "freeze_global_epochs", "local_d", "local_crop", "lambda_local", "d_learning_rate", "condition", "context_region", "ngf",
     "n_downsampling", "n_blocks_global", "n_blocks_local", "desum", "ndf", "n_layers_d", "num_d", "dfm", "amp", "seed",
     "data_dir",
 ]
@@ -80,3 +80,16 @@ def test_data_parallel_wraps_on_the_cpu(tmp_path: Path) -> None:
         assert other.find_unused_parameters
     finally:
         dist.destroy_process_group()
+
+
+def test_discriminators_learn_at_d_learning_rate(tmp_path: Path) -> None:
+    """Two time-scale updates: the discriminators' rate is its own key (default: the generator's)."""
+    parser = _parser("lesion_inpainting.yaml", "local", tmp_path)
+    parser.parse(reset=True)
+    assert parser.get_parsed_content("d_optimizer").defaults["lr"] == parser.get_parsed_content("learning_rate") == 0.0002
+    parser = _parser("lesion_inpainting.yaml", "local", tmp_path)
+    parser["d_learning_rate"] = 0.0008
+    d_opt, g_opt = parser.get_parsed_content("d_optimizer"), parser.get_parsed_content("g_optimizer")
+    assert d_opt.defaults["lr"] == 0.0008 and g_opt.defaults["lr"] == 0.0002
+    held = {id(p) for group in d_opt.param_groups for p in group["params"]}  # both discriminators
+    assert {id(p) for p in parser.get_parsed_content("local_discriminator").parameters()} <= held
