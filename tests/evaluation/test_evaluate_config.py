@@ -116,5 +116,5 @@ def test_command_line_model_names_reach_the_component(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
     assert errors == ["ERROR: model_names: no entry ['mine'] in models "
-                      "(entries: ours, pix2pixhd, pix2pix, lesion_inpainting)"]
+                      "(entries: ours, ours_int8, pix2pixhd, pix2pix, lesion_inpainting)"]
     assert not work.exists()

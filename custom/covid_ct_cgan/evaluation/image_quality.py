@@ -29,14 +29,22 @@ same slices) and the classifier two-sample test (held-out accuracy of a CNN
 telling real from generated crops of the region; 0.5 = indistinguishable).
 The model-level values are repeated on both region rows.
 
+A model entry may carry ``precision: int8``: its generator then runs as the ONNX
+Runtime static-int8 copy :func:`~covid_ct_cgan.inference.run_synthesis` makes,
+calibrated on the ``train_key`` label maps of the same datalist (never the test
+slices), and is scored like any other model. The ``precision`` column says what
+each model computed in: ``int8``, ``bf16`` / ``fp16`` (``float`` with ``amp``, CPU /
+CUDA) or ``fp32``; empty for the mean-lung baseline.
+
 Outputs (``<output_dir>/image_quality/``, built under a temporary name and
 moved into place; replaced only with ``overwrite``)::
 
     image_quality.csv     model x region: PSNR, SSIM, RMSE (model scale and HU), FID, KID; vesselness ratio,
-                          two-sample accuracy and its interval (per model); provenance
-    per_image.csv         every slice, model and region (with the slice's vesselness, generated and real)
+                          two-sample accuracy and its interval (per model); provenance; precision
+    per_image.csv         every slice, model and region (with the slice's vesselness, generated and real; precision)
     synthesis/<model>/    run_synthesis output of each model; mean_lung/images/ for the baseline
-    settings.json         data, feature network, mean lung intensity, models and their checkpoints
+    settings.json         data, feature network, mean lung intensity, models, their checkpoints and precision
+                          (int8: the calibration datalist and list)
 """
 
 from __future__ import annotations
@@ -62,7 +70,7 @@ from ..labels import lung_region
 from ..transforms import slice_region
 from . import image_metrics
 from .fid_features import FeatureExtractor, FIDFeatures, fid, mask_outside_lung
-from .models import TrainedModel, synthesise, trained_model
+from .models import TrainedModel, check_precision, synthesise, trained_model
 from .provenance import data_description, provenance
 from .realism import (
     RealismSettings,
@@ -83,10 +91,11 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "model", "region", "images", "psnr", "psnr_sd", "ssim", "ssim_sd", "rmse", "rmse_sd", "rmse_hu", "fid",
     "kid", "kid_sd", "vesselness_ratio", "two_sample_accuracy", "two_sample_low", "two_sample_high",
     "two_sample_folds", "two_sample_crops", "realism_region", "data", "image_size", "epochs", "seed", "commit", "checkpoint", "feature_net",
+    "precision",
 )
 PER_IMAGE_COLUMNS: tuple[str, ...] = (
     "model", "region", "image", "label", "patient", "slice", "z", "generated", "psnr", "ssim", "rmse", "rmse_hu",
-    "vesselness", "vesselness_real",
+    "vesselness", "vesselness_real", "precision",
 )
 
 
@@ -321,7 +330,7 @@ def evaluate_image_quality(
         overwrite: replace an existing ``image_quality`` folder.
         seed: synthesis seed.
         batch_size: synthesis batch size.
-        amp: mixed precision for synthesis.
+        amp: mixed precision for the synthesis of ``float`` models (bf16 autocast on CPU, fp16 on CUDA).
         mean_lung_baseline: add the trivial mean-lung baseline.
         features: the FID features: :class:`~.fid_features.FIDFeatures` (trained on the ``train_key`` slices in
             the models' HU window when first used) or a ready extractor; default: the project's feature network
@@ -370,7 +379,10 @@ def evaluate_image_quality(
         for model in models:
             logger.info(f"image quality: model {model.name}")
             folder = stage / "synthesis" / model.name
-            rows = synthesise(model, datalist, folder, test_key, 1, seed, batch_size, amp)
+            # an int8 model is calibrated on the training label maps of the same datalist, never the test slices
+            rows = synthesise(model, datalist, folder, test_key, 1, seed, batch_size, amp,
+                              calibration_input=datalist, calibration_key=train_key)
+            precision = model.precision_label(amp)
             generated = _generated_slices(rows, folder, slices)
             scores = _Scores()
             for s in slices:
@@ -382,11 +394,14 @@ def evaluate_image_quality(
                              generated_region(s.label, model.settings), vessel)
             prov = provenance(data, model.settings["image_size"], model.epochs, model.seed)
             values = _realism(scores, slices, realism_settings, seed, _region_description(model.settings))
-            summary += _summary_rows(model.name, scores, real_features, feature_extractor, prov, str(model.checkpoint),
-                                     values, realism_settings, seed)
-            per_image += scores.rows
+            summary += [{**row, "precision": precision} for row in _summary_rows(
+                model.name, scores, real_features, feature_extractor, prov, str(model.checkpoint), values,
+                realism_settings, seed)]
+            per_image += [{**row, "precision": precision} for row in scores.rows]
             settings["models"][model.name] = {"checkpoint": str(model.checkpoint), "configs": model.configs,
-                                              "epochs": model.epochs, **model.settings}
+                                              "epochs": model.epochs, "precision": precision, **model.settings}
+            if model.precision == "int8":
+                settings["models"][model.name]["calibration"] = {"datalist": str(datalist), "key": train_key}
         if mean_lung_baseline:
             fill = mean_lung_intensity(train_items, level, width)
             settings["mean_lung_intensity"] = {"model_scale": fill,
@@ -407,9 +422,9 @@ def evaluate_image_quality(
             # the baseline's slices were scored item by item: pair them with the real slices in that order
             order = [s for it in test_items for s in slices if s.image == str(it["image"])]
             values = _realism(scores, order, realism_settings, seed, "lung")
-            summary += _summary_rows(MEAN_LUNG, scores, real_features, feature_extractor, prov, "", values,
-                                     realism_settings, seed)
-            per_image += scores.rows
+            summary += [{**row, "precision": ""} for row in _summary_rows(
+                MEAN_LUNG, scores, real_features, feature_extractor, prov, "", values, realism_settings, seed)]
+            per_image += [{**row, "precision": ""} for row in scores.rows]  # no network
         write_text(csv_text(summary, SUMMARY_COLUMNS), stage / SUMMARY)
         write_text(csv_text(per_image, PER_IMAGE_COLUMNS), stage / PER_IMAGE)
         write_json(settings, stage / "settings.json")
@@ -422,16 +437,28 @@ def build_models(
     training_overrides: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
 ) -> list[TrainedModel]:
-    """``{name: {"configs": [train.yaml, overlay ...], "checkpoint": optional}}`` -> generators to evaluate.
+    """``{name: {"configs": [...], "checkpoint": optional, "precision": optional}}`` -> generators to evaluate.
+
+    Args:
+        models: the entries: the training config files (train.yaml first), the checkpoint (default the
+            training run's last stage) and ``precision`` (``float``, the default, or ``int8``).
+        training_overrides: overrides of the models' training configs.
+        device: where ``float`` generators run (``int8`` ones run on the CPU).
+
+    Returns:
+        The :class:`~.models.TrainedModel` of every entry, in order.
 
     Raises:
-        InputError: an entry without ``configs``, or a config that cannot build its generator.
+        InputError: an entry without ``configs``, a ``precision`` other than ``float`` / ``int8`` (the
+            model named), or a config that cannot build its generator.
     """
     out = []
     for name, entry in models.items():
         if not isinstance(entry, Mapping) or not entry.get("configs"):
             raise InputError(f"model {name!r} needs 'configs': the training config files (train.yaml first)")
-        out.append(trained_model(name, list(entry["configs"]), training_overrides, entry.get("checkpoint") or None, device))
+        precision = check_precision(name, entry.get("precision", "float"))
+        out.append(trained_model(name, list(entry["configs"]), training_overrides, entry.get("checkpoint") or None,
+                                 device, precision))
     return out
 
 
@@ -440,7 +467,8 @@ class ImageQuality:
     """Bundle run id ``run`` of ``evaluate.yaml`` (its ``image_quality`` component): ``$@image_quality.run()``.
 
     Args:
-        models: ``{name: {"configs": [train.yaml, overlay ...], "checkpoint": optional}}``, see :func:`build_models`.
+        models: ``{name: {"configs": [train.yaml, overlay ...], "checkpoint": optional, "precision": optional}}``,
+            see :func:`build_models`.
         datalist: the prepared ``datalist.json``.
         output_dir: the evaluation folder; results go to ``<output_dir>/image_quality``.
         model_names: the entries of ``models`` to score, in this order; ``None``: all of them.
@@ -452,9 +480,9 @@ class ImageQuality:
         overwrite: replace an existing ``image_quality`` folder.
         seed: synthesis seed.
         batch_size: synthesis batch size.
-        amp: mixed precision for synthesis.
+        amp: mixed precision for the synthesis of ``float`` models.
         mean_lung_baseline: add the trivial mean-lung baseline.
-        device: where networks run.
+        device: where networks run (``int8`` models: the CPU).
     """
 
     models: Mapping[str, Mapping[str, Any]]

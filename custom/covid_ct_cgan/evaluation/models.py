@@ -9,7 +9,8 @@ training ``output_dir``'s last stage) are read from that config, and the network
 settings saved with the checkpoint (:mod:`covid_ct_cgan.checkpoint_settings`) take
 precedence over the config's defaults, so an evaluated network is always the
 trained one: an override that contradicts the checkpoint is refused, naming both values. Synthesis goes through the one
-synthesis code path, :func:`covid_ct_cgan.inference.run_synthesis`.
+synthesis code path, :func:`covid_ct_cgan.inference.run_synthesis`, in the model's ``precision``: ``float`` (fp32, or
+bf16/fp16 autocast with ``amp``) or ``int8`` (ONNX Runtime static int8 on the CPU, calibrated on training label maps).
 """
 
 from __future__ import annotations
@@ -35,6 +36,25 @@ _synthesise = getattr(run_synthesis, "__wrapped__", run_synthesis)
 SETTING_KEYS: tuple[str, ...] = (
     "image_size", "condition", "context_region", "context_dilation", "keep_effusion", "window_level", "window_width",
 )
+PRECISIONS: tuple[str, ...] = ("float", "int8")  # as run_synthesis's ``precision``
+
+
+def check_precision(name: str, precision: Any) -> str:
+    """The ``precision`` of model ``name``, checked.
+
+    Args:
+        name: the model's name (named in the error).
+        precision: ``"float"`` or ``"int8"``.
+
+    Returns:
+        ``precision`` as a string.
+
+    Raises:
+        InputError: any other value.
+    """
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise InputError(f"model {name!r}: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 @dataclass
@@ -50,6 +70,8 @@ class TrainedModel:
         epochs: epochs trained per stage, e.g. ``"global 4, local 4, joint 4"``.
         seed: the training seed.
         configs: the training config files.
+        precision: ``float`` (fp32, or autocast with the evaluation's ``amp``) or ``int8`` (ONNX Runtime
+            static int8 on the CPU, calibrated on the evaluation's training label maps).
     """
 
     name: str
@@ -59,6 +81,16 @@ class TrainedModel:
     epochs: str = "?"
     seed: int = 0
     configs: list[str] = field(default_factory=list)
+    precision: str = "float"
+
+    def precision_label(self, amp: bool) -> str:
+        """What the generator computes in when synthesised with ``amp``: ``int8``, ``bf16`` (CPU autocast),
+        ``fp16`` (CUDA autocast) or ``fp32``."""
+        if self.precision == "int8":
+            return "int8"
+        if not amp:
+            return "fp32"
+        return "fp16" if next(self.network.parameters()).device.type == "cuda" else "bf16"
 
 
 def load_training_config(config_files: Sequence[str | Path], overrides: Mapping[str, Any] | None = None) -> dict:
@@ -132,6 +164,7 @@ def trained_model(
     overrides: Mapping[str, Any] | None = None,
     checkpoint: str | Path | None = None,
     device: str | torch.device = "cpu",
+    precision: str = "float",
 ) -> TrainedModel:
     """Build the generator of a training run from its config.
 
@@ -141,17 +174,21 @@ def trained_model(
         overrides: the training run's command-line overrides (``work_dir``, ``image_size`` ...).
         checkpoint: file or stage folder; default the training ``output_dir``'s last stage. The network
             settings saved with it replace the config's (see :func:`_with_checkpoint_settings`).
-        device: where the generator runs.
+        device: where the generator runs (``int8``: always the CPU, where ONNX Runtime runs it).
+        precision: ``float`` or ``int8`` (see :class:`TrainedModel`).
 
     Returns:
         The :class:`TrainedModel` (weights not loaded yet: synthesis loads them strictly).
 
     Raises:
-        InputError: a config file is missing, the config cannot build its generator, or an override
-            contradicts the checkpoint's settings.
+        InputError: a config file is missing, the config cannot build its generator, an override
+            contradicts the checkpoint's settings, or ``precision`` is neither ``float`` nor ``int8``.
     """
     from monai.bundle import ConfigParser
 
+    precision = check_precision(name, precision)
+    if precision == "int8":
+        device = "cpu"  # the int8 copy runs in ONNX Runtime on the CPU; its weights are exported from the CPU net
     raw = load_training_config(config_files, overrides)
 
     def parsed() -> Any:
@@ -180,7 +217,7 @@ def trained_model(
     runs_dir = folder.parent if folder.is_dir() and folder.name == stages[-1] else output_dir  # where the stages are
     return TrainedModel(
         name=name, network=network.to(device), checkpoint=folder, settings=settings,
-        epochs=stage_epochs(runs_dir, stages), seed=seed, configs=[str(c) for c in config_files],
+        epochs=stage_epochs(runs_dir, stages), seed=seed, configs=[str(c) for c in config_files], precision=precision,
     )
 
 
@@ -194,16 +231,33 @@ def synthesise(
     batch_size: int = 8,
     amp: bool = False,
     overwrite: bool = False,
+    calibration_input: str | Path | None = None,
+    calibration_key: str = "training",
 ) -> list[dict[str, Any]]:
     """Generate composited slices with ``model`` for a datalist, through :func:`run_synthesis`.
 
     Variant 0 uses each input's own label map; variants 1.. use augmented lesion maps.
 
+    Args:
+        model: the generator and its settings; synthesised in ``model.precision``.
+        input: the ``datalist.json`` (or folder) to synthesise.
+        output_dir: the synthesis folder.
+        datalist_key: the list of ``input``.
+        num_variants: outputs per input.
+        seed: synthesis seed.
+        batch_size: slices per generator call.
+        amp: autocast for a ``float`` model (ignored for ``int8``).
+        overwrite: replace an existing ``output_dir``.
+        calibration_input: ``int8``: the ``datalist.json`` whose ``calibration_key`` list (training label
+            maps, never test slices) calibrates the int8 copy.
+        calibration_key: ``int8``: that list.
+
     Returns:
         The synthesis manifest rows (``output_dir/manifest.csv``, ``output_dir/datalist.json``).
 
     Raises:
-        InputError: a missing or mismatched checkpoint, or bad inputs.
+        InputError: a missing or mismatched checkpoint, bad inputs, or an ``int8`` model without
+            ``calibration_input``.
     """
     if not Path(model.checkpoint).exists():
         raise InputError(
@@ -211,9 +265,14 @@ def synthesise(
             f"(python -m monai.bundle run training --config_file \"{model.configs}\") or drop it from the models",
             model.checkpoint,
         )
+    if model.precision == "int8" and not calibration_input:
+        raise InputError(f"model {model.name!r} runs in int8 and needs calibration_input: a datalist.json with "
+                         f"training label maps")
     device = next(model.network.parameters()).device
     return _synthesise(
         network=model.network, checkpoint=model.checkpoint, output_dir=output_dir, input=input,
         datalist_key=datalist_key, num_variants=num_variants, seed=seed, augment=num_variants > 1,
-        keep_original=True, overwrite=overwrite, batch_size=batch_size, amp=amp, device=device, **model.settings,
+        keep_original=True, overwrite=overwrite, batch_size=batch_size, amp=amp and model.precision == "float",
+        device=device, precision=model.precision, calibration_input=calibration_input, calibration_key=calibration_key,
+        **model.settings,
     )
