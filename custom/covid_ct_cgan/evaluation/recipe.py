@@ -39,7 +39,7 @@ from ..fileio import staged_directory, write_json, write_text
 from ..figures import pyplot, write_figure
 from ..settings import BundleCommand, run_bundle
 from .provenance import code_version
-from .report import markdown_table
+from .report import as_number as _num, markdown_table
 from .segmentation import read_csv
 from .statistics import mean_score, patient_bootstrap
 
@@ -211,13 +211,6 @@ def paired_difference(base: Sequence[Mapping[str, str]], other: Sequence[Mapping
 
 def _rows(path: Path) -> list[dict[str, str]]:
     return read_csv(path) if path.is_file() else []
-
-
-def _num(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _f(value: float, digits: int = 1) -> str:

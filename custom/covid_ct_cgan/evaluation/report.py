@@ -51,7 +51,8 @@ PAPER_NOTE = (
 )
 
 
-def _f(value: Any) -> float:
+def as_number(value: Any) -> float:
+    """A CSV cell as a float; ``nan`` for an empty or non-numeric cell."""
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -59,19 +60,19 @@ def _f(value: Any) -> float:
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
-    x = _f(value)
+    x = as_number(value)
     return "n/a" if math.isnan(x) else ("inf" if math.isinf(x) else f"{x:.{digits}f}")
 
 
 def _pm(mean: Any, half: Any, digits: int = 2) -> str:
-    m, h = _f(mean), _f(half)
+    m, h = as_number(mean), as_number(half)
     if math.isnan(m):
         return "n/a"
     return f"{m:.{digits}f} ± {h:.{digits}f}" if not math.isnan(h) else f"{m:.{digits}f}"
 
 
 def _interval(low: Any, high: Any, digits: int = 1) -> str:
-    lo, hi = _f(low), _f(high)
+    lo, hi = as_number(low), as_number(high)
     return "n/a" if math.isnan(lo) or math.isnan(hi) else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
@@ -143,7 +144,7 @@ def realism_section(rows: Sequence[Mapping[str, str]]) -> tuple[str, list[dict[s
         table.append([m, c.get("realism_region", ""), _fmt(c.get("fid"), 3), _pm(c.get("kid"), c.get("kid_sd"), 4),
                       _fmt(l.get("fid"), 3), _pm(l.get("kid"), l.get("kid_sd"), 4), _fmt(c.get("vesselness_ratio")),
                       f"{_fmt(acc)} {_interval(c.get('two_sample_low'), c.get('two_sample_high'), 2)}"
-                      if not math.isnan(_f(acc)) else "n/a",
+                      if not math.isnan(as_number(acc)) else "n/a",
                       c.get("two_sample_folds", ""), c.get("two_sample_crops", "")])
         wide.append({"model": m, "realism_region": c.get("realism_region", ""),
                      **{f"{k}_complemented": c.get(k, "") for k in ("fid", "kid", "kid_sd")},
@@ -176,8 +177,8 @@ def segmentation_section(rows: Sequence[Mapping[str, str]], experiment: str) -> 
     mine = [r for r in rows if r["experiment"] == experiment]
     if not mine:
         return f"## {title}\n\nNot run (no rows for experiment {experiment}).", []
-    ratios = sorted({_f(r["ratio"]) for r in mine})
-    get = {(_f(r["ratio"]), r["class"], r["metric"]): r for r in mine}
+    ratios = sorted({as_number(r["ratio"]) for r in mine})
+    get = {(as_number(r["ratio"]), r["class"], r["metric"]): r for r in mine}
     header = ["Ratio"] + [f"{CLASS_TITLES[c]} {METRIC_TITLES[m]} (%)" for c in CLASSES for m in METRIC_TITLES]
     boot_header = ["Ratio"] + [f"{CLASS_TITLES[c]} Dice, patient bootstrap" for c in CLASSES] + ["train real", "train synthetic", "test slices", "patients"]
     table, boot, wide = [], [], []
@@ -228,7 +229,7 @@ def dice_plot(rows: Sequence[Mapping[str, str]], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, experiment, title in zip(axes, ("A", "B"), ("A: real replaced by synthetic", "B: synthetic added")):
         for c in CLASSES:
-            pts = sorted((_f(r["ratio"]) * 100, _f(r["mean"]), _f(r["fold_half_width"])) for r in rows
+            pts = sorted((as_number(r["ratio"]) * 100, as_number(r["mean"]), as_number(r["fold_half_width"])) for r in rows
                          if r["experiment"] == experiment and r["class"] == c and r["metric"] == "dice")
             if pts:
                 x, y, e = zip(*pts)
