@@ -159,13 +159,18 @@ def test_variants_differ_and_are_reproducible(tmp_path: Path, builders, checkpoi
     assert seeds_a == [r["seed"] for r in rows_of(tmp_path / "b")] and len(set(seeds_a)) == 4
 
 
-def test_lesion_context_region_keeps_the_rest_of_the_lung(tmp_path: Path, builders, nifti_2d) -> None:
-    image, label = nifti_2d
+def lesion_inpainting_synthesis(tmp_path: Path, builders, image: Path, label: Path, **kwargs) -> None:
+    """Synthesis into ``tmp_path / "out"`` with a random lesion-inpainting generator (``map+context``, lesion)."""
     ckpt = tmp_path / "ctx.pt"
     torch.save({"generator": builders.make_generator(5).state_dict()}, ckpt)
-    net = builders.make_generator(5)
-    run_synthesis.__wrapped__(net, ckpt, tmp_path / "out", image=image, label=label, image_size=IMAGE_SIZE,
-                              condition="map+context", context_region="lesion", context_dilation=1)
+    run_synthesis.__wrapped__(builders.make_generator(5), ckpt, tmp_path / "out", image=image, label=label,
+                              image_size=IMAGE_SIZE, condition="map+context", context_region="lesion",
+                              context_dilation=1, **kwargs)
+
+
+def test_lesion_context_region_keeps_the_rest_of_the_lung(tmp_path: Path, builders, nifti_2d) -> None:
+    image, label = nifti_2d
+    lesion_inpainting_synthesis(tmp_path, builders, image, label)
     real, fake = read_nifti(image)[0], read_nifti(tmp_path / "out/images/slice_v0.nii.gz")[0]
     lab = read_nifti(label)[0]
     changed = fake != real
@@ -387,12 +392,7 @@ def test_a_preprocessing_chain_without_the_lesion_map_is_refused(tmp_path: Path,
 def test_lesion_inpainting_of_an_augmented_map_redraws_the_own_lesions_too(tmp_path: Path, builders, nifti_2d) -> None:
     """A moved or rotated lesion map must not leave the real lesion in place, unlabelled, in the composite."""
     image, label = nifti_2d
-    ckpt = tmp_path / "ctx.pt"
-    torch.save({"generator": builders.make_generator(5).state_dict()}, ckpt)
-    net = builders.make_generator(5)
-    run_synthesis.__wrapped__(net, ckpt, tmp_path / "out", image=image, label=label, image_size=IMAGE_SIZE,
-                              condition="map+context", context_region="lesion", context_dilation=1,
-                              num_variants=2, seed=3)
+    lesion_inpainting_synthesis(tmp_path, builders, image, label, num_variants=2, seed=3)
     real, lab = read_nifti(image)[0], read_nifti(label)[0]
     fake = read_nifti(tmp_path / "out/images/slice_v1.nii.gz")[0]
     used = read_nifti(tmp_path / "out/labels/slice_v1.nii.gz")[0]

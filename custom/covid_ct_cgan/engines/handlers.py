@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,35 @@ class SampleGridSaver:
         self.written.append(path)
 
 
+def rewrite_epoch_csv(csv_path: Path, epoch: int, values: Mapping[str, str], names: Sequence[str],
+                      restval: str = "") -> list[dict[str, str]]:
+    """Keep one row per epoch in ``csv_path``: drop the rows of ``epoch`` and later (a resumed run trains them
+    again), append ``values`` as ``epoch``'s row, and rewrite the file atomically.
+
+    Args:
+        csv_path: the CSV (``epoch`` and ``names`` columns); created with its folder when missing.
+        epoch: the epoch of the new row.
+        values: the new row's cells, by name.
+        names: the columns after ``epoch``.
+        restval: the cell written where a row has no value for a column.
+
+    Returns:
+        The rows now in the file.
+    """
+    rows: list[dict[str, str]] = []
+    if csv_path.exists():
+        with open(csv_path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
+    rows.append({"epoch": str(epoch), **values})
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(csv_path, overwrite=True) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["epoch", *names], restval=restval)
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
+
+
 class ValidationCurveWriter:
     """After each validation, append the metrics to a CSV and redraw the curve PNG.
 
@@ -166,18 +195,8 @@ class ValidationCurveWriter:
             return
         metrics = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))}
         names = self.metric_names or sorted(metrics)
-        csv_path = self.output_dir / "validation.csv"
-        rows: list[dict[str, str]] = []
-        if csv_path.exists():
-            with open(csv_path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < engine.state.epoch]
-        rows.append({"epoch": str(engine.state.epoch), **{n: f"{metrics.get(n, math.nan):.6f}" for n in names}})
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(csv_path, overwrite=True) as tmp:
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=["epoch", *names])
-                writer.writeheader()
-                writer.writerows(rows)
+        rows = rewrite_epoch_csv(self.output_dir / "validation.csv", engine.state.epoch,
+                                 {n: f"{metrics.get(n, math.nan):.6f}" for n in names}, names)
         self._plot(rows, names)
 
     def _plot(self, rows: list[dict[str, str]], names: list[str]) -> None:
@@ -275,19 +294,9 @@ class EpochMeans:
             self._write(engine.state.epoch, engine.state.metrics)
 
     def _write(self, epoch: int, metrics: dict[str, Any]) -> None:
-        names = ["lr", *self.keys]
-        rows: list[dict[str, str]] = []
-        if self.csv_path.exists():
-            with open(self.csv_path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
         values = {"lr": metrics.get("lr", math.nan), **{k: metrics.get(f"train_{k}", math.nan) for k in self.keys}}
-        rows.append({"epoch": str(epoch), **{n: f"{float(values[n]):.6g}" for n in names}})
-        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.csv_path, overwrite=True) as tmp:
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=["epoch", *names], restval="nan")
-                writer.writeheader()
-                writer.writerows(rows)
+        rewrite_epoch_csv(self.csv_path, epoch, {n: f"{float(v):.6g}" for n, v in values.items()}, list(values),
+                          restval="nan")
 
 
 class DfmWeightSpread:

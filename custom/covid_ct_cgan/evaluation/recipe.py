@@ -19,7 +19,6 @@ Every step's time is kept in ``<work_dir>/recipe_timings.json`` as it finishes.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from ..fileio import staged_directory, write_json, write_text
 from ..figures import pyplot, write_figure
 from ..settings import BundleCommand, run_bundle
 from .provenance import code_version
+from .image_quality import csv_text
 from .report import as_number as _num, markdown_table
 from .segmentation import read_csv
 from .statistics import mean_score, patient_bootstrap
@@ -166,7 +166,7 @@ def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
             timings[name] = time.perf_counter() - start
         write_json(timings, _timings_path(work_dir), overwrite=True)
     logger.info(f"==== recipe step {len(steps) + 1}/{len(steps) + 1}: the report ====")
-    report_dir = write_recipe_report(work_dir, output_dir, inpainting_dir, ratio, seed, overwrite=True,
+    report_dir = write_recipe_report(work_dir, inpainting_dir, ratio, seed, overwrite=True,
                                      configs=files, overrides=overrides)
     print(f"recipe: report in {report_dir / 'report.md'}", flush=True)
     return report_dir
@@ -259,14 +259,13 @@ def _discriminator_figure(stage_dirs: Mapping[str, Path], path: Path) -> Path | 
     return write_figure(fig, path, overwrite=True)
 
 
-def write_recipe_report(work_dir: str | Path, output_dir: str | Path, inpainting_dir: str | Path, ratio: float,
+def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio: float,
                         seed: int = 0, overwrite: bool = False, configs: Sequence[str] = (),
                         overrides: Mapping[str, Any] | None = None) -> Path:
     """``<work_dir>/report``: ``report.md``, ``segmentation.csv``, ``targets.csv``, ``timings.csv`` and figures.
 
     Args:
         work_dir: the recipe's work folder (steps' results inside).
-        output_dir: the map-only generator's training output.
         inpainting_dir: the lesion-inpainting generator's training output.
         ratio: the synthetic fraction of experiments A and B.
         seed: bootstrap seed.
@@ -277,22 +276,21 @@ def write_recipe_report(work_dir: str | Path, output_dir: str | Path, inpainting
     Returns:
         The report folder.
     """
-    work_dir, output_dir, inpainting_dir = Path(work_dir), Path(output_dir), Path(inpainting_dir)
+    work_dir, inpainting_dir = Path(work_dir), Path(inpainting_dir)
     pct = int(round(ratio * 100))
-    seg_map = work_dir / "segmentation" / "results"
-    seg_inp = work_dir / "segmentation_lesion_inpainting" / "results"
-    summary = _rows(seg_map / "summary.csv") + _rows(seg_inp / "summary.csv")
-    slices_map, slices_inp = _rows(seg_map / "slices.csv"), _rows(seg_inp / "slices.csv")
-    runs = [  # (label, generator, run name, summary rows, slice rows)
-        ("real slices only", "-", "real_only", slices_map),
-        (f"A: {pct} % replaced", "map-only", f"A_{pct:02d}", slices_map),
-        (f"B: {pct} % added", "map-only", f"B_{pct:02d}", slices_map),
-        (f"B: {pct} % added", "lesion inpainting", f"B_{pct:02d}", slices_inp),
+    # (summary rows, slice rows) of each segmentation step, read once
+    seg_map, seg_inp = ((_rows(folder / "summary.csv"), _rows(folder / "slices.csv"))
+                        for folder in (work_dir / "segmentation" / "results",
+                                       work_dir / "segmentation_lesion_inpainting" / "results"))
+    runs = [  # (label, generator, run name, that step's results)
+        ("real slices only", "-", "real_only", seg_map),
+        (f"A: {pct} % replaced", "map-only", f"A_{pct:02d}", seg_map),
+        (f"B: {pct} % added", "map-only", f"B_{pct:02d}", seg_map),
+        (f"B: {pct} % added", "lesion inpainting", f"B_{pct:02d}", seg_inp),
     ]
-    summaries = [_rows(seg_map / "summary.csv")] * 3 + [_rows(seg_inp / "summary.csv")]
-    base = [r for r in slices_map if r["run"] == "real_only"]
+    base = [r for r in seg_map[1] if r["run"] == "real_only"]
     seg_rows, table = [], []
-    for (label, generator, run, slices), rows in zip(runs, summaries):
+    for label, generator, run, (rows, slices) in runs:
         these = [r for r in slices if r["run"] == run]
         if not these:
             continue
@@ -418,21 +416,11 @@ def write_recipe_report(work_dir: str | Path, output_dir: str | Path, inpainting
             "",
         ]
         write_text("\n".join(lines), stage / "report.md")
-        _write_csv(stage / "segmentation.csv", seg_rows)
-        _write_csv(stage / "targets.csv", targets)
-        _write_csv(stage / "timings.csv", [{"step": k, "seconds": round(v, 1)} for k, v in timings.items()])
+        for name, rows in (("segmentation", seg_rows), ("targets", targets),
+                           ("timings", [{"step": k, "seconds": round(v, 1)} for k, v in timings.items()])):
+            write_text(csv_text(rows, list(dict.fromkeys(k for r in rows for k in r))), stage / f"{name}.csv")
         grid = work_dir / "evaluation" / "report" / "model_grid.png"
         if grid.is_file():
             shutil.copyfile(grid, stage / "model_grid.png")
         _discriminator_figure(stage_dirs, stage / "discriminator_losses.png")
     return work_dir / "report"
-
-
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    names: list[str] = []
-    for r in rows:
-        names += [k for k in r if k not in names]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=names, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
