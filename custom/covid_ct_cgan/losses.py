@@ -106,6 +106,59 @@ def gan_loss(
     return loss
 
 
+def texture_loss(real_features: Features, fake_features: Features, weights: Features | None = None) -> Tensor:
+    """Texture (style) loss: distance of the Gram matrices of discriminator features, per scale and sample.
+
+    Feature matching compares features position by position, so where the
+    position of a structure cannot be known (the vessels of a lesion drawn into a
+    blanked region) it is minimised by their average: a smooth fill. Gram matrices
+    (Gatys et al. 2015) keep which features occur together and drop where, so they
+    ask for the texture of the real region without asking for its exact layout;
+    the features of a barely trained network carry texture too (Ustyuzhaninov et
+    al. 2017). For every intermediate layer (all but the patch prediction): the
+    ``C x C`` Gram matrix over the (weighted) positions, its mean absolute
+    difference from the real one relative to the real one's mean magnitude
+    (scale-free across layers), averaged over the layers.
+
+    Args:
+        real_features: per scale, the discriminator's features on (map, real); detached here.
+        fake_features: the same on (map, fake).
+        weights: optional region weights shaped like the features: only weighted
+            positions count (a sample without region gets 0).
+
+    Returns:
+        ``(num_scales, B)`` tensor.
+
+    Raises:
+        ValueError: the real and fake feature lists differ in length.
+    """
+    if len(real_features) != len(fake_features):
+        raise ValueError(f"real and fake features have {len(real_features)} and {len(fake_features)} scales")
+    per_scale = []
+    for i, (real, fake) in enumerate(zip(real_features, fake_features)):
+        if len(real) != len(fake):
+            raise ValueError(f"scale {i}: real and fake have {len(real)} and {len(fake)} features")
+        layers = len(fake) - 1
+        total = fake[0].new_zeros((fake[0].shape[0],), dtype=torch.float32)
+        for j in range(layers):
+            f_real, f_fake = real[j].detach().float(), fake[j].float()
+            if weights is None:
+                w = f_fake.new_ones((f_fake.shape[0], 1, *f_fake.shape[2:]))
+            else:
+                w = weights[i][j].float()
+            count = w.sum(dim=(1, 2, 3)).clamp_min(EPS)[:, None, None]
+
+            def gram(f: Tensor) -> Tensor:
+                fw = (f * w).flatten(2)
+                return torch.bmm(fw, f.flatten(2).transpose(1, 2)) / count
+
+            g_real, g_fake = gram(f_real), gram(f_fake)
+            scale = g_real.abs().mean(dim=(1, 2)).clamp_min(EPS)
+            total = total + (g_fake - g_real).abs().mean(dim=(1, 2)) / scale
+        per_scale.append(total / layers)
+    return torch.stack(per_scale)
+
+
 def feature_matching(
     real_features: Features, fake_features: Features, n_layers: int | None = None, weights: Features | None = None
 ) -> Tensor:

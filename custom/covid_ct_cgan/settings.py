@@ -440,7 +440,7 @@ def _check_values(parser: Any, keys: set[str]) -> dict[str, Any]:
         betas = _value(parser, "betas")
         if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas)):
             raise InputError(f"must be two numbers in [0, 1), got {betas!r}", "betas")
-    for key in ("lambda_fm", "lambda_l1", "lambda_local"):
+    for key in ("lambda_fm", "lambda_l1", "lambda_local", "lambda_texture"):
         if key in keys:
             weight = _value(parser, key)
             if not _is_number(weight) or weight < 0:  # NaN passes: the non-finite guard stops such a run

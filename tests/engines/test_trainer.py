@@ -267,6 +267,27 @@ def test_local_discriminator_is_checked() -> None:
         ConditionalGanTrainer("cpu", 1, [], g, d, g_opt, both, local_discriminator=local, local_crop=0)
     with pytest.raises(ValueError, match="lambda_local must be at least 0, got -1"):
         ConditionalGanTrainer("cpu", 1, [], g, d, g_opt, both, local_discriminator=local, lambda_local=-1)
+    with pytest.raises(ValueError, match="lambda_texture must be at least 0, got -1"):
+        ConditionalGanTrainer("cpu", 1, [], g, d, g_opt, both, local_discriminator=local, lambda_texture=-1)
+
+
+def test_texture_term_reaches_the_generator_loss(work_dir: Path) -> None:
+    """With lambda_texture the local D's Gram-matrix term is logged (every iteration and the epoch mean) and is in
+    the generator's loss with its weight; without it the term is not computed."""
+    parser = tiny_parser(work_dir, "local", epochs=1, lambda_texture=3.0, **INPAINTING)
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.lambda_texture == 3.0
+    values = _collect(trainer, ("loss", "g_gan", "g_fm", *LOCAL_KEYS, "g_local_texture"))
+    trainer.run()
+    for i in range(2):
+        assert math.isfinite(values["g_local_texture"][i]) and values["g_local_texture"][i] > 0
+        expected = (values["g_gan"][i] + 10 * values["g_fm"][i] + values["g_local"][i] + 10 * values["g_local_fm"][i]
+                    + 3 * values["g_local_texture"][i])
+        assert values["loss"][i] == pytest.approx(expected, rel=1e-5)
+    assert trainer.state.metrics["train_g_local_texture"] == pytest.approx(sum(values["g_local_texture"]) / 2)
+    plain = tiny_parser(work_dir, "local", epochs=1, **INPAINTING).get_parsed_content("train#trainer")
+    plain.run()
+    assert plain.lambda_texture == 0 and "g_local_texture" not in plain.state.output
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -345,6 +366,7 @@ def test_local_discriminator_settings_are_checked() -> None:
         ({"local_crop": 0}, "local_crop: must be at least 1, got 0"),
         ({"lambda_local": -0.5}, "lambda_local: must be a number of at least 0, got -0.5"),
         ({"local_d": "yes"}, "local_d: must be True or False, got 'yes'"),
+        ({"lambda_texture": -1.0}, "lambda_texture: must be a number of at least 0, got -1.0"),
     ]:
         with pytest.raises(InputError) as err:
             check_training(load_config(command, **override))

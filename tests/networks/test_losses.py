@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from covid_ct_cgan import losses
 from covid_ct_cgan.losses import dfm_loss, dfm_weight_objective, feature_matching, gan_loss, l1_loss, lsgan_loss
 from covid_ct_cgan.networks import DfmWeight, GlobalLocalGenerator, MultiResolutionDiscriminator, in_channels_for
 
@@ -214,3 +215,28 @@ def test_l1_loss():
     weight = torch.zeros(2, 1, 4, 4)
     weight[1, :, :2] = 1
     torch.testing.assert_close(l1_loss(fake, real, weight), torch.tensor(3.0))
+
+
+def test_texture_loss_asks_for_texture_not_layout() -> None:
+    """Gram matrices: zero for the same features and for the same texture moved elsewhere (where feature matching
+    is large), large for a smooth fill of a textured region, and zero where a sample has no region."""
+    torch.manual_seed(0)
+    texture = torch.randn(2, 6, 16, 16)
+    real = [[texture, torch.zeros(2, 1, 16, 16)]]
+    assert torch.equal(losses.texture_loss(real, real), torch.zeros(1, 2))
+    moved = [[torch.roll(texture, (5, 3), dims=(2, 3)), real[0][1]]]
+    assert losses.texture_loss(real, moved).max() < 1e-5
+    assert losses.feature_matching(real, moved, 0).min() > 1.0
+    smooth = [[texture.mean(dim=(2, 3), keepdim=True).expand_as(texture).clone(), real[0][1]]]
+    assert losses.texture_loss(real, smooth).min() > 0.5
+    no_region = [[torch.zeros(2, 1, 16, 16), torch.zeros(2, 1, 16, 16)]]
+    assert torch.equal(losses.texture_loss(real, smooth, no_region), torch.zeros(1, 2))
+    # only the weighted positions count: texture outside the region changes nothing
+    region = torch.zeros(2, 1, 16, 16)
+    region[..., :8, :] = 1
+    outside = texture.clone()
+    outside[..., 8:, :] = 0
+    weights = [[region, region]]
+    assert losses.texture_loss(real, [[outside, real[0][1]]], weights).max() < 1e-6
+    with pytest.raises(ValueError, match="real and fake features have 1 and 2 scales"):
+        losses.texture_loss(real, real + real)

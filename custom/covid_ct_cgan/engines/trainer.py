@@ -30,6 +30,10 @@ discriminator loss and ``g_local`` + ``lambda_fm`` x ``g_local_fm`` (feature
 matching on the local D, real crop through its current state) the generator loss,
 both times ``lambda_local``. One optimizer (``d_optimizer``) holds the parameters
 of both discriminators; a sample without region gets zero weight in the local terms.
+With ``lambda_texture > 0`` the generator's local terms also get ``lambda_texture`` x
+``g_local_texture``: the Gram-matrix distance of the local D's features of the real
+and the fake crop inside the region (:func:`~covid_ct_cgan.losses.texture_loss`),
+which asks for the real region's texture but not its exact layout.
 
 With ``freeze_global_epochs = N`` the global generator G1 gets no update in the
 first N epochs (pix2pixHD's ``niter_fix_global``): its gradients are dropped
@@ -104,6 +108,7 @@ class ConditionalGanTrainer(Trainer):
         local_crop: side of the local discriminator's crops in pixels at this stage's
             resolution (at most the image size: a larger value is cut to it).
         lambda_local: weight of the local discriminator's GAN and feature-matching terms.
+        lambda_texture: weight of the texture (Gram) term on the local discriminator's features (0: none).
         amp: mixed precision (bf16 autocast on CPU, AMP with a grad scaler on CUDA).
         grad_scaler: the loss scaler of the optimizer steps; default: a CUDA ``GradScaler``
             when ``amp`` runs on CUDA, none otherwise.
@@ -120,8 +125,8 @@ class ConditionalGanTrainer(Trainer):
     Raises:
         ValueError: unknown ``gan_mode``, negative ``freeze_global_epochs``,
             ``freeze_global_epochs > 0`` with a generator that has no ``global_net``,
-            ``local_crop < 1``, negative ``lambda_local``, or a local discriminator whose
-            parameters are not in ``d_optimizer``.
+            ``local_crop < 1``, negative ``lambda_local``, negative ``lambda_texture``,
+            or a local discriminator whose parameters are not in ``d_optimizer``.
     """
 
     def __init__(
@@ -146,6 +151,7 @@ class ConditionalGanTrainer(Trainer):
         local_discriminator: torch.nn.Module | None = None,
         local_crop: int = 64,
         lambda_local: float = 1.0,
+        lambda_texture: float = 0.0,
         amp: bool = False,
         grad_scaler: torch.amp.GradScaler | None = None,
         compile: bool = False,
@@ -203,6 +209,9 @@ class ConditionalGanTrainer(Trainer):
             raise ValueError(f"local_crop must be at least 1, got {local_crop}")
         if not self.lambda_local >= 0:
             raise ValueError(f"lambda_local must be at least 0, got {lambda_local}")
+        self.lambda_texture = float(lambda_texture)
+        if not self.lambda_texture >= 0:
+            raise ValueError(f"lambda_texture must be at least 0, got {lambda_texture}")
         if local_discriminator is not None:
             held = {id(p) for group in d_optimizer.param_groups for p in group["params"]}
             if any(id(p) not in held for p in local_discriminator.parameters()):
@@ -405,11 +414,16 @@ class ConditionalGanTrainer(Trainer):
                 g_local_feats = engine._ld_forward(crop(torch.cat([label_map, fake], 1)))
                 g_local = losses.gan_loss(g_local_feats, True, local_weight, engine.gan_mode)
                 g_local_fm = torch.zeros((), device=fake.device)
-                if engine.lambda_fm > 0:
+                g_local_texture = torch.zeros((), device=fake.device)
+                if engine.lambda_fm > 0 or engine.lambda_texture > 0:
                     with torch.no_grad():
                         real_local = engine._ld_forward(crop(torch.cat([label_map, real], 1)))
+                if engine.lambda_fm > 0:
                     g_local_fm = losses.feature_matching(real_local, g_local_feats, engine.n_layers_d, local_weight).mean()
-                g_loss = g_loss + engine.lambda_local * (g_local + engine.lambda_fm * g_local_fm)
+                if engine.lambda_texture > 0:
+                    g_local_texture = losses.texture_loss(real_local, g_local_feats, local_weight).mean()
+                g_loss = g_loss + engine.lambda_local * (
+                    g_local + engine.lambda_fm * g_local_fm + engine.lambda_texture * g_local_texture)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         values = {"loss": g_loss, "d_loss": d_loss, "g_gan": g_gan, "g_fm": g_fm, "g_l1": g_l1,
@@ -418,6 +432,9 @@ class ConditionalGanTrainer(Trainer):
         if local:
             values.update(d_local=d_local, g_local=g_local, g_local_fm=g_local_fm)
             checked += ["d_local", "g_local", "g_local_fm"]
+            if engine.lambda_texture > 0:
+                values["g_local_texture"] = g_local_texture
+                checked.append("g_local_texture")
         # one device-to-host copy an iteration for every logged value (and the learned b per sample)
         scalars, dfm_weights = _to_host(values, dfm_weight if learn else None)
         finite = finite and all(math.isfinite(scalars[k]) for k in checked)
