@@ -106,6 +106,16 @@ def gan_loss(
     return loss
 
 
+def _paired_scales(real_features: Features, fake_features: Features):
+    """``(scale index, real features, fake features)`` per scale, after checking that the two lists pair up."""
+    if len(real_features) != len(fake_features):
+        raise ValueError(f"real and fake features have {len(real_features)} and {len(fake_features)} scales")
+    for i, (real, fake) in enumerate(zip(real_features, fake_features)):
+        if len(real) != len(fake):
+            raise ValueError(f"scale {i}: real and fake have {len(real)} and {len(fake)} features")
+        yield i, real, fake
+
+
 def texture_loss(real_features: Features, fake_features: Features, weights: Features | None = None) -> Tensor:
     """Texture (style) loss: distance of the Gram matrices of discriminator features, per scale and sample.
 
@@ -132,12 +142,8 @@ def texture_loss(real_features: Features, fake_features: Features, weights: Feat
     Raises:
         ValueError: the real and fake feature lists differ in length.
     """
-    if len(real_features) != len(fake_features):
-        raise ValueError(f"real and fake features have {len(real_features)} and {len(fake_features)} scales")
     per_scale = []
-    for i, (real, fake) in enumerate(zip(real_features, fake_features)):
-        if len(real) != len(fake):
-            raise ValueError(f"scale {i}: real and fake have {len(real)} and {len(fake)} features")
+    for i, real, fake in _paired_scales(real_features, fake_features):
         layers = len(fake) - 1
         total = fake[0].new_zeros((fake[0].shape[0],), dtype=torch.float32)
         for j in range(layers):
@@ -182,12 +188,8 @@ def feature_matching(
     Raises:
         ValueError: the real and fake feature lists differ in length.
     """
-    if len(real_features) != len(fake_features):
-        raise ValueError(f"real and fake features have {len(real_features)} and {len(fake_features)} scales")
     per_scale = []
-    for i, (real, fake) in enumerate(zip(real_features, fake_features)):
-        if len(real) != len(fake):
-            raise ValueError(f"scale {i}: real and fake have {len(real)} and {len(fake)} features")
+    for i, real, fake in _paired_scales(real_features, fake_features):
         layers = len(real) - 2 if n_layers is None else n_layers
         feat_weight = 4.0 / (layers + 1)
         total = fake[0].new_zeros((fake[0].shape[0],))
