@@ -106,7 +106,9 @@ def gan_loss(
     return loss
 
 
-def _paired_scales(real_features: Features, fake_features: Features) -> Iterator[tuple[int, Sequence[Tensor], Sequence[Tensor]]]:
+def _paired_scales(
+    real_features: Features, fake_features: Features
+) -> Iterator[tuple[int, Sequence[Tensor], Sequence[Tensor]]]:
     """``(scale index, real features, fake features)`` per scale, after checking that the two lists pair up."""
     if len(real_features) != len(fake_features):
         raise ValueError(f"real and fake features have {len(real_features)} and {len(fake_features)} scales")
