@@ -15,6 +15,7 @@ from covid_ct_cgan.checkpoints import (
     load_latest_checkpoint,
     read_checkpoint,
     state_dict_of,
+    trained_iterations,
 )
 from covid_ct_cgan.errors import InputError
 
@@ -75,3 +76,17 @@ def test_newest_readable_checkpoint_skips_damaged_and_incomplete_ones(tmp_path: 
     assert any(m.startswith(f"{cut}: unreadable checkpoint (") and m.endswith("; trying the previous one") for m in messages)
     assert f"{lacking}: checkpoint lacks trainer; trying the previous one" in messages
     assert load_latest_checkpoint(tmp_path / "absent") is None
+
+
+def test_a_copied_run_resumes_from_its_furthest_checkpoint_whatever_the_file_times(tmp_path: Path) -> None:
+    """``cp -r`` gives every file a new time: an earlier iteration checkpoint may look newest; progress decides."""
+    last, mid = tmp_path / "checkpoint_epoch=30.pt", tmp_path / "checkpoint_iteration=650.pt"
+    torch.save({"generator": {"w": torch.ones(1)}, "trainer": {"iteration": 690}}, last)
+    torch.save({"generator": {"w": torch.zeros(1)}, "trainer": {"iteration": 650}}, mid)
+    os.utime(last, ns=(10**9,) * 2)
+    os.utime(mid, ns=(2 * 10**9,) * 2)  # the earlier checkpoint copied last
+    assert trained_iterations(last) == 690 and trained_iterations(tmp_path / "absent.pt") is None
+    assert checkpoint_candidates(tmp_path) == [last, mid]
+    path, ckpt = load_latest_checkpoint(tmp_path, required=["generator", "trainer"])
+    assert path == last and ckpt["trainer"] == {"iteration": 690}
+

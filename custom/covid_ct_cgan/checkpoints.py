@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "read_checkpoint",
     "read_stage_settings",
     "state_dict_of",
+    "trained_iterations",
 ]
 
 logger = logging.getLogger(__name__)
@@ -140,8 +142,26 @@ def state_dict_of(checkpoint: Mapping[str, Any], keys: Sequence[str], source: st
     )
 
 
+def trained_iterations(path: str | Path) -> int | None:
+    """The training iterations a checkpoint holds (its ``trainer`` entry), or ``None`` when it cannot tell.
+
+    Reads the file memory-mapped, so the weights are not loaded.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(checkpoint["trainer"]["iteration"])
+    except Exception:  # noqa: BLE001 - damaged, foreign or hand-made files: no progress to read
+        return None
+
+
 def checkpoint_candidates(checkpoint_dir: str | Path) -> list[Path]:
-    """Resumable checkpoints of a stage, newest first (by modification time, then name).
+    """Resumable checkpoints of a stage, furthest trained first.
+
+    Ordered by the training iterations each holds, so a run folder copied without its
+    modification times (``cp -r``) still resumes from its last checkpoint, not from an
+    earlier ``checkpoint_iteration=N.pt``; files whose progress cannot be read (damaged,
+    or saved without a ``trainer`` entry) come first, newest first by modification time,
+    so that :func:`load_latest_checkpoint` reports them before falling back.
 
     Args:
         checkpoint_dir: the stage folder.
@@ -153,7 +173,12 @@ def checkpoint_candidates(checkpoint_dir: str | Path) -> list[Path]:
     if not folder.is_dir():
         return []
     found = [p for p in folder.glob("*.pt") if CHECKPOINT_PATTERN.search(p.name)]
-    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+
+    def progress(path: Path) -> tuple[float, int, str]:
+        iterations = trained_iterations(path)
+        return (math.inf if iterations is None else iterations, path.stat().st_mtime_ns, path.name)
+
+    return sorted(found, key=progress, reverse=True)
 
 
 def load_latest_checkpoint(checkpoint_dir: str | Path, required: Sequence[str] = ()) -> tuple[Path, dict] | None:
