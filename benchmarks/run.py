@@ -280,8 +280,9 @@ def run_synthesis(plan: Plan, device: torch.device, probe: dict[str, Any], peak:
                 "compiled_amp": (True, True, True), "compiled_fp32": (False, True, True)}
     if device.type == "cuda":
         del variants["fp32_default"]  # no micro-batches on CUDA: the same as fp32_eager
-    else:  # ONNX Runtime (CPU execution provider): the exported fp32 generator and its static int8 quantization
-        variants.update({name: (False, False, False) for name in ONNX_VARIANTS})
+    else:  # ONNX Runtime (CPU execution provider): the exported fp32 generator and its static int8 quantization;
+        # PT2E int8 compiled by inductor (precision: int8)
+        variants.update({name: (False, False, False) for name in ENGINE_VARIANTS})
     amp_pays = probe["amp_pays"]
     for size, batch, ngf in plan.synthesis:
         print(f"  synthesis image_size {size} batch {batch} ngf {ngf}", flush=True)
@@ -297,10 +298,10 @@ def run_synthesis(plan: Plan, device: torch.device, probe: dict[str, Any], peak:
             network = synthesis_network(device, size, ngf)
             conds = synthesis_conditions(data_dir, size, batch)
             runners = {name: GeneratorRunner(network, device, amp, comp, batch, CPU_PIXELS_PER_CALL if micro else None)
-                       for name, (amp, comp, micro) in variants.items() if name not in ONNX_VARIANTS}
+                       for name, (amp, comp, micro) in variants.items() if name not in ENGINE_VARIANTS}
             prepared: dict[str, float] = {}
             if device.type == "cpu":
-                runners.update(onnx_runners(network, device, size, batch, data_dir, prepared))
+                runners.update(engine_runners(network, device, size, batch, data_dir, prepared))
             calls = {name: (lambda r=r: r(conds)) for name, r in runners.items()}
             fp32 = ["fp32_eager"] + [n for n, (amp, _, _) in variants.items() if not amp and n != "fp32_eager"]
             amp = [n for n, (a, _, _) in variants.items() if a]
@@ -328,16 +329,18 @@ def run_synthesis(plan: Plan, device: torch.device, probe: dict[str, Any], peak:
         _guarded(row, rows, report, work)
 
 
-ONNX_VARIANTS = ("onnxruntime_fp32", "int8_onnxruntime")
+ENGINE_VARIANTS = ("onnxruntime_fp32", "int8_onnxruntime", "int8_inductor")  # prepared before the runner
 CALIBRATION_SLICES = 16
 
 
-def onnx_runners(network: torch.nn.Module, device: torch.device, size: int, batch: int, data_dir: Path,
-                 prepared: dict[str, float]) -> dict[str, Any]:
-    """The ONNX Runtime variants: the generator exported to ONNX (fp32) and quantized to static int8
-    (calibrated on the phantom's training label maps), each in a :class:`GeneratorRunner`; the seconds each
-    took to prepare go to ``prepared``."""
+def engine_runners(network: torch.nn.Module, device: torch.device, size: int, batch: int, data_dir: Path,
+                   prepared: dict[str, float]) -> dict[str, Any]:
+    """The variants that run outside PyTorch's eager runner: the generator exported to ONNX (fp32, ONNX Runtime),
+    its ONNX Runtime static int8 quantization, and the PT2E int8 copy compiled by inductor (both calibrated on
+    the phantom's training label maps), each in a :class:`GeneratorRunner`; the seconds each took to prepare
+    (export, calibration, compilation) go to ``prepared``."""
     from covid_ct_cgan.inference.export import OnnxGenerator, calibration_conditions, export_onnx, quantize_int8
+    from covid_ct_cgan.inference.int8 import InductorInt8Generator
     from covid_ct_cgan.inference.synthesis import GeneratorRunner
 
     folder = Path(tempfile.mkdtemp(prefix="onnx_", dir=data_dir.parent))
@@ -346,10 +349,14 @@ def onnx_runners(network: torch.nn.Module, device: torch.device, size: int, batc
     prepared["onnxruntime_fp32"] = round(time.perf_counter() - start, 2)
     start = time.perf_counter()
     calibration = calibration_conditions(data_dir / "datalist.json", size, max_slices=CALIBRATION_SLICES)
+    calibrated = time.perf_counter() - start
     int8 = quantize_int8(fp32, folder / "generator_int8.onnx", calibration)
     prepared["int8_onnxruntime"] = round(prepared["onnxruntime_fp32"] + time.perf_counter() - start, 2)
-    return {name: GeneratorRunner(network, device, batch_size=batch, engine=OnnxGenerator(path))
-            for name, path in (("onnxruntime_fp32", fp32), ("int8_onnxruntime", int8))}
+    start = time.perf_counter()
+    engines: dict[str, Any] = {"onnxruntime_fp32": OnnxGenerator(fp32), "int8_onnxruntime": OnnxGenerator(int8),
+                               "int8_inductor": InductorInt8Generator(network, size, calibration, batch)}
+    prepared["int8_inductor"] = round(calibrated + time.perf_counter() - start, 2)
+    return {name: GeneratorRunner(network, device, batch_size=batch, engine=engine) for name, engine in engines.items()}
 
 
 def _workload(spec: dict[str, Any], device: torch.device, data_dir: Path) -> Callable[[], Any]:

@@ -352,7 +352,12 @@ def test_benchmark_targets_and_markdown(bench) -> None:
     assert "| joint | 512 (512) | 64 | compiled | 1.00 | 2.50x (2.50-2.50) |" in text
     assert "compiled_fp32 (fast path)" in text and "## Targets" in text and "| no |" in text
     data["synthesis"][0]["results"]["int8_onnxruntime"] = {**res(1.3, 1.0, psnr=38.0), "prepare_s": 12.4}
-    assert "| int8_onnxruntime (export + int8 calibration 12 s) |" in bench.report.markdown(data)
+    data["synthesis"][0]["results"]["int8_inductor"] = {**res(5.0, 1.0, psnr=37.0), "prepare_s": 40.2}
+    table = bench.report.markdown(data)
+    assert "| int8_onnxruntime (export + int8 calibration 12 s) |" in table
+    assert "| int8_inductor (export + int8 calibration + compile 40 s) |" in table
+    int8_target = {t["target"]: t for t in bench.report.targets(data)}["synthesis 512, batch 1: int8 >= 10x fp32 eager"]
+    assert int8_target["met"] is False and int8_target["measured"].startswith("int8_inductor 5.00x")
 
 
 def test_benchmark_compute_ceiling(bench) -> None:

@@ -27,7 +27,7 @@ TRAIN = str(CONFIGS / "train.yaml")
 # PSNR (dB, over the lung, model scale [-1, 1]) of the int8 composite against the float one. Measured on this tiny
 # dataset with random tiny generators (torch seeds 0, 1, 2): 38.0-42.4 dB over the lung (43.9-48.2 dB over the whole
 # slice), max pixel difference 0.05-0.08 (about 40-60 HU). 30 dB (RMSE 0.063, about 47 HU) keeps an 8 dB margin for
-# other CPUs' ONNX Runtime kernels while still failing a broken quantization (wrong scale or zero point: < 20 dB).
+# other CPUs' int8 kernels (inductor's oneDNN, ONNX Runtime) while still failing a broken quantization (wrong scale or zero point: < 20 dB).
 MIN_LUNG_PSNR_DB = 30.0
 
 
@@ -109,9 +109,9 @@ def test_a_bad_precision_is_one_error_line_naming_the_model(
         run.run()
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "ERROR: model 'fast': precision must be one of float, int8, got 'fp8'"]
+        "ERROR: model 'fast': precision must be one of float, int8, int8_onnxruntime, got 'fp8'"]
     assert not (tmp_path / "evaluation").exists()
-    with pytest.raises(InputError, match=r"^model 'x': precision must be one of float, int8, got 8$"):
+    with pytest.raises(InputError, match=r"^model 'x': precision must be one of float, int8, int8_onnxruntime, got 8$"):
         trained_model("x", [TRAIN], tiny_overrides, precision=8)  # type: ignore[arg-type]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import types
 from pathlib import Path
 
@@ -20,6 +21,7 @@ torch.set_num_threads(1)
 LPS_AFFINE = np.diag([-0.7, -0.7, 2.5, 1.0])
 NET_SETTINGS = dict(ngf=8, n_downsampling=1, n_blocks_global=1, n_blocks_local=1)  # image_size multiple of 4
 IMAGE_SIZE = 32
+INT8_PSNR_DB = 35.0  # int8 against fp32 over [-1, 1]: an RMS error of at most 0.036 (test_export.py, test_int8.py)
 
 
 def tiny_slice(nx: int = 40, ny: int = 36, seed: int = 0, lesions: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -79,3 +81,32 @@ def builders() -> types.SimpleNamespace:
         tiny_slice=tiny_slice, tiny_volume=tiny_volume, save_nifti=save_nifti, save_picture=save_picture,
         to_8bit=to_8bit, write_dicom_series=write_dicom_series, make_generator=make_generator,
     )
+
+
+def random_conditions(batch: int, seed: int = 0, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """``(batch, 4, size, size)`` one-hot maps of random labels."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (batch, size, size), generator=gen)
+    return torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).float()
+
+
+def eager(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``network`` in eval and inference mode on ``x``."""
+    with torch.inference_mode():
+        return network.eval()(x)
+
+
+def tiny_datalist(tmp_path: Path, builders: types.SimpleNamespace) -> Path:
+    """``<tmp_path>/data/datalist.json``: three training slices (int8 calibration) and one test slice ``t``."""
+    entries = []
+    for k in range(3):
+        hu, label = builders.tiny_slice(seed=k)
+        image = builders.save_nifti(hu, tmp_path / "data" / f"s{k}.nii.gz")
+        lab = builders.save_nifti(label, tmp_path / "data" / f"s{k}_label.nii.gz")
+        entries.append({"image": str(image), "label": str(lab)})
+    hu, label = builders.tiny_slice(seed=5)
+    test = {"image": str(builders.save_nifti(hu, tmp_path / "data" / "t.nii.gz")),
+            "label": str(builders.save_nifti(label, tmp_path / "data" / "t_label.nii.gz"))}
+    path = tmp_path / "data" / "datalist.json"
+    path.write_text(json.dumps({"training": entries, "test_synthesis": [test]}))
+    return path

@@ -31,22 +31,10 @@ from covid_ct_cgan.errors import InputError
 from covid_ct_cgan.inference import export, run_synthesis
 from covid_ct_cgan.inference.export import OnnxGenerator, calibration_conditions, export_onnx, psnr, quantize_int8
 
-from conftest import IMAGE_SIZE, NET_SETTINGS, make_generator
+from conftest import IMAGE_SIZE, INT8_PSNR_DB, NET_SETTINGS, eager, make_generator, random_conditions, tiny_datalist
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ORT_ATOL = 1e-4
-INT8_PSNR_DB = 35.0
-
-
-def _conditions(batch: int, seed: int = 0, size: int = IMAGE_SIZE) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 4, (batch, size, size), generator=gen)
-    return torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).float()
-
-
-def _eager(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return network.eval()(x)
 
 
 def test_monai_bundle_onnx_export_matches_eager(tmp_path: Path, checkpoint_dir: Path) -> None:
@@ -61,9 +49,9 @@ def test_monai_bundle_onnx_export_matches_eager(tmp_path: Path, checkpoint_dir: 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    x = _conditions(1)
+    x = random_conditions(1)
     got = OnnxGenerator(out, threads=1)(x)
-    expected = _eager(make_generator(), x)
+    expected = eager(make_generator(), x)
     assert got.shape == expected.shape == (1, 1, IMAGE_SIZE, IMAGE_SIZE)
     assert float((got - expected).abs().max()) <= ORT_ATOL
 
@@ -76,17 +64,17 @@ def fp32_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_export_onnx_runs_any_batch_like_eager(fp32_onnx: Path) -> None:
     network, runtime = make_generator(), OnnxGenerator(fp32_onnx, threads=1)
     for batch in (1, 3):
-        x = _conditions(batch, seed=batch)
-        got, expected = runtime(x), _eager(network, x)
+        x = random_conditions(batch, seed=batch)
+        got, expected = runtime(x), eager(network, x)
         assert got.dtype == torch.float32 and got.shape == expected.shape
         assert float((got - expected).abs().max()) <= ORT_ATOL
 
 
 def test_int8_model_within_its_tolerance_of_fp32(fp32_onnx: Path, tmp_path: Path) -> None:
-    int8_path = quantize_int8(fp32_onnx, tmp_path / "g8.onnx", list(_conditions(8, seed=10)))
+    int8_path = quantize_int8(fp32_onnx, tmp_path / "g8.onnx", list(random_conditions(8, seed=10)))
     assert int8_path.stat().st_size < fp32_onnx.stat().st_size  # int8 weights
-    x = _conditions(4, seed=11)  # not the calibration maps
-    got, expected = OnnxGenerator(int8_path, threads=1)(x), _eager(make_generator(), x)
+    x = random_conditions(4, seed=11)  # not the calibration maps
+    got, expected = OnnxGenerator(int8_path, threads=1)(x), eager(make_generator(), x)
     quality = psnr(got, expected)
     assert INT8_PSNR_DB <= quality < float("inf")  # close, but really quantized
     assert float(got.abs().max()) <= 1.0 + 1e-6  # tanh output stays in range
@@ -104,23 +92,8 @@ def test_unreadable_onnx_file_is_one_clear_error(tmp_path: Path) -> None:
         OnnxGenerator(bad)
 
 
-def _datalist(tmp_path: Path, builders) -> Path:
-    entries = []
-    for k in range(3):
-        hu, label = builders.tiny_slice(seed=k)
-        image = builders.save_nifti(hu, tmp_path / "data" / f"s{k}.nii.gz")
-        lab = builders.save_nifti(label, tmp_path / "data" / f"s{k}_label.nii.gz")
-        entries.append({"image": str(image), "label": str(lab)})
-    hu, label = builders.tiny_slice(seed=5)
-    test = {"image": str(builders.save_nifti(hu, tmp_path / "data" / "t.nii.gz")),
-            "label": str(builders.save_nifti(label, tmp_path / "data" / "t_label.nii.gz"))}
-    path = tmp_path / "data" / "datalist.json"
-    path.write_text(json.dumps({"training": entries, "test_synthesis": [test]}))
-    return path
-
-
 def test_calibration_conditions_are_synthesis_inputs(tmp_path: Path, builders) -> None:
-    datalist = _datalist(tmp_path, builders)
+    datalist = tiny_datalist(tmp_path, builders)
     conds = calibration_conditions(datalist, IMAGE_SIZE, max_slices=2)
     assert len(conds) == 2
     for c in conds:
@@ -132,10 +105,10 @@ def test_calibration_conditions_are_synthesis_inputs(tmp_path: Path, builders) -
 
 
 def test_run_synthesis_int8_end_to_end(tmp_path: Path, builders, checkpoint_dir: Path) -> None:
-    datalist = _datalist(tmp_path, builders)
+    datalist = tiny_datalist(tmp_path, builders)
     common = dict(checkpoint=checkpoint_dir / "joint", input=datalist, image_size=IMAGE_SIZE, batch_size=2)
     run_synthesis.__wrapped__(make_generator(), output_dir=tmp_path / "fp32", **common)
-    run_synthesis.__wrapped__(make_generator(), output_dir=tmp_path / "int8", precision="int8",
+    run_synthesis.__wrapped__(make_generator(), output_dir=tmp_path / "int8", precision="int8_onnxruntime",
                               calibration_input=datalist, **common)
     import nibabel as nib
 
@@ -148,11 +121,11 @@ def test_run_synthesis_int8_end_to_end(tmp_path: Path, builders, checkpoint_dir:
     mse = float(np.mean(((int8[inside] - fp32[inside]) / 750.0) ** 2))  # HU -> model units
     assert 0 < mse and 10 * np.log10(4 / mse) >= INT8_PSNR_DB
     settings = json.loads((tmp_path / "int8/settings.json").read_text())
-    assert settings["precision"] == "int8" and settings["compiled"] is False
+    assert settings["precision"] == "int8_onnxruntime" and settings["compiled"] is False
 
 
 def test_run_synthesis_int8_refuses_missing_calibration(tmp_path: Path, builders, checkpoint_dir: Path) -> None:
-    datalist = _datalist(tmp_path, builders)
+    datalist = tiny_datalist(tmp_path, builders)
     with pytest.raises(InputError, match="calibration_input"):
         run_synthesis.__wrapped__(make_generator(), checkpoint_dir / "joint", tmp_path / "out", input=datalist,
                                   image_size=IMAGE_SIZE, precision="int8")

@@ -400,7 +400,7 @@ def evaluate_image_quality(
             per_image += [{**row, "precision": precision} for row in scores.rows]
             settings["models"][model.name] = {"checkpoint": str(model.checkpoint), "configs": model.configs,
                                               "epochs": model.epochs, "precision": precision, **model.settings}
-            if model.precision == "int8":
+            if model.precision != "float":
                 settings["models"][model.name]["calibration"] = {"datalist": str(datalist), "key": train_key}
         if mean_lung_baseline:
             fill = mean_lung_intensity(train_items, level, width)

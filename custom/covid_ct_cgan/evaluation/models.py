@@ -10,7 +10,8 @@ settings saved with the checkpoint (:mod:`covid_ct_cgan.checkpoint_settings`) ta
 precedence over the config's defaults, so an evaluated network is always the
 trained one: an override that contradicts the checkpoint is refused, naming both values. Synthesis goes through the one
 synthesis code path, :func:`covid_ct_cgan.inference.run_synthesis`, in the model's ``precision``: ``float`` (fp32, or
-bf16/fp16 autocast with ``amp``) or ``int8`` (ONNX Runtime static int8 on the CPU, calibrated on training label maps).
+bf16/fp16 autocast with ``amp``), ``int8`` (PT2E int8 compiled by inductor) or ``int8_onnxruntime`` (ONNX Runtime
+static int8), both on the CPU and calibrated on training label maps.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from ..checkpoint_settings import CLASS_KEYS, saved_network_settings
 from ..errors import InputError
 from ..inference import run_synthesis
+from ..inference.synthesis import INT8_PRECISIONS, PRECISIONS
 from .provenance import stage_epochs
 
 # run_synthesis exits the process on bad input (it is a bundle entry point); inside the evaluation the
@@ -36,7 +38,6 @@ _synthesise = getattr(run_synthesis, "__wrapped__", run_synthesis)
 SETTING_KEYS: tuple[str, ...] = (
     "image_size", "condition", "context_region", "context_dilation", "keep_effusion", "window_level", "window_width",
 )
-PRECISIONS: tuple[str, ...] = ("float", "int8")  # as run_synthesis's ``precision``
 
 
 def check_precision(name: str, precision: Any) -> str:
@@ -44,7 +45,7 @@ def check_precision(name: str, precision: Any) -> str:
 
     Args:
         name: the model's name (named in the error).
-        precision: ``"float"`` or ``"int8"``.
+        precision: ``"float"``, ``"int8"`` or ``"int8_onnxruntime"``.
 
     Returns:
         ``precision`` as a string.
@@ -70,8 +71,9 @@ class TrainedModel:
         epochs: epochs trained per stage, e.g. ``"global 4, local 4, joint 4"``.
         seed: the training seed.
         configs: the training config files.
-        precision: ``float`` (fp32, or autocast with the evaluation's ``amp``) or ``int8`` (ONNX Runtime
-            static int8 on the CPU, calibrated on the evaluation's training label maps).
+        precision: ``float`` (fp32, or autocast with the evaluation's ``amp``), ``int8`` (PT2E int8 compiled
+            by inductor) or ``int8_onnxruntime`` (ONNX Runtime static int8); int8 runs on the CPU, calibrated
+            on the evaluation's training label maps.
     """
 
     name: str
@@ -84,10 +86,10 @@ class TrainedModel:
     precision: str = "float"
 
     def precision_label(self, amp: bool) -> str:
-        """What the generator computes in when synthesised with ``amp``: ``int8``, ``bf16`` (CPU autocast),
-        ``fp16`` (CUDA autocast) or ``fp32``."""
-        if self.precision == "int8":
-            return "int8"
+        """What the generator computes in when synthesised with ``amp``: ``int8``, ``int8_onnxruntime``,
+        ``bf16`` (CPU autocast), ``fp16`` (CUDA autocast) or ``fp32``."""
+        if self.precision in INT8_PRECISIONS:
+            return self.precision
         if not amp:
             return "fp32"
         return "fp16" if next(self.network.parameters()).device.type == "cuda" else "bf16"
@@ -174,21 +176,21 @@ def trained_model(
         overrides: the training run's command-line overrides (``work_dir``, ``image_size`` ...).
         checkpoint: file or stage folder; default the training ``output_dir``'s last stage. The network
             settings saved with it replace the config's (see :func:`_with_checkpoint_settings`).
-        device: where the generator runs (``int8``: always the CPU, where ONNX Runtime runs it).
-        precision: ``float`` or ``int8`` (see :class:`TrainedModel`).
+        device: where the generator runs (int8: always the CPU).
+        precision: ``float``, ``int8`` or ``int8_onnxruntime`` (see :class:`TrainedModel`).
 
     Returns:
         The :class:`TrainedModel` (weights not loaded yet: synthesis loads them strictly).
 
     Raises:
         InputError: a config file is missing, the config cannot build its generator, an override
-            contradicts the checkpoint's settings, or ``precision`` is neither ``float`` nor ``int8``.
+            contradicts the checkpoint's settings, or ``precision`` is not one of :data:`PRECISIONS`.
     """
     from monai.bundle import ConfigParser
 
     precision = check_precision(name, precision)
-    if precision == "int8":
-        device = "cpu"  # the int8 copy runs in ONNX Runtime on the CPU; its weights are exported from the CPU net
+    if precision in INT8_PRECISIONS:
+        device = "cpu"  # the int8 copy runs on the CPU; it is quantized from the CPU net
     raw = load_training_config(config_files, overrides)
 
     def parsed() -> Any:
@@ -246,7 +248,7 @@ def synthesise(
         num_variants: outputs per input.
         seed: synthesis seed.
         batch_size: slices per generator call.
-        amp: autocast for a ``float`` model (ignored for ``int8``).
+        amp: autocast for a ``float`` model (ignored for int8).
         overwrite: replace an existing ``output_dir``.
         calibration_input: ``int8``: the ``datalist.json`` whose ``calibration_key`` list (training label
             maps, never test slices) calibrates the int8 copy.
@@ -265,8 +267,8 @@ def synthesise(
             f"(python -m monai.bundle run training --config_file \"{model.configs}\") or drop it from the models",
             model.checkpoint,
         )
-    if model.precision == "int8" and not calibration_input:
-        raise InputError(f"model {model.name!r} runs in int8 and needs calibration_input: a datalist.json with "
+    if model.precision in INT8_PRECISIONS and not calibration_input:
+        raise InputError(f"model {model.name!r} runs in {model.precision} and needs calibration_input: a datalist.json with "
                          f"training label maps")
     device = next(model.network.parameters()).device
     return _synthesise(

@@ -11,8 +11,9 @@ For every input pair (:mod:`.inputs`) and every variant ``k < num_variants``:
    its condition (:func:`covid_ct_cgan.transforms.make_condition`) and runs
    through the generator in batches (``torch.inference_mode``, bf16 autocast on
    CPU / fp16 AMP on CUDA with ``amp``, ``torch.compile`` with ``compile``, or,
-   with ``precision: int8``, an int8 ONNX Runtime copy calibrated on training
-   label maps, :mod:`.export`; ``compile: auto`` and the CPU slicing by a cached
+   with ``precision: int8``, a PT2E int8 copy compiled by inductor (:mod:`.int8`),
+   or with ``int8_onnxruntime`` an ONNX Runtime static int8 copy (:mod:`.export`),
+   both calibrated on training label maps; ``compile: auto`` and the CPU slicing by a cached
    probe, :mod:`.tuning`);
 3. the generated slice is cropped and resized back (bilinear) to the slice's
    own size and composited at the original resolution,
@@ -80,7 +81,10 @@ NETWORK_SETTINGS_HINT = (
 )
 COMPILE_BACKEND = "inductor"  # torch.compile backend of ``compile: true`` (tests use a faster one)
 CPU_PIXELS_PER_CALL = 2**17  # eager CPU slices: 2 samples at 256 px, 1 at 512 (fastest a slice on the development CPU)
-PRECISIONS = ("float", "int8")  # float: fp32, or bf16/fp16 autocast with ``amp``; int8: ONNX Runtime static int8
+# float: fp32, or bf16/fp16 autocast with ``amp``; int8: PT2E int8 compiled by inductor (.int8);
+# int8_onnxruntime: ONNX Runtime static int8 (.export). Both int8 kinds run on the CPU, calibrated on training maps.
+PRECISIONS = ("float", "int8", "int8_onnxruntime")
+INT8_PRECISIONS = ("int8", "int8_onnxruntime")
 MAX_LISTED_KEYS = 6
 
 
@@ -398,22 +402,28 @@ def make_runner(
     cpu_pixels_per_call: int | str | None, precision: str, slices: int, settings: SynthesisSettings,
     calibration_input: str | Path | None, calibration_key: str, keep_effusion: bool,
 ) -> GeneratorRunner:
-    """The runner of a run: int8 in ONNX Runtime, or PyTorch with ``auto`` settings resolved by :mod:`.tuning`."""
-    if precision == "int8":
+    """The runner of a run: int8 (inductor or ONNX Runtime), or PyTorch with ``auto`` settings resolved by :mod:`.tuning`."""
+    if precision in INT8_PRECISIONS:
         from .export import calibration_conditions, int8_generator
 
         if device.type != "cpu":
-            raise InputError(f"precision int8 runs on the CPU (ONNX Runtime); got device {device}")
+            raise InputError(f"precision {precision} runs on the CPU; got device {device}")
         if not calibration_input:
-            raise InputError("precision int8 needs calibration_input: a prepared datalist.json with training label maps")
+            raise InputError(f"precision {precision} needs calibration_input: a prepared datalist.json with training label maps")
         if compile is True:
-            logger.warning("precision int8: compile does not apply (ONNX Runtime runs the int8 model)")
+            logger.warning(f"precision {precision}: compile does not apply (the int8 model has its own compiler)")
         conditions = calibration_conditions(
             calibration_input, settings.grid.image_size, settings.condition, settings.context_region,
             settings.context_dilation, keep_effusion, calibration_key,
             window_level=settings.window_level, window_width=settings.window_width)
-        logger.info(f"int8: calibrating on {len(conditions)} slices of '{calibration_key}' in {calibration_input}")
-        engine = int8_generator(network, settings.grid.image_size, conditions)
+        logger.info(f"{precision}: calibrating on {len(conditions)} slices of '{calibration_key}' in {calibration_input}")
+        if precision == "int8":
+            from .int8 import InductorInt8Generator
+
+            engine: Callable[[torch.Tensor], torch.Tensor] = InductorInt8Generator(
+                network, settings.grid.image_size, conditions, batch_size)
+        else:
+            engine = int8_generator(network, settings.grid.image_size, conditions)
         return GeneratorRunner(network, device, batch_size=batch_size, engine=engine)
     choice = tuning.choose(
         network, device, settings.grid.image_size, batch_size, amp, compile, cpu_pixels_per_call, slices,

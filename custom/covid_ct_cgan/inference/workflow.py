@@ -362,7 +362,7 @@ class SynthesisEvaluator(Evaluator):
         amp: bf16 autocast on CPU, fp16 AMP on CUDA.
         compile: ``torch.compile`` the generator: ``True``, ``False`` or ``"auto"``.
         cpu_pixels_per_call: eager CPU slicing in pixels, ``None`` or ``"auto"``.
-        precision: ``"float"`` or ``"int8"``.
+        precision: ``"float"``, ``"int8"`` (PT2E, inductor) or ``"int8_onnxruntime"``.
         calibration_input: int8: a prepared ``datalist.json`` with training label maps.
         calibration_key: int8: the list of ``calibration_input``.
         keep_effusion: label maps may hold class 4.
@@ -534,7 +534,7 @@ def run_synthesis(network: torch.nn.Module, checkpoint: str | Path, output_dir: 
             training run's ``image_size``, ``condition``, ``context_region``, ``context_dilation``,
             ``keep_effusion``, ``window_level``, ``window_width``, and ``batch_size``, ``amp``,
             ``compile`` (true, false, ``"auto"``), ``device``, ``cpu_pixels_per_call``,
-            ``precision`` (``"float"``, ``"int8"``), ``calibration_input``, ``calibration_key``.
+            ``precision`` (``"float"``, ``"int8"``, ``"int8_onnxruntime"``), ``calibration_input``, ``calibration_key``.
 
     Returns:
         The manifest rows.
