@@ -187,7 +187,7 @@ def test_bad_training_value_is_one_line_before_any_work(
         ({"ngf": 15}, "ngf: must be even (the local generator uses ngf // 2), got 15"),
         ({"num_d": 4}, "num_d: must be 1, 2 or 3, got 4"),
         ({"dfm_feature_index": 5}, "dfm_feature_index: must be at most n_layers_d (3), got 5"),
-        ({"constant_lr_epochs": 11}, "constant_lr_epochs: must be at most epochs (10), got 11"),
+        ({"constant_lr_epochs": 11}, "constant_lr_epochs: must be at most the stage's epochs (10), got 11"),
         ({"resume": "yes"}, "resume: must be True or False, got 'yes'"),
         ({"gan_mode": "wgan"}, "gan_mode: must be one of lsgan, vanilla; got 'wgan'"),
         ({"freeze_global_epochs": -2}, "freeze_global_epochs: must be at least 0, got -2"),

@@ -388,7 +388,7 @@ def _is_number(value: Any) -> bool:
 
 # key -> smallest allowed whole number
 _WHOLE_NUMBERS: dict[str, int] = {
-    "image_size": 1, "epochs": 1, "batch_size": 1, "constant_lr_epochs": 0, "keep_checkpoints": 1,
+    "image_size": 1, "epochs": 1, "joint_epochs": 1, "stage_epochs": 1, "batch_size": 1, "constant_lr_epochs": 0, "keep_checkpoints": 1,
     "checkpoint_every": 1, "sample_count": 0, "num_workers": 0, "context_dilation": 0, "ngf": 1,
     "n_downsampling": 0, "n_blocks_global": 0, "n_blocks_local": 0, "ndf": 1, "n_layers_d": 1, "num_d": 1,
     "dfm_feature_index": 0, "freeze_global_epochs": 0, "phantom_patients": 1, "phantom_slices": 1, "phantom_size": 16,
@@ -453,8 +453,9 @@ def _check_values(parser: Any, keys: set[str]) -> dict[str, Any]:
         width = _value(parser, "window_width")
         if not _is_number(width) or width <= 0:
             raise InputError(f"must be a positive number, got {width!r}", "window_width")
-    if {"constant_lr_epochs", "epochs"} <= set(values) and values["constant_lr_epochs"] > values["epochs"]:
-        raise InputError(f"must be at most epochs ({values['epochs']}), got {values['constant_lr_epochs']}",
+    epochs_key = "stage_epochs" if "stage_epochs" in values else "epochs"  # the stage's own (joint_epochs in the joint stage)
+    if {"constant_lr_epochs", epochs_key} <= set(values) and values["constant_lr_epochs"] > values[epochs_key]:
+        raise InputError(f"must be at most the stage's epochs ({values[epochs_key]}), got {values['constant_lr_epochs']}",
                          "constant_lr_epochs")
     if "ngf" in values and values["ngf"] % 2:
         raise InputError(f"must be even (the local generator uses ngf // 2), got {values['ngf']}", "ngf")

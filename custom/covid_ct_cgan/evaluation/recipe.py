@@ -97,7 +97,8 @@ def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
             generators' training.
         args: ``work_dir``, ``data_dir``, ``output_dir`` (the map-only generator's), ``models``
             (``evaluate.yaml`` entries to score), ``segmentation`` (overrides of ``segmentation.yaml``),
-            ``evaluation`` (other overrides of ``evaluate.yaml``), ``ratio``, ``seed``, ``overwrite``.
+            ``evaluation`` (other overrides of ``evaluate.yaml``), ``lesion_inpainting`` (overrides of the
+            lesion-inpainting generator's training only), ``ratio``, ``seed``, ``overwrite``.
 
     Returns:
         The report folder.
@@ -122,6 +123,7 @@ def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
     evaluate_yaml, segmentation_yaml = str(configs_dir / "evaluate.yaml"), str(configs_dir / "segmentation.yaml")
     inpainting_files = [*files, str(configs_dir / "lesion_inpainting.yaml")]
     inpainting_overrides = {k: v for k, v in overrides.items() if k not in ("output_dir", "experiment_name")}
+    inpainting_overrides.update(dict(args.get("lesion_inpainting") or {}))
 
     def done(path: Path) -> Callable[[], bool]:
         return lambda: path.is_file() and not overwrite
