@@ -77,13 +77,15 @@ def _listing(keys: Sequence[str]) -> str:
     return shown + (f", ... ({len(keys) - MAX_LISTED_KEYS} more)" if len(keys) > MAX_LISTED_KEYS else "")
 
 
-def read_checkpoint(path: str | Path, required: Sequence[str] = (), what: str = "checkpoint") -> dict[str, Any]:
+def read_checkpoint(path: str | Path, required: Sequence[str] = (), what: str = "checkpoint",
+                    mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint file with ``torch.load(..., weights_only=True)`` and check its entries.
 
     Args:
         path: the ``.pt``/``.pth`` file.
         required: entries it must hold (e.g. ``["generator", "trainer"]``).
         what: what the file is, for the messages (``"checkpoint"``, ``"the Inception weights"``).
+        mmap: map the file instead of reading it (tensors are read when used: cheap for a look at small entries).
 
     Returns:
         The checkpoint: a dict of entries (a saver's dict, or a bare state dict).
@@ -97,7 +99,7 @@ def read_checkpoint(path: str | Path, required: Sequence[str] = (), what: str = 
     if not path.is_file():
         raise CheckpointError(f"{what} file not found", path, UNREADABLE, cause="not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt, foreign or malicious files
         lines = str(err).strip().splitlines()
         cause = type(err).__name__ + (f": {lines[0][:200]}" if lines else "")
@@ -148,9 +150,8 @@ def trained_iterations(path: str | Path) -> int | None:
     Reads the file memory-mapped, so the weights are not loaded.
     """
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(checkpoint["trainer"]["iteration"])
-    except Exception:  # noqa: BLE001 - damaged, foreign or hand-made files: no progress to read
+        return int(read_checkpoint(path, ["trainer"], mmap=True)["trainer"]["iteration"])
+    except (CheckpointError, TypeError, KeyError, ValueError):  # damaged or hand-made files: no progress to read
         return None
 
 
