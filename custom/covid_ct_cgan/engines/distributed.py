@@ -66,6 +66,10 @@ def run_on_rank0(func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
             failure = err
     outcome = [None if failure is None else _exit_status(failure)]
     dist.broadcast_object_list(outcome, src=0)  # the other ranks wait here while rank 0 works
+    if outcome[0] is not None:
+        # every rank stops: leave the process group first, or its threads can abort the process at exit
+        # ("terminate called without an active exception", SIGABRT) and torchrun reports that instead
+        _leave_process_group()
     if failure is not None:
         raise failure
     status = outcome[0]
@@ -75,3 +79,12 @@ def run_on_rank0(func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
                   f"(exit status {status}, see its output)", file=sys.stderr, flush=True)
         raise SystemExit(status)
     return result
+
+
+def _leave_process_group() -> None:
+    """Destroy the default process group (where one exists); a failure to do so is not worth another error."""
+    try:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - stopping anyway
+        pass
