@@ -10,6 +10,8 @@ the same exit status instead of waiting for a collective that never comes.
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -67,9 +69,11 @@ def run_on_rank0(func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     outcome = [None if failure is None else _exit_status(failure)]
     dist.broadcast_object_list(outcome, src=0)  # the other ranks wait here while rank 0 works
     if outcome[0] is not None:
-        # every rank stops: leave the process group first, or its threads can abort the process at exit
-        # ("terminate called without an active exception", SIGABRT) and torchrun reports that instead
+        # every rank stops: leave the process group, and end the process with its status once Python has
+        # finished, before C++ teardown: torch's threads could otherwise abort it at exit ("terminate called
+        # without an active exception", SIGABRT) and torchrun would report that instead of the status
         _leave_process_group()
+        _exit_with_status_at_teardown(int(outcome[0]))
     if failure is not None:
         raise failure
     status = outcome[0]
@@ -79,6 +83,20 @@ def run_on_rank0(func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
                   f"(exit status {status}, see its output)", file=sys.stderr, flush=True)
         raise SystemExit(status)
     return result
+
+
+def _exit_with_status_at_teardown(status: int) -> None:
+    """At interpreter exit (the last ``atexit`` step), flush the output and end the process with ``status``."""
+
+    def leave() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a closed stream: nothing left to flush
+                pass
+        os._exit(status)
+
+    atexit.register(leave)  # registered last, so it runs first: after the program, before C++ teardown
 
 
 def _leave_process_group() -> None:
