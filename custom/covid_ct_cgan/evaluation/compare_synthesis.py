@@ -80,13 +80,13 @@ def compare_synthesis(reference: str | Path, other: str | Path, output_dir: str 
     rows, pooled, diffs, shown = [], [0.0, 0], [], []
     data_range, unit = 0.0, ""
     for name in names:
-        a, b = _load(reference / name).astype(np.float64), _load(other / name).astype(np.float64)
+        stored = _load(reference / name)
+        a, b = stored.astype(np.float64), _load(other / name).astype(np.float64)
         if a.shape != b.shape:
             raise InputError(f"{name}: shape {b.shape} here, {a.shape} in {reference}", other)
-        label = _load(reference / ref_rows[name]["label_map"])
-        lung = label > 0
+        lung = _load(reference / ref_rows[name]["label_map"]) > 0
         if not data_range:
-            data_range, unit = _data_range(reference, _load(reference / name))
+            data_range, unit = _data_range(reference, stored)
         d = np.abs(a - b)[lung]
         if d.size == 0:
             continue
@@ -95,7 +95,7 @@ def compare_synthesis(reference: str | Path, other: str | Path, output_dir: str 
         diffs.append(d)
         rows.append({"output": name, "lung_pixels": int(d.size), "psnr_db": _psnr(mse, data_range),
                      "max_abs": float(d.max()), "p99_abs": float(np.percentile(d, 99)), "unit": unit})
-        shown.append((int(d.size), name, a, b, lung))
+        shown.append((int(d.size), name, a, b, lung, rows[-1]["max_abs"]))
     if not rows:
         raise InputError("no output has lung in its label map: nothing to compare", reference)
     every = np.concatenate(diffs)
@@ -121,7 +121,7 @@ def _picture(shown: list, reference_name: str, other_name: str, data_range: floa
              overwrite: bool) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(len(shown), 3, figsize=(9, 3 * len(shown)), squeeze=False)
-    for row, (_, name, a, b, lung) in zip(axes, shown):
+    for row, (_, name, a, b, lung, largest) in zip(axes, shown):
         low, high = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
         row[0].imshow(a.T, cmap="gray", vmin=low, vmax=high)
         row[1].imshow(b.T, cmap="gray", vmin=low, vmax=high)
@@ -129,8 +129,7 @@ def _picture(shown: list, reference_name: str, other_name: str, data_range: floa
         row[2].imshow(diff.T, cmap="magma", vmin=0, vmax=data_range / 4)
         row[0].set_title(f"{reference_name}: {Path(name).name}", fontsize=8)
         row[1].set_title(other_name, fontsize=8)
-        d = np.abs(a - b)[lung]
-        row[2].set_title(f"|difference| x{DIFFERENCE_GAIN:g} in the lung (max {d.max():.0f} {unit})", fontsize=8)
+        row[2].set_title(f"|difference| x{DIFFERENCE_GAIN:g} in the lung (max {largest:.0f} {unit})", fontsize=8)
         for ax in row:
             ax.axis("off")
     write_figure(fig, path, overwrite=overwrite)
