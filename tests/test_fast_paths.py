@@ -390,3 +390,37 @@ def test_benchmark_results_folder_per_machine_kind(bench) -> None:
 
     for saved in sorted((REPO_ROOT / "benchmarks" / "results").glob("*/*.json")):
         assert kind(json.loads(saved.read_text())["environment"]) == saved.parent.name, saved
+
+
+def test_bf16_weights_probe_runs_the_same_gan_step() -> None:
+    """``benchmarks/probe_bf16_weights.py`` times the same step in bf16 weights as in fp32 and under autocast: the
+    same weights get gradients, and the bf16 ones agree with fp32's as closely as autocast's do."""
+    folder = str(REPO_ROOT / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        import probe_bf16_weights as probe
+    finally:
+        sys.path.remove(folder)
+    torch.manual_seed(0)
+    config = probe.config_parser({"stage": "joint", "image_size": 64, "ngf": 8, "device": torch.device("cpu")})
+    nets = {"fp32": (config.get_parsed_content("network"), config.get_parsed_content("discriminator"))}
+    nets["autocast"] = tuple(probe.copy.deepcopy(n) for n in nets["fp32"])
+    nets["bf16"] = tuple(probe.copy.deepcopy(n).bfloat16() for n in nets["fp32"])
+    channels = next(m for m in nets["fp32"][0].modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+    condition, real = torch.randn(1, channels, 64, 64), torch.randn(1, 1, 64, 64)
+    probe.gan_step(*nets["fp32"], condition, real, autocast=False)
+    probe.gan_step(*nets["autocast"], condition, real, autocast=True)
+    probe.gan_step(*nets["bf16"], condition.bfloat16(), real.bfloat16(), autocast=False)
+
+    def agreement(variant: str, which: int) -> float:
+        grads = [(a.grad, b.grad) for a, b in zip(nets["fp32"][which].parameters(), nets[variant][which].parameters())]
+        assert [a is None for a, _ in grads] == [b is None for _, b in grads]  # the same weights take part
+        grads = [(a, b) for a, b in grads if a is not None]
+        assert len(grads) > 10 and all(torch.isfinite(b).all() for _, b in grads)
+        flat = [torch.cat([g.float().flatten() for g in side]) for side in zip(*grads)]
+        return float(torch.nn.functional.cosine_similarity(flat[0], flat[1], dim=0))
+
+    for which in (0, 1):  # generator, discriminator
+        assert nets["bf16"][which].parameters().__next__().grad.dtype == torch.bfloat16
+        assert agreement("bf16", which) > agreement("autocast", which) - 0.02
+    assert agreement("bf16", 1) > 0.99
