@@ -70,7 +70,8 @@ def test_run_and_report_with_component_overrides(
         rows = list(reader)
     assert tuple(reader.fieldnames or ()) == SUMMARY_COLUMNS
     assert [(r["model"], r["region"]) for r in rows] == [
-        ("ours", "complemented"), ("ours", "lung_only"), ("mean_lung", "complemented"), ("mean_lung", "lung_only")]
+        ("ours", "complemented"), ("ours", "lung_only"), ("mean_lung", "complemented"), ("mean_lung", "lung_only"),
+        ("resampled_real", "complemented"), ("resampled_real", "lung_only")]
     with open(folder / "per_image.csv", newline="") as f:
         assert tuple(csv.DictReader(f).fieldnames or ()) == PER_IMAGE_COLUMNS
     # the overrides reached their components: the feature net trained 2 epochs at 32 px, the classifier 7 iterations

@@ -22,8 +22,10 @@ from covid_ct_cgan.evaluation.image_quality import (
     generated_region,
     load_datalist,
     mean_lung_intensity,
+    resampled_real,
 )
 from covid_ct_cgan.evaluation.models import trained_model
+from covid_ct_cgan.evaluation.realism import mean_vesselness
 from covid_ct_cgan.networks import GlobalLocalGenerator, UNetGenerator
 from covid_ct_cgan.transforms import synthesis_region
 
@@ -69,8 +71,9 @@ def test_evaluation_scores_models_and_the_mean_lung_baseline(
     folder = out / "image_quality"
     assert {p.name for p in folder.iterdir()} >= {"image_quality.csv", "per_image.csv", "settings.json", "synthesis"}
     assert [(r["model"], r["region"]) for r in summary] == [
-        ("ours", "complemented"), ("ours", "lung_only"), ("mean_lung", "complemented"), ("mean_lung", "lung_only")]
-    assert all(r["images"] == 3 and math.isfinite(r["fid"]) and r["fid"] >= -1e-9 for r in summary)
+        ("ours", "complemented"), ("ours", "lung_only"), ("mean_lung", "complemented"), ("mean_lung", "lung_only"),
+        ("resampled_real", "complemented"), ("resampled_real", "lung_only")]
+    assert all(r["images"] == 3 and math.isfinite(r["fid"]) and r["fid"] >= -1e-6 for r in summary)
     assert all(r["commit"] and r["seed"] == "0" for r in summary)
     assert summary[0]["epochs"] == "global ?, local ?, joint 2" and summary[0]["image_size"] == "32"
     # realism beside FID for every model and the baseline: KID per region, the rest once per model (both rows)
@@ -79,9 +82,13 @@ def test_evaluation_scores_models_and_the_mean_lung_baseline(
                for r in summary)
     assert summary[0]["vesselness_ratio"] == summary[1]["vesselness_ratio"] > 0.1  # a random generator draws speckle
     assert summary[2]["vesselness_ratio"] < 0.1  # the flat mean-lung fill has no tubes
+    # the resolution reference at the model's own 32 px: these slices are 32 px, so it is the real slice itself
+    assert (summary[4]["image_size"], summary[4]["epochs"]) == ("32", "none (the real slice)")
+    assert summary[4]["vesselness_ratio"] == pytest.approx(1.0) and summary[4]["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert summary[4]["rmse"] == 0.0 and math.isnan(summary[4]["psnr"])  # identical slices: PSNR is inf, not averaged
     with open(folder / "per_image.csv", newline="") as f:
         per_image = list(csv.DictReader(f))
-    assert len(per_image) == 2 * 3 * 2  # models x slices x regions
+    assert len(per_image) == 3 * 3 * 2  # models x slices x regions
     assert all((folder / r["generated"]).is_file() for r in per_image)
 
     # the mean-lung baseline, recomputed here with numpy and scikit-image
@@ -157,3 +164,21 @@ def test_run_refuses_an_unknown_model_name_with_one_error_line(tmp_path: Path, c
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == ["ERROR: model_names: no entry ['mine'] in models (entries: ours)"]
     assert not (tmp_path / "evaluation").exists()
+
+
+def test_resampled_real_is_the_real_slice_at_the_model_grid() -> None:
+    """The resolution reference: area down to the grid, bilinear back; thin vessels fade, so its vesselness is < 1."""
+    real = np.full((64, 48), -0.8, dtype=np.float32)
+    real[:, 20] = 0.6  # a one-pixel vessel
+    real[30, :] = 0.6
+    label = np.ones_like(real, dtype=np.int64)
+    out = resampled_real(real, label, 32)
+    assert out.shape == real.shape
+    down = torch.nn.functional.interpolate(torch.from_numpy(real)[None, None], size=(32, 24), mode="area")
+    up = torch.nn.functional.interpolate(down, size=(64, 48), mode="bilinear", align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(out, up, atol=1e-5)
+    assert out.max() < 0.6  # the vessel is blurred
+    region = np.ones_like(real, dtype=bool)
+    ratio = mean_vesselness(out, region, 0.7) / mean_vesselness(real, region, 0.7)
+    assert 0.0 < ratio < 1.0
+    np.testing.assert_allclose(resampled_real(real, label, 64), real, atol=1e-6)  # the slice fits the grid

@@ -59,16 +59,17 @@ def test_int8_model_is_scored_beside_the_float_one(
     # both rows, scored with every measure, each saying what it computed in (amp off here: fp32)
     assert [(r["model"], r["region"], r["precision"]) for r in summary] == [
         ("ours", "complemented", "fp32"), ("ours", "lung_only", "fp32"), ("ours_int8", "complemented", "int8"),
-        ("ours_int8", "lung_only", "int8"), ("mean_lung", "complemented", ""), ("mean_lung", "lung_only", "")]
+        ("ours_int8", "lung_only", "int8"), ("mean_lung", "complemented", ""), ("mean_lung", "lung_only", ""),
+        ("resampled_real", "complemented", ""), ("resampled_real", "lung_only", "")]
     for r in summary[:4]:
         assert r["images"] == 3 and all(math.isfinite(r[k]) for k in ("psnr", "ssim", "fid", "kid", "vesselness_ratio"))
         assert 0.0 <= r["two_sample_accuracy"] <= 1.0 and r["two_sample_folds"] == 2
     with open(folder / "image_quality.csv", newline="") as f:
-        assert [row["precision"] for row in csv.DictReader(f)] == ["fp32", "fp32", "int8", "int8", "", ""]
+        assert [row["precision"] for row in csv.DictReader(f)] == ["fp32", "fp32", "int8", "int8", "", "", "", ""]
     with open(folder / "per_image.csv", newline="") as f:
         per_image = list(csv.DictReader(f))
     assert {(r["model"], r["precision"]) for r in per_image} == {("ours", "fp32"), ("ours_int8", "int8"),
-                                                                  ("mean_lung", "")}
+                                                                  ("mean_lung", ""), ("resampled_real", "")}
     synthesis = json.loads((folder / "synthesis" / "ours_int8" / "settings.json").read_text())
     assert synthesis["precision"] == "int8" and synthesis["amp"] is False
 

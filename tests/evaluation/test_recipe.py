@@ -91,7 +91,7 @@ def test_recipe_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
         assert float(r["infection_boot_low"]) <= float(r["infection_dice"]) <= float(r["infection_boot_high"])
     assert all(math.isfinite(float(r["infection_diff"])) for r in seg[1:])
     realism = {r["model"] for r in _rows(work / "evaluation" / "image_quality" / "image_quality.csv")}
-    assert realism == {"ours", "lesion_inpainting", "mean_lung"}
+    assert realism == {"ours", "lesion_inpainting", "mean_lung", "resampled_real"}
     targets = _rows(report / "targets.csv")
     assert len(targets) == 6 and {t["met"] for t in targets} <= {"yes", "no"}
     # the inpainting generator's local discriminator trained in every stage, its losses are kept

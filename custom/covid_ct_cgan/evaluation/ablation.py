@@ -169,8 +169,8 @@ class AblationStudy:
                 logger.info(f"==== ablation {name}: evaluation ====")
                 model = trained_model(name, configs[name], overrides, device=device)
                 quality = evaluate_image_quality(
-                    [model], datalist, stage / name, seed=seed, mean_lung_baseline=False, features=extractor,
-                    device=device,
+                    [model], datalist, stage / name, seed=seed, mean_lung_baseline=False, resampled_real_baseline=False,
+                    features=extractor, device=device,
                 )
                 seg = run_experiments.__wrapped__(  # type: ignore[attr-defined] - errors reach this entry point
                     stage / name / "segmentation", datalist, experiments=["A"], ratios=[ratio],

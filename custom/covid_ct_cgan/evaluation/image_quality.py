@@ -5,7 +5,11 @@ config, see :mod:`.models`), every ``test_synthesis`` label map is turned into
 a slice by :func:`covid_ct_cgan.inference.run_synthesis` (the input's own
 map, no augmentation) and composited into the real slice. Beside the models,
 the trivial baseline ``mean_lung`` fills the lung with the mean lung
-intensity of the real *training* slices. Every result is compared with the
+intensity of the real *training* slices, and the resolution reference
+``resampled_real`` redraws the lung with the real slice itself passed through
+the first model's grid and back (area down, bilinear up, as synthesis
+resamples): what a perfect generator at that image size would score, so that a
+realism figure can be read against what the model's resolution allows. Every result is compared with the
 real slice at the slice's own resolution on the model scale [-1, 1]
 (:mod:`.image_metrics`):
 
@@ -34,7 +38,7 @@ Runtime static-int8 copy :func:`~covid_ct_cgan.inference.run_synthesis` makes,
 calibrated on the ``train_key`` label maps of the same datalist (never the test
 slices), and is scored like any other model. The ``precision`` column says what
 each model computed in: ``int8``, ``bf16`` / ``fp16`` (``float`` with ``amp``, CPU /
-CUDA) or ``fp32``; empty for the mean-lung baseline.
+CUDA) or ``fp32``; empty for the baselines.
 
 Outputs (``<output_dir>/image_quality/``, built under a temporary name and
 moved into place; replaced only with ``overwrite``)::
@@ -42,8 +46,8 @@ moved into place; replaced only with ``overwrite``)::
     image_quality.csv     model x region: PSNR, SSIM, RMSE (model scale and HU), FID, KID; vesselness ratio,
                           two-sample accuracy and its interval (per model); provenance; precision
     per_image.csv         every slice, model and region (with the slice's vesselness, generated and real; precision)
-    synthesis/<model>/    run_synthesis output of each model; mean_lung/images/ for the baseline
-    settings.json         data, feature network, mean lung intensity, models, their checkpoints and precision
+    synthesis/<model>/    run_synthesis output of each model; mean_lung/images/, resampled_real/images/ for the baselines
+    settings.json         data, feature network, mean lung intensity, resampled_real's grid, models, their checkpoints and precision
                           (int8: the calibration datalist and list)
 """
 
@@ -87,6 +91,7 @@ FOLDER = "image_quality"
 SUMMARY = "image_quality.csv"
 PER_IMAGE = "per_image.csv"
 MEAN_LUNG = "mean_lung"
+RESAMPLED_REAL = "resampled_real"  # the real slice through the first model's grid: a perfect generator at that size
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "model", "region", "images", "psnr", "psnr_sd", "ssim", "ssim_sd", "rmse", "rmse_sd", "rmse_hu", "fid",
     "kid", "kid_sd", "vesselness_ratio", "two_sample_accuracy", "two_sample_low", "two_sample_high",
@@ -304,6 +309,32 @@ def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
+def resampled_real(real: np.ndarray, label: np.ndarray, image_size: int) -> np.ndarray:
+    """The real slice ``[x, y]`` passed through a model's ``image_size`` grid and back, as synthesis resamples
+    (area down, bilinear up): the best a generator at that size can return. Identity when the slice fits the grid."""
+    grid = ModelGrid(image_size)
+    return grid.from_grid(grid.to_grid(real, label)[0], real.shape)
+
+
+def _baseline_scores(name: str, lung_fill: Any, test_items: Sequence[Mapping[str, Any]], slices: Sequence[_Slice],
+                     stage: Path, level: float, width: float, extractor: FeatureExtractor,
+                     vessel: _Vesselness) -> _Scores:
+    """Score a baseline that redraws the lung of every test slice with ``lung_fill(slice)`` (a value or an image);
+    its composites are written to ``<stage>/synthesis/<name>/images/`` like a model's."""
+    scores = _Scores()
+    for it in test_items:
+        loaded = load_input(SynthesisInput(Path(it["image"]).name, Path(it["image"]), Path(it["label"]), it.get("scale")))
+        composite = loaded.image.copy()
+        rel = Path("synthesis") / name / "images" / f"{Path(it['image']).name.split('.')[0]}_v0.nii.gz"
+        for s in (s for s in slices if s.image == str(it["image"])):
+            lung = lung_region(s.label)
+            gen = np.where(lung, lung_fill(s), s.real).astype(np.float32)
+            composite[:, :, s.z] = intensity.from_model(gen, s.scale, level, width)
+            _score_slice(scores, name, s, gen, str(rel), extractor, width, lung, vessel)
+        write_like(composite, loaded.geometry, stage / rel)
+    return scores
+
+
 def evaluate_image_quality(
     models: Sequence[TrainedModel],
     datalist: str | Path,
@@ -315,6 +346,7 @@ def evaluate_image_quality(
     batch_size: int = 8,
     amp: bool = False,
     mean_lung_baseline: bool = True,
+    resampled_real_baseline: bool = True,
     features: FIDFeatures | FeatureExtractor | None = None,
     realism: RealismSettings | Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
@@ -332,6 +364,7 @@ def evaluate_image_quality(
         batch_size: synthesis batch size.
         amp: mixed precision for the synthesis of ``float`` models (bf16 autocast on CPU, fp16 on CUDA).
         mean_lung_baseline: add the trivial mean-lung baseline.
+        resampled_real_baseline: add the resolution reference ``resampled_real`` (needs a model: its grid).
         features: the FID features: :class:`~.fid_features.FIDFeatures` (trained on the ``train_key`` slices in
             the models' HU window when first used) or a ready extractor; default: the project's feature network
             with its default settings, cached in ``<output_dir>/fid_features``.
@@ -349,7 +382,8 @@ def evaluate_image_quality(
     target = output_dir / FOLDER
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise InputError("already exists and is not empty; pass overwrite=true to replace it", target)
-    names = [m.name for m in models] + ([MEAN_LUNG] if mean_lung_baseline else [])
+    names = ([m.name for m in models] + ([MEAN_LUNG] if mean_lung_baseline else [])
+             + ([RESAMPLED_REAL] if resampled_real_baseline and models else []))
     if len(set(names)) != len(names):
         raise InputError(f"model names must be unique, got {names}")
     if not models and not mean_lung_baseline:
@@ -402,28 +436,26 @@ def evaluate_image_quality(
                                               "epochs": model.epochs, "precision": precision, **model.settings}
             if model.precision != "float":
                 settings["models"][model.name]["calibration"] = {"datalist": str(datalist), "key": train_key}
+        baselines: list[tuple[str, Any, str, str]] = []  # name, its lung fill, image size, "epochs"
         if mean_lung_baseline:
             fill = mean_lung_intensity(train_items, level, width)
             settings["mean_lung_intensity"] = {"model_scale": fill,
                                                "hu": float(intensity.from_model(np.float32(fill), "hu", level, width))}
-            scores = _Scores()
-            for it in test_items:
-                loaded = load_input(SynthesisInput(Path(it["image"]).name, Path(it["image"]), Path(it["label"]), it.get("scale")))
-                composite = loaded.image.copy()
-                name = Path(it["image"]).name.split(".")[0]
-                rel = Path("synthesis") / MEAN_LUNG / "images" / f"{name}_v0.nii.gz"
-                for s in (s for s in slices if s.image == str(it["image"])):
-                    lung = lung_region(s.label)
-                    gen = np.where(lung, np.float32(fill), s.real).astype(np.float32)
-                    composite[:, :, s.z] = intensity.from_model(gen, s.scale, level, width)
-                    _score_slice(scores, MEAN_LUNG, s, gen, str(rel), feature_extractor, width, lung, vessel)
-                write_like(composite, loaded.geometry, stage / rel)
-            prov = provenance(data, "slice size", "none (training-set mean)", seed)
-            # the baseline's slices were scored item by item: pair them with the real slices in that order
+            baselines.append((MEAN_LUNG, lambda s, fill=np.float32(fill): fill, "slice size", "none (training-set mean)"))
+        if resampled_real_baseline and models:
+            size = int(models[0].settings["image_size"])
+            settings["resampled_real"] = {"image_size": size}
+            baselines.append((RESAMPLED_REAL, lambda s: resampled_real(s.real, s.label, size), str(size),
+                              "none (the real slice)"))
+        for name, lung_fill, image_size, epochs in baselines:
+            scores = _baseline_scores(name, lung_fill, test_items, slices, stage, level, width, feature_extractor,
+                                      vessel)
+            prov = provenance(data, image_size, epochs, seed)
+            # a baseline's slices were scored item by item: pair them with the real slices in that order
             order = [s for it in test_items for s in slices if s.image == str(it["image"])]
             values = _realism(scores, order, realism_settings, seed, "lung")
             summary += [{**row, "precision": ""} for row in _summary_rows(
-                MEAN_LUNG, scores, real_features, feature_extractor, prov, "", values, realism_settings, seed)]
+                name, scores, real_features, feature_extractor, prov, "", values, realism_settings, seed)]
             per_image += [{**row, "precision": ""} for row in scores.rows]  # no network
         write_text(csv_text(summary, SUMMARY_COLUMNS), stage / SUMMARY)
         write_text(csv_text(per_image, PER_IMAGE_COLUMNS), stage / PER_IMAGE)
@@ -482,6 +514,7 @@ class ImageQuality:
         batch_size: synthesis batch size.
         amp: mixed precision for the synthesis of ``float`` models.
         mean_lung_baseline: add the trivial mean-lung baseline.
+        resampled_real_baseline: add the resolution reference ``resampled_real``.
         device: where networks run (``int8`` models: the CPU).
     """
 
@@ -499,6 +532,7 @@ class ImageQuality:
     batch_size: int = 8
     amp: bool = False
     mean_lung_baseline: bool = True
+    resampled_real_baseline: bool = True
     device: str | torch.device = "cpu"
 
     def selected_models(self) -> dict[str, Mapping[str, Any]]:
@@ -529,6 +563,6 @@ class ImageQuality:
         return evaluate_image_quality(
             built, self.datalist, self.output_dir, test_key=self.test_key, train_key=self.train_key,
             overwrite=self.overwrite, seed=self.seed, batch_size=self.batch_size, amp=self.amp,
-            mean_lung_baseline=self.mean_lung_baseline, features=self.features, realism=self.realism,
-            device=self.device,
+            mean_lung_baseline=self.mean_lung_baseline, resampled_real_baseline=self.resampled_real_baseline,
+            features=self.features, realism=self.realism, device=self.device,
         )
