@@ -42,6 +42,7 @@ import torch
 from .errors import InputError, exit_on_input_error
 from .losses import GAN_MODES
 from .networks.discriminator import DFM_MODES
+from .networks.blocks import UPSAMPLINGS
 from .networks.generator import DESUM_MODES, GENERATOR_MODES
 from .transforms import CONDITIONS, CONTEXT_REGIONS
 
@@ -396,7 +397,7 @@ _WHOLE_NUMBERS: dict[str, int] = {
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "condition": CONDITIONS, "context_region": CONTEXT_REGIONS, "desum": DESUM_MODES, "dfm": DFM_MODES,
-    "stage": GENERATOR_MODES, "gan_mode": GAN_MODES,
+    "stage": GENERATOR_MODES, "gan_mode": GAN_MODES, "upsampling": UPSAMPLINGS,
 }
 _FLAGS = ("resume", "overwrite", "keep_effusion", "include_healthy", "fused_adam", "channels_last", "local_d")
 
@@ -561,9 +562,16 @@ def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -
 # --------------------------------------------------------------------------- settings recorded with a stage
 
 
+# network settings added after runs were recorded without them: a record without one was trained with this value
+LATER_SETTINGS: dict[str, Any] = {"upsampling": "transposed"}
+
+
 def setting_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``key: recorded -> current`` for each setting that differs (JSON-normalised; keys of either side)."""
+    """``key: recorded -> current`` for each setting that differs (JSON-normalised; keys of either side; a key of
+    :data:`LATER_SETTINGS` missing from a side counts as its value there)."""
     norm = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - tuples vs lists, numbers
+    recorded = {**{k: v for k, v in LATER_SETTINGS.items() if k in current}, **recorded}
+    current = {**{k: v for k, v in LATER_SETTINGS.items() if k in recorded}, **current}
     return [
         f"{key}: {recorded.get(key, '(not set)')!r} -> {current.get(key, '(not set)')!r}"
         for key in sorted(set(recorded) | set(current))

@@ -12,7 +12,8 @@ import torch
 from monai.bundle import run as monai_run
 from tiny_training import TINY, TRAIN_YAML
 
-from covid_ct_cgan.engines.stages import SETTINGS_FILE, run_stage, run_stages
+from covid_ct_cgan.engines.stages import SETTINGS_FILE, check_stage_settings, run_stage, run_stages
+from covid_ct_cgan.errors import InputError
 from covid_ct_cgan.settings import run_bundle
 
 SETTINGS = {"generator": "covid_ct_cgan.networks.GlobalLocalGenerator", "image_size": 32, "ngf": 8, "desum": "dynamic"}
@@ -62,6 +63,15 @@ def test_resume_with_other_network_settings_is_refused(tmp_path: Path, capsys: p
     ]
     assert trainer.runs == 0
     assert json.loads((stage / SETTINGS_FILE).read_text()) == SETTINGS  # the record is kept
+
+
+def test_record_from_before_upsampling_was_a_setting_resumes_as_transposed(tmp_path: Path) -> None:
+    """Runs recorded before ``upsampling`` existed were trained with transposed convolutions: they resume with
+    the default, and a resize generator is refused on them."""
+    stage = _stage_with(tmp_path / "local", SETTINGS)
+    check_stage_settings(stage, {**SETTINGS, "upsampling": "transposed"}, "resume")  # accepted
+    with pytest.raises(InputError, match=r"\(upsampling: 'transposed' -> 'resize'\); use the settings"):
+        check_stage_settings(stage, {**SETTINGS, "upsampling": "resize"}, "resume")
 
 
 def test_starting_over_replaces_the_record(tmp_path: Path) -> None:

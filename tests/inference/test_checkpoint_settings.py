@@ -108,7 +108,7 @@ def _synthesis_cmd(checkpoint_dir: Path, image: Path, label: Path, out: Path, *e
 
 def test_trained_checkpoint_is_enough_for_synthesis_and_evaluation(tmp_path: Path, builders) -> None:
     """Train tiny with non-default network keys, then synthesise with only --checkpoint_dir; a contradiction is refused."""
-    tiny = {**_tiny_settings(), "epochs": 1, "ngf": 12, "n_downsampling": 1}
+    tiny = {**_tiny_settings(), "epochs": 1, "ngf": 12, "n_downsampling": 1, "upsampling": "resize"}
     work = tmp_path / "work"
     prepare_if_needed("", str(work / "data"), phantom_dir=str(work / "phantom_raw"), seed=0,
                       phantom_patients=tiny["phantom_patients"], phantom_size=tiny["phantom_size"],
@@ -118,7 +118,8 @@ def test_trained_checkpoint_is_enough_for_synthesis_and_evaluation(tmp_path: Pat
     joint = work / "output" / "joint"
     for ckpt in [*joint.glob("checkpoint_*.pt"), joint / "best_generator.pt"]:  # every saver writes the settings
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)[NETWORK_SETTINGS_KEY]
-        assert (saved["ngf"], saved["n_downsampling"], saved["image_size"], saved["generator"]) == (12, 1, 32, GENERATOR)
+        assert (saved["ngf"], saved["n_downsampling"], saved["image_size"], saved["generator"], saved["upsampling"]) == (
+            12, 1, 32, GENERATOR, "resize")
     assert json.loads((joint / "settings.json").read_text())["ngf"] == 12
 
     hu, lab = builders.tiny_slice()
@@ -137,9 +138,10 @@ def test_trained_checkpoint_is_enough_for_synthesis_and_evaluation(tmp_path: Pat
                       "the command gives 16; leave ngf out to use the checkpoint's"], bad.stderr[-2000:]
     assert "Traceback" not in bad.stderr and not (tmp_path / "out_bad").exists()
 
-    # evaluation rebuilds the model from train.yaml and the checkpoint's settings alone
+    # evaluation rebuilds the model from train.yaml and the checkpoint's settings alone (resize upsampling too)
     model = trained_model("ours", [TRAIN_YAML], {"work_dir": str(work)})
     assert model.settings["image_size"] == 32
+    assert any(isinstance(m, torch.nn.Upsample) for m in model.network.modules())
     assert model.network.state_dict().keys() == torch.load(joint / "best_generator.pt", weights_only=True)["generator"].keys()
     with pytest.raises(InputError, match=r"^ngf: the checkpoint .* was trained with 12, the training overrides of model 'ours' give 16"):
         trained_model("ours", [TRAIN_YAML], {"work_dir": str(work), "ngf": 16})

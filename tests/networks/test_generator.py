@@ -16,6 +16,7 @@ from covid_ct_cgan.networks import (
     downsample,
     norm_layer,
 )
+from covid_ct_cgan.networks.blocks import UPSAMPLINGS, upsample_layers
 
 TINY = dict(ngf=8, n_downsampling=2, n_blocks_global=2, n_blocks_local=1)
 DESUM_MODES = ("dynamic", "dynamic_from_global", "fixed", "sum")
@@ -287,3 +288,29 @@ def test_batch_norm_unet_eval_mode_is_per_sample_and_deterministic(maps):
     runner = GeneratorRunner(u.train(), torch.device("cpu"), cpu_pixels_per_call=32 * 32)  # one sample a call
     assert not u.training
     torch.testing.assert_close(runner(x), y, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("upsampling", UPSAMPLINGS)
+def test_upsampling_choices_build_the_same_shapes(upsampling: str) -> None:
+    net = GlobalLocalGenerator(in_channels=4, ngf=8, n_downsampling=1, n_blocks_global=1, n_blocks_local=1,
+                               upsampling=upsampling)
+    out = net(torch.randn(1, 4, 32, 32))
+    assert out.shape == (1, 1, 32, 32)
+    transposed = [m for m in net.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert (len(transposed) == 0) == (upsampling == "resize")
+
+
+def test_resize_upsampling_draws_no_checkerboard() -> None:
+    """On a constant feature map with all-equal weights, a stride-2 transposed 3x3 convolution alternates between
+    pixels that receive 1, 2 or 4 taps (the checkerboard); nearest doubling + a 3x3 convolution is flat inside."""
+    x = torch.ones(1, 2, 8, 8)
+    for upsampling, flat in (("transposed", False), ("resize", True)):
+        layers = torch.nn.Sequential(*upsample_layers(2, 1, upsampling))
+        conv = layers[-1]
+        torch.nn.init.constant_(conv.weight, 1.0)
+        torch.nn.init.zeros_(conv.bias)
+        inner = layers(x)[0, 0, 2:-2, 2:-2]
+        assert inner.shape == (12, 12)
+        assert bool((inner == inner[0, 0]).all()) == flat
+    with pytest.raises(ValueError, match="upsampling must be one of"):
+        upsample_layers(2, 1, "bilinear")

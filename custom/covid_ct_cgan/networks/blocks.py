@@ -9,6 +9,7 @@ from torch import Tensor, nn
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 NORMS: tuple[str, ...] = ("instance", "batch", "none")
+UPSAMPLINGS: tuple[str, ...] = ("transposed", "resize")
 
 
 def norm_layer(norm: str, channels: int) -> nn.Module:
@@ -86,6 +87,30 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.conv_block(x)
+
+
+def upsample_layers(in_channels: int, out_channels: int, upsampling: str = "transposed") -> list[nn.Module]:
+    """A stride-2 upsampling convolution by name.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        upsampling: ``"transposed"`` (pix2pixHD: ``ConvTranspose2d(3, stride 2)``; its kernel overlaps every other
+            output pixel twice, which draws a checkerboard) or ``"resize"`` (nearest-neighbour doubling, then a
+            reflection-padded 3x3 convolution: every output pixel sees the same taps, no checkerboard;
+            Odena et al. 2016, "Deconvolution and checkerboard artifacts").
+
+    Returns:
+        the layers, to be followed by a normalisation and an activation.
+
+    Raises:
+        ValueError: unknown ``upsampling``.
+    """
+    if upsampling == "transposed":
+        return [nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)]
+    if upsampling == "resize":
+        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), nn.Conv2d(in_channels, out_channels, 3)]
+    raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
 
 
 def downsample(x: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .blocks import ResnetBlock, downsample, init_normal_, norm_layer
+from .blocks import UPSAMPLINGS, ResnetBlock, downsample, init_normal_, norm_layer, upsample_layers
 
 GENERATOR_MODES: tuple[str, ...] = ("global", "local", "joint")
 DESUM_MODES: tuple[str, ...] = ("dynamic", "dynamic_from_global", "fixed", "sum")
@@ -35,6 +35,7 @@ class GlobalGenerator(nn.Module):
         n_downsampling: number of stride-2 convolutions (each doubles the width).
         n_blocks: residual blocks at the bottleneck.
         norm: normalisation, see :func:`~covid_ct_cgan.networks.blocks.norm_layer`.
+        upsampling: ``"transposed"`` (pix2pixHD) or ``"resize"``, see :func:`~covid_ct_cgan.networks.blocks.upsample_layers`.
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class GlobalGenerator(nn.Module):
         n_downsampling: int = 3,
         n_blocks: int = 9,
         norm: str = "instance",
+        upsampling: str = "transposed",
     ) -> None:
         super().__init__()
         self.size_factor = 2**n_downsampling
@@ -60,11 +62,7 @@ class GlobalGenerator(nn.Module):
         layers += [ResnetBlock(ngf * 2**n_downsampling, norm) for _ in range(n_blocks)]
         for i in range(n_downsampling, 0, -1):
             ch = ngf * 2**i
-            layers += [
-                nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1),
-                norm_layer(norm, ch // 2),
-                nn.ReLU(inplace=True),
-            ]
+            layers += [*upsample_layers(ch, ch // 2, upsampling), norm_layer(norm, ch // 2), nn.ReLU(inplace=True)]
         self.body = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, kernel_size=7), nn.Tanh())
 
@@ -97,10 +95,12 @@ class LocalEnhancer(nn.Module):
         ngf: width of the full-resolution feature maps (``down`` outputs ``2 * ngf``).
         n_blocks: residual blocks at half resolution.
         norm: normalisation name.
+        upsampling: ``"transposed"`` (pix2pixHD) or ``"resize"``, see :func:`~covid_ct_cgan.networks.blocks.upsample_layers`.
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int = 1, ngf: int = 32, n_blocks: int = 3, norm: str = "instance"
+        self, in_channels: int, out_channels: int = 1, ngf: int = 32, n_blocks: int = 3, norm: str = "instance",
+        upsampling: str = "transposed",
     ) -> None:
         super().__init__()
         self.down = nn.Sequential(
@@ -113,11 +113,7 @@ class LocalEnhancer(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.blocks = nn.Sequential(*[ResnetBlock(ngf * 2, norm) for _ in range(n_blocks)])
-        self.up = nn.Sequential(
-            nn.ConvTranspose2d(ngf * 2, ngf, 3, stride=2, padding=1, output_padding=1),
-            norm_layer(norm, ngf),
-            nn.ReLU(inplace=True),
-        )
+        self.up = nn.Sequential(*upsample_layers(ngf * 2, ngf, upsampling), norm_layer(norm, ngf), nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, kernel_size=7), nn.Tanh())
 
     def forward(self, x: Tensor, fused: Optional[Tensor] = None) -> Tensor:
@@ -203,9 +199,11 @@ class GlobalLocalGenerator(nn.Module):
         desum: DESUM mode, see above.
         desum_fixed_weight: ``a`` for ``desum="fixed"``, in ``[0, 1]``.
         desum_hidden: width of the DESUM weighting net.
+        upsampling: the upsampling convolutions of G1 and G2: ``"transposed"`` (pix2pixHD, the paper) or
+            ``"resize"`` (nearest doubling + 3x3 convolution, no checkerboard).
 
     Raises:
-        ValueError: unknown ``mode`` or ``desum``, odd ``ngf``, ``desum_fixed_weight`` outside ``[0, 1]``.
+        ValueError: unknown ``mode``, ``desum`` or ``upsampling``, odd ``ngf``, ``desum_fixed_weight`` outside ``[0, 1]``.
     """
 
     last_desum_weight: Optional[Tensor]
@@ -223,16 +221,19 @@ class GlobalLocalGenerator(nn.Module):
         desum: str = "dynamic",
         desum_fixed_weight: float = 0.5,
         desum_hidden: int = 32,
+        upsampling: str = "transposed",
     ) -> None:
         super().__init__()
+        if upsampling not in UPSAMPLINGS:
+            raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
         if desum not in DESUM_MODES:
             raise ValueError(f"desum must be one of {DESUM_MODES}, got {desum!r}")
         if ngf % 2:
             raise ValueError(f"ngf must be even (G2 uses ngf // 2), got {ngf}")
         if not 0.0 <= desum_fixed_weight <= 1.0:
             raise ValueError(f"desum_fixed_weight must be in [0, 1], got {desum_fixed_weight}")
-        self.global_net = GlobalGenerator(in_channels, out_channels, ngf, n_downsampling, n_blocks_global, norm)
-        self.local_net = LocalEnhancer(in_channels, out_channels, ngf // 2, n_blocks_local, norm)
+        self.global_net = GlobalGenerator(in_channels, out_channels, ngf, n_downsampling, n_blocks_global, norm, upsampling)
+        self.local_net = LocalEnhancer(in_channels, out_channels, ngf // 2, n_blocks_local, norm, upsampling)
         self.desum = DesumWeight(ngf, desum_hidden)
         self.desum_mode = desum
         self.desum_fixed_weight = float(desum_fixed_weight)
