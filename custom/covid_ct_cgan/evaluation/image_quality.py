@@ -447,12 +447,12 @@ def evaluate_image_quality(
             settings["resampled_real"] = {"image_size": size}
             baselines.append((RESAMPLED_REAL, lambda s: resampled_real(s.real, s.label, size), str(size),
                               "none (the real slice)"))
+        # a baseline's slices are scored item by item: pair them with the real slices in that order
+        order = [s for it in test_items for s in slices if s.image == str(it["image"])]
         for name, lung_fill, image_size, epochs in baselines:
             scores = _baseline_scores(name, lung_fill, test_items, slices, stage, level, width, feature_extractor,
                                       vessel)
             prov = provenance(data, image_size, epochs, seed)
-            # a baseline's slices were scored item by item: pair them with the real slices in that order
-            order = [s for it in test_items for s in slices if s.image == str(it["image"])]
             values = _realism(scores, order, realism_settings, seed, "lung")
             summary += [{**row, "precision": ""} for row in _summary_rows(
                 name, scores, real_features, feature_extractor, prov, "", values, realism_settings, seed)]

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .blocks import UPSAMPLINGS, ResnetBlock, downsample, init_normal_, norm_layer, upsample_layers
+from .blocks import ResnetBlock, downsample, init_normal_, norm_layer, upsample_layers
 
 GENERATOR_MODES: tuple[str, ...] = ("global", "local", "joint")
 DESUM_MODES: tuple[str, ...] = ("dynamic", "dynamic_from_global", "fixed", "sum")
@@ -224,8 +224,6 @@ class GlobalLocalGenerator(nn.Module):
         upsampling: str = "transposed",
     ) -> None:
         super().__init__()
-        if upsampling not in UPSAMPLINGS:
-            raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
         if desum not in DESUM_MODES:
             raise ValueError(f"desum must be one of {DESUM_MODES}, got {desum!r}")
         if ngf % 2:
