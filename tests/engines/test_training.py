@@ -53,6 +53,9 @@ def test_training_runs_every_stage_and_hands_over(work_dir: Path) -> None:
         for r in means:  # the epoch means of the losses the stage trains; the local D is off (nan)
             assert all(math.isfinite(float(r[k])) for k in ("loss", "d_loss", "g_gan", "g_fm", "lr")), r
             assert math.isnan(float(r["d_local"]))
+            # what the critics can tell: each scale's paired ranking accuracy on the validation batch
+            assert all(0.0 <= float(r[k]) <= 1.0 for k in ("d1_ranking", "d2_ranking")), r
+            assert "local_d_ranking" not in r
         assert float(means[0]["lr"]) == 0.0002
     joint = _ckpt(out / "joint" / "checkpoint_epoch=2.pt")
     assert {"dfm_optimizer", "dfm_lr_scheduler"} <= set(joint)  # the DFM net learns in the joint stage only
@@ -172,6 +175,7 @@ def test_mlflow_tracking_records_metrics_params_and_artifacts(work_dir: Path) ->
     assert runs == ["stage_joint"]
     assert {"train_loss", "train_d_loss", "train_desum_weight", "train_dfm_weight", "lr", "val_ssim", "val_psnr"} <= metrics
     assert {"train_dfm_weight_at_low", "train_dfm_weight_at_high"} <= metrics  # the learned b's spread per epoch
+    assert {"d1_ranking", "d2_ranking"} <= metrics  # what the critics can tell, beside the losses
     assert {"learning_rate", "batch_size", "image_size", "desum", "dfm", "stage"} <= params
     artifacts = {p.relative_to(work_dir / "output").as_posix() for p in (work_dir / "output").rglob("*") if "mlruns" in p.parts and p.is_file()}
     names = {a.split("/artifacts/", 1)[1] for a in artifacts if "/artifacts/" in a}

@@ -98,6 +98,7 @@ def test_recipe_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     for stage in ("global", "local", "joint"):
         means = _rows(work / "output_lesion_inpainting" / stage / "training.csv")
         assert math.isfinite(float(means[-1]["d_local"])) and math.isfinite(float(means[-1]["d_loss"]))
+        assert all(0.0 <= float(means[-1][k]) <= 1.0 for k in ("d1_ranking", "d2_ranking", "local_d_ranking"))
         # medseg.yaml's recipe_lesion_inpainting: its joint stage trains three times the epochs; the map-only one does not
         assert len(means) == (3 if stage == "joint" else 1)
         assert len(_rows(work / "output" / stage / "training.csv")) == 1

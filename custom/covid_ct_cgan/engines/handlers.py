@@ -253,11 +253,15 @@ class EpochMeans:
         keys: scalar keys of the trainer's output.
         optimizer: optimizer whose first group's learning rate is logged as ``lr``.
         csv_path: the CSV to keep; ``None``: none (ranks other than 0).
+        metric_columns: epoch metrics other handlers published (``engine.state.metrics``, e.g. the
+            critics' ranking accuracy of :class:`~covid_ct_cgan.engines.critic_ranking.CriticRanking`,
+            attached before this one) written as further CSV columns.
     """
 
     def __init__(self, keys: Sequence[str], optimizer: torch.optim.Optimizer | None = None,
-                 csv_path: str | Path | None = None) -> None:
+                 csv_path: str | Path | None = None, metric_columns: Sequence[str] = ()) -> None:
         self.keys = list(keys)
+        self.metric_columns = list(metric_columns)
         self.optimizer = optimizer
         self.csv_path = Path(csv_path) if csv_path else None
         self._sums: dict[str, float] = {}
@@ -294,7 +298,8 @@ class EpochMeans:
             self._write(engine.state.epoch, engine.state.metrics)
 
     def _write(self, epoch: int, metrics: dict[str, Any]) -> None:
-        values = {"lr": metrics.get("lr", math.nan), **{k: metrics.get(f"train_{k}", math.nan) for k in self.keys}}
+        values = {"lr": metrics.get("lr", math.nan), **{k: metrics.get(f"train_{k}", math.nan) for k in self.keys},
+                  **{k: metrics.get(k, math.nan) for k in self.metric_columns}}
         rewrite_epoch_csv(self.csv_path, epoch, {n: f"{float(v):.6g}" for n, v in values.items()}, list(values),
                           restval="nan")
 
