@@ -393,7 +393,7 @@ _WHOLE_NUMBERS: dict[str, int] = {
     "checkpoint_every": 1, "sample_count": 0, "num_workers": 0, "context_dilation": 0, "ngf": 1,
     "n_downsampling": 0, "n_blocks_global": 0, "n_blocks_local": 0, "ndf": 1, "n_layers_d": 1, "num_d": 1,
     "dfm_feature_index": 0, "freeze_global_epochs": 0, "phantom_patients": 1, "phantom_slices": 1, "phantom_size": 16,
-    "local_crop": 1,
+    "local_crop": 1, "crop_size": 0,
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "condition": CONDITIONS, "context_region": CONTEXT_REGIONS, "desum": DESUM_MODES, "dfm": DFM_MODES,
@@ -531,6 +531,12 @@ def check_training(raw: Mapping[str, Any]) -> None:
                 f"{size} px and its generator needs a multiple of {factor}), got {full}",
                 "image_size",
             )
+        crop = int(values.get("crop_size") or 0)
+        if crop and (crop % (factor * scale) or crop > full):
+            raise InputError(
+                f"must be 0 (whole slices) or a multiple of {factor * scale} no larger than image_size ({full}) for "
+                f"this generator, got {crop}", "crop_size",
+            )
 
 
 # --------------------------------------------------------------------------- the check each config runs
@@ -563,7 +569,7 @@ def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -
 
 
 # network settings added after runs were recorded without them: a record without one was trained with this value
-LATER_SETTINGS: dict[str, Any] = {"upsampling": "transposed"}
+LATER_SETTINGS: dict[str, Any] = {"upsampling": "transposed", "crop_size": 0}
 
 
 def setting_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

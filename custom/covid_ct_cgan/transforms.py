@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Resized
 
 from . import intensity
 from .labels import GGO, num_classes as default_num_classes
@@ -99,12 +99,14 @@ def synthesis_region(label: torch.Tensor, context_region: str = "lung", dilation
 
 
 def slice_region(
-    label: np.ndarray, condition: str = "map", context_region: str = "lung", context_dilation: int = 0, image_size: int = 1
+    label: np.ndarray, condition: str = "map", context_region: str = "lung", context_dilation: int = 0, image_size: int = 1,
+    upscale: bool = True,
 ) -> np.ndarray:
     """The region synthesis fills in one label-map slice at the slice's own resolution.
 
     The lung, or with ``map+context`` and ``context_region: lesion`` the lesions dilated by
-    ``context_dilation`` model pixels, scaled to the slice (``x max(H, W) / image_size``).
+    ``context_dilation`` model pixels, scaled to the slice (``x max(H, W) / image_size``; a slice the model
+    sees at its own pixel size, ``upscale=False`` and no longer than ``image_size``, is not scaled).
     Synthesis and the evaluation of what it drew use this one rule.
 
     Args:
@@ -113,12 +115,15 @@ def slice_region(
         context_region: ``"lung"`` or ``"lesion"`` (with ``map+context``).
         context_dilation: lesion dilation in model pixels.
         image_size: the model grid's side.
+        upscale: whether the model grid resizes slices shorter than ``image_size`` up
+            (:class:`~covid_ct_cgan.inference.ModelGrid`).
 
     Returns:
         Boolean ``(H, W)`` mask.
     """
     mode = context_region if condition == "map+context" else "lung"
-    dilation = int(round(int(context_dilation) * max(label.shape[:2]) / int(image_size)))
+    scale = max(label.shape[:2]) / int(image_size)
+    dilation = int(round(int(context_dilation) * (scale if upscale or scale > 1 else 1.0)))
     return synthesis_region(torch.from_numpy(np.asarray(label, dtype=np.int64))[None], mode, dilation)[0].numpy()
 
 
@@ -169,6 +174,34 @@ def make_condition(
         raise ValueError("condition 'map+context' needs the real image")
     context = torch.where(region > 0, torch.full_like(image, blank_value), image.float())
     return torch.cat([onehot, context], dim=channel_dim), region
+
+
+class FitLongestSided(MapTransform):
+    """Resize so the longest side is ``size`` (MONAI's ``Resized`` with ``size_mode="longest"``), or, with
+    ``upscale=False``, only shrink slices longer than ``size`` and keep the others at their own pixel size.
+
+    ``upscale=False`` is native-resolution training (``crop_size`` in ``train.yaml``): a slice is never
+    interpolated up, so the lesion texture the critics and the realism measures look at is the scanner's.
+
+    Args:
+        keys: keys to resize (image and label map, same geometry).
+        size: the longest side after resizing.
+        mode: interpolation per key (``"area"`` for images, ``"nearest"`` for label maps).
+        upscale: resize slices shorter than ``size`` up too.
+    """
+
+    def __init__(self, keys: KeysCollection, size: int, mode: Any = "area", upscale: bool = True) -> None:
+        super().__init__(keys)
+        self.resize = Resized(keys, size, size_mode="longest", mode=mode)
+        self.size = int(size)
+        self.upscale = bool(upscale)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        longest = max(int(s) for s in torch.as_tensor(d[self.first_key(d)]).shape[1:])
+        if self.upscale or longest > self.size:
+            d = dict(self.resize(d))
+        return d
 
 
 class MakeConditiond(MapTransform):

@@ -204,7 +204,8 @@ def generated_region(label: np.ndarray, settings: Mapping[str, Any]) -> np.ndarr
         Boolean mask: the lung, or for ``map+context`` with ``context_region: lesion`` the dilated lesions.
     """
     return slice_region(label, settings.get("condition", "map"), settings.get("context_region", "lung"),
-                        int(settings.get("context_dilation", 0)), int(settings.get("image_size", 1)))
+                        int(settings.get("context_dilation", 0)), int(settings.get("image_size", 1)),
+                        upscale=not int(settings.get("crop_size", 0)))
 
 
 def _region_description(settings: Mapping[str, Any]) -> str:
@@ -309,10 +310,11 @@ def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def resampled_real(real: np.ndarray, label: np.ndarray, image_size: int) -> np.ndarray:
+def resampled_real(real: np.ndarray, label: np.ndarray, image_size: int, upscale: bool = True) -> np.ndarray:
     """The real slice ``[x, y]`` passed through a model's ``image_size`` grid and back, as synthesis resamples
-    (area down, bilinear up): the best a generator at that size can return. Identity when the slice fits the grid."""
-    grid = ModelGrid(image_size)
+    (area down, bilinear up): the best a generator at that size can return. Identity when the slice fits the grid
+    (with ``upscale=False``, a model trained at the slices' own pixel size: every slice no longer than ``image_size``)."""
+    grid = ModelGrid(image_size, upscale)
     return grid.from_grid(grid.to_grid(real, label)[0], real.shape)
 
 
@@ -444,8 +446,9 @@ def evaluate_image_quality(
             baselines.append((MEAN_LUNG, lambda s, fill=np.float32(fill): fill, "slice size", "none (training-set mean)"))
         if resampled_real_baseline and models:
             size = int(models[0].settings["image_size"])
-            settings["resampled_real"] = {"image_size": size}
-            baselines.append((RESAMPLED_REAL, lambda s: resampled_real(s.real, s.label, size), str(size),
+            upscale = not int(models[0].settings.get("crop_size", 0))
+            settings["resampled_real"] = {"image_size": size, "upscale": upscale}
+            baselines.append((RESAMPLED_REAL, lambda s: resampled_real(s.real, s.label, size, upscale), str(size),
                               "none (the real slice)"))
         # a baseline's slices are scored item by item: pair them with the real slices in that order
         order = [s for it in test_items for s in slices if s.image == str(it["image"])]

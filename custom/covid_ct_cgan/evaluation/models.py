@@ -36,7 +36,8 @@ from .provenance import stage_epochs
 _synthesise = getattr(run_synthesis, "__wrapped__", run_synthesis)
 
 SETTING_KEYS: tuple[str, ...] = (
-    "image_size", "condition", "context_region", "context_dilation", "keep_effusion", "window_level", "window_width",
+    "image_size", "crop_size", "condition", "context_region", "context_dilation", "keep_effusion", "window_level",
+    "window_width",
 )
 
 

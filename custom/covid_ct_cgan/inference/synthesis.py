@@ -165,12 +165,19 @@ class ModelGrid:
 
     Args:
         image_size: side of the model's square input.
+        upscale: resize every slice so its longest side is ``image_size`` (a model trained on whole
+            resized slices); ``False``: keep a slice that fits at its own pixel size and only pad it
+            (a model trained on crops at the slices' own resolution, ``crop_size`` in ``train.yaml``;
+            longer slices are still shrunk to fit).
     """
 
     image_size: int
+    upscale: bool = True
 
     def resized_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
-        """Shape of a slice after the longest-side resize."""
+        """Shape of a slice after the longest-side resize (its own shape where it is kept)."""
+        if not self.upscale and max(shape) <= self.image_size:
+            return (int(shape[0]), int(shape[1]))
         scale = self.image_size / max(shape)
         return tuple(int(round(s * scale)) for s in shape)  # type: ignore[return-value]
 
@@ -179,8 +186,9 @@ class ModelGrid:
         size = self.image_size
         img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
         lab = torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None]
-        img = Resize(size, size_mode="longest", mode="area")(img)
-        lab = Resize(size, size_mode="longest", mode="nearest")(lab)
+        if self.upscale or max(image.shape) > size:
+            img = Resize(size, size_mode="longest", mode="area")(img)
+            lab = Resize(size, size_mode="longest", mode="nearest")(lab)
         img = SpatialPad((size, size), value=-1.0)(img)
         lab = SpatialPad((size, size))(lab)
         return convert_to_tensor(img, track_meta=False), convert_to_tensor(lab, track_meta=False).round().long()

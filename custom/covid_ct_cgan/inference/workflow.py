@@ -205,8 +205,10 @@ class ToModelGridd(Transform):
             label, own = data["label"][:, :, z], loaded.label[:, :, z]
             # an augmented map redraws the input's own lesions' region too: a real lesion left in place
             # beside a moved one would be unlabelled in the composite (lesion inpainting)
-            region = slice_region(label, s.condition, s.context_region, s.context_dilation, s.grid.image_size)
-            region |= slice_region(own, s.condition, s.context_region, s.context_dilation, s.grid.image_size)
+            region = slice_region(label, s.condition, s.context_region, s.context_dilation, s.grid.image_size,
+                                  s.grid.upscale)
+            region |= slice_region(own, s.condition, s.context_region, s.context_dilation, s.grid.image_size,
+                                   s.grid.upscale)
             if not region.any():
                 continue
             model_image = intensity.to_model(loaded.image[:, :, z], loaded.scale, s.window_level, s.window_width)
@@ -457,7 +459,8 @@ class SynthesisEvaluator(Evaluator):
             write_json({
                 "checkpoint": str(self.checkpoint_path), "num_variants": num_variants,
                 "seed": lesion_map.seed, "augment": lesion_map.augment, "keep_original": lesion_map.keep_original,
-                "image_size": s.grid.image_size, "condition": s.condition, "context_region": s.context_region,
+                "image_size": s.grid.image_size, "resized_to_grid": s.grid.upscale, "condition": s.condition,
+                "context_region": s.context_region,
                 "context_dilation": s.context_dilation, "keep_effusion": self.keep_effusion,
                 "window_level": s.window_level, "window_width": s.window_width,
                 "amp": self.amp and self.precision == "float", "compile": self.compile,
@@ -490,7 +493,8 @@ def build_evaluator(
     network: torch.nn.Module, checkpoint: str | Path, output_dir: str | Path, input: str | Path | None = None,
     image: str | Path | None = None, label: str | Path | None = None, datalist_key: str = "test_synthesis",
     num_variants: int = 1, seed: int = 0, augment: bool | None = None, keep_original: bool = True,
-    augmenter: LesionAugmenter | None = None, overwrite: bool = False, image_size: int = 128, condition: str = "map",
+    augmenter: LesionAugmenter | None = None, overwrite: bool = False, image_size: int = 128, crop_size: int = 0,
+    condition: str = "map",
     context_region: str = "lung", context_dilation: int = 3, keep_effusion: bool = False,
     window_level: float = intensity.DEFAULT_WINDOW_LEVEL, window_width: float = intensity.DEFAULT_WINDOW_WIDTH,
     batch_size: int = 8, amp: bool = False, compile: bool | str = False, device: str | torch.device | None = None,
@@ -499,7 +503,8 @@ def build_evaluator(
 ) -> SynthesisEvaluator:
     """The evaluator ``inference.yaml`` wires, built in Python; the arguments are :func:`run_synthesis`'s
     (``handlers``: the evaluator's handlers, default a progress handler)."""
-    settings = SynthesisSettings(ModelGrid(int(image_size)), count_classes(keep_effusion), condition, context_region,
+    grid = ModelGrid(int(image_size), upscale=not int(crop_size))  # a model trained on crops sees slices at their own size
+    settings = SynthesisSettings(grid, count_classes(keep_effusion), condition, context_region,
                                  int(context_dilation), float(window_level), float(window_width))
     augment = int(num_variants) > 1 if augment is None else bool(augment)
     device = torch.device(device) if device is not None else next(network.parameters()).device
@@ -531,7 +536,7 @@ def run_synthesis(network: torch.nn.Module, checkpoint: str | Path, output_dir: 
         kwargs: the other settings of :func:`build_evaluator`: ``input`` (a ``datalist.json`` or a
             folder) or ``image`` + ``label``, ``datalist_key``, ``num_variants``, ``seed``, ``augment``
             (default: when ``num_variants > 1``), ``keep_original``, ``augmenter``, ``overwrite``, the
-            training run's ``image_size``, ``condition``, ``context_region``, ``context_dilation``,
+            training run's ``image_size``, ``crop_size``, ``condition``, ``context_region``, ``context_dilation``,
             ``keep_effusion``, ``window_level``, ``window_width``, and ``batch_size``, ``amp``,
             ``compile`` (true, false, ``"auto"``), ``device``, ``cpu_pixels_per_call``,
             ``precision`` (``"float"``, ``"int8"``, ``"int8_onnxruntime"``), ``calibration_input``, ``calibration_key``.
