@@ -678,7 +678,8 @@ def run_experiments(
                     device,
                 )
             for name, experiment, ratio in plan:
-                logger.info(f"==== segmentation run {name}, seed {train_seed}: experiment {experiment}, ratio {ratio} ====")
+                logger.info(f"==== segmentation run {name}, seed {train_seed}: experiment {experiment}, "
+                            f"ratio {ratio} ====")
                 run_dir = stage / "runs" / name / f"seed_{train_seed}"
                 parser = ConfigParser(copy.deepcopy(raw))
                 parser["experiment"], parser["ratio"], parser["run_name"] = experiment, float(ratio), name
@@ -695,8 +696,8 @@ def run_experiments(
                                             for it in train_items]},
                            run_dir / "training.json", overwrite=True)
             done.append(train_seed)
-            rows_out, all_rows, sizes = _tables(stage, plan, experiments, done, datalist, f"{train_key} -> {test_key}", test, raw, seed,
-                                                source, (num_folds, n_boot, confidence, fold_method))
+            rows_out, _, sizes = _tables(stage, plan, experiments, done, datalist, f"{train_key} -> {test_key}", test,
+                                         raw, seed, source, (num_folds, n_boot, confidence, fold_method))
             write_json({"datalist": str(datalist), "train_key": train_key, "test_key": test_key,
                         "experiments": list(experiments), "ratios": [float(r) for r in ratios], "synthetic": source,
                         "num_folds": num_folds, "n_boot": n_boot, "confidence": confidence, "fold_method": fold_method,
