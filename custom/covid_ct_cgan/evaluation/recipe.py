@@ -7,14 +7,17 @@ stopped recipe continues where it stopped):
 2. the lesion-inpainting generator (the same + ``lesion_inpainting.yaml``);
 3. image quality and realism of both on the test slices (``evaluate.yaml``, run id ``run``);
 4. segmentation: real slices only, experiment A (``ratio`` replaced) and B (``ratio`` added) with the
-   map-only generator (``segmentation.yaml``);
-5. segmentation: experiment B with the lesion-inpainting generator;
+   map-only generator (``segmentation.yaml``), each trained once per seed of the segmentation's ``seeds``;
+5. segmentation: experiment B with the lesion-inpainting generator (the same seeds);
 6. ``evaluate.yaml``'s report (Tables II-IV);
-7. the recipe's report (``<work_dir>/report``): the segmentation table with paired differences against
-   the real-only UNet, the published results on the same test slices, the realism table, the
+7. the recipe's report (``<work_dir>/report``): the segmentation table, every seed's scores, the paired
+   differences against the real-only UNet of the same seed on the same test slice (infection, GGO,
+   consolidation; two-level bootstrap over patients and seeds), the published results on the same test slices, the realism table, the
    discriminator signal of lesion inpainting, the targets and the time of every step.
 
-Every step's time is kept in ``<work_dir>/recipe_timings.json`` as it finishes.
+Every step's time is kept in ``<work_dir>/recipe_timings.json`` as it finishes. A segmentation step whose
+results hold fewer seeds than asked for runs again and trains only the missing seeds
+(:func:`.segmentation.run_experiments`); its time is added to the recorded one.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ from ..settings import BundleCommand, run_bundle
 from .provenance import code_version
 from .image_quality import RESAMPLED_REAL, csv_text
 from .report import as_number as _num, markdown_table
-from .segmentation import read_csv
-from .statistics import mean_score, patient_bootstrap
+from .segmentation import CLASSES, read_csv, seed_list, seed_scores
+from .statistics import paired_bootstrap
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +131,17 @@ def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
     def done(path: Path) -> Callable[[], bool]:
         return lambda: path.is_file() and not overwrite
 
+    wanted_seeds = seed_list(segmentation.get("seeds"), seed)
+
+    def seeds_done(results: Path) -> Callable[[], bool]:  # a summary with every seed asked for
+        def finished() -> bool:
+            try:
+                present = json.loads((results / "settings.json").read_text()).get("seeds", [])
+            except (OSError, ValueError):
+                return False
+            return done(results / "summary.csv")() and set(wanted_seeds) <= {int(s) for s in present}
+        return finished
+
     steps: list[tuple[str, str, Callable[[], bool], Callable[[], None]]] = [
         ("generator_map", "the map-only generator (three stages)", lambda: False,
          lambda: run_bundle("training", config_file=files, **overrides)),
@@ -138,12 +152,12 @@ def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
          lambda: run_bundle("run", config_file=evaluate_yaml, checkpoint_dir=str(output_dir),
                             model_names=list(args["models"]), **evaluation, **common)),
         ("segmentation_map", f"segmentation: real only, A and B at {ratio:g} (map-only generator)",
-         done(work_dir / "segmentation" / "results" / "summary.csv"),
+         seeds_done(work_dir / "segmentation" / "results"),
          lambda: run_bundle("run", config_file=segmentation_yaml, checkpoint_dir=str(output_dir),
                             output_dir=str(work_dir / "segmentation"), experiments=["A", "B"], ratios=[0.0, ratio],
                             **segmentation, **common)),
         ("segmentation_lesion_inpainting", f"segmentation: B at {ratio:g} (lesion-inpainting generator)",
-         done(work_dir / "segmentation_lesion_inpainting" / "results" / "summary.csv"),
+         seeds_done(work_dir / "segmentation_lesion_inpainting" / "results"),
          lambda: run_bundle("run", config_file=segmentation_yaml, checkpoint_dir=str(inpainting_dir),
                             generator_configs=[files[0], str(configs_dir / "lesion_inpainting.yaml")],
                             output_dir=str(work_dir / "segmentation_lesion_inpainting"), experiments=["B"],
@@ -161,8 +175,8 @@ def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
         logger.info(f"==== recipe step {number}/{len(steps) + 1}: {description} ====")
         start = time.perf_counter()
         run()
-        if name.startswith("generator") and name in timings and overwrite is False:
-            # a resumed (or already finished) generator adds its new time to the recorded one
+        if name.startswith(("generator", "segmentation")) and name in timings and overwrite is False:
+            # a resumed (or already finished) generator, or a segmentation given more seeds, adds its new time
             timings[name] = timings[name] + (time.perf_counter() - start)
         else:
             timings[name] = time.perf_counter() - start
@@ -178,11 +192,14 @@ def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
 
 
 def paired_difference(base: Sequence[Mapping[str, str]], other: Sequence[Mapping[str, str]], column: str,
-                      n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
-    """Per-slice paired difference ``other - base`` of one column (percent), its mean and bootstrap interval.
+                      n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Paired difference ``other - base`` of one column (percent) per test slice and training seed, with its interval.
 
-    Slices are matched by ``name``; a slice with no value in either run (an absent class) is left out.
-    The bootstrap draws patients (the ``patient`` column) with replacement.
+    A cell of the difference is the same test slice (``name``) scored by the two runs' UNets of the same
+    training seed (``seed``; rows without it are one seed). Only seeds present in both runs are paired. A
+    slice with no value in either run (an absent class) is left out. The interval is
+    :func:`.statistics.paired_bootstrap`'s: patients (the ``patient`` column; a slice without one is its
+    own) and seeds resampled together, so it holds both test-slice and run-to-run noise.
 
     Args:
         base: ``slices.csv`` rows of the reference run (real slices only).
@@ -193,19 +210,35 @@ def paired_difference(base: Sequence[Mapping[str, str]], other: Sequence[Mapping
         seed: bootstrap seed.
 
     Returns:
-        ``{"mean", "low", "high", "slices"}`` in percent points.
+        ``{"mean", "low", "high"}`` in percent points, ``"slices"`` and ``"clusters"`` counted, ``"seeds"``
+        (the paired seeds, space-separated).
 
     Raises:
-        InputError: the two runs were scored on different test slices.
+        InputError: the runs share no training seed, or a seed of the two was scored on different test slices.
     """
-    a = {r["name"]: r for r in base}
-    b = {r["name"]: r for r in other}
-    if set(a) != set(b):
-        raise InputError(f"the runs compared were scored on different test slices ({len(a)} vs {len(b)})")
-    names = [n for n in a if math.isfinite(float(a[n][column] or "nan")) and math.isfinite(float(b[n][column] or "nan"))]
-    diff = np.array([float(b[n][column]) - float(a[n][column]) for n in names]) * 100.0
-    boot = patient_bootstrap(diff, [a[n]["patient"] for n in names], mean_score, n_boot, confidence, seed)
-    return {"mean": float(diff.mean()), "low": float(boot.low), "high": float(boot.high), "slices": len(names)}
+    def by_seed(rows: Sequence[Mapping[str, str]]) -> dict[str, dict[str, Mapping[str, str]]]:
+        out: dict[str, dict[str, Mapping[str, str]]] = {}
+        for r in rows:
+            out.setdefault(str(r.get("seed", "")), {})[r["name"]] = r
+        return out
+
+    a, b = by_seed(base), by_seed(other)
+    seeds = [s for s in a if s in b]
+    if not seeds:
+        raise InputError(f"the runs compared share no training seed ({' '.join(a)} vs {' '.join(b)})")
+    names = list(a[seeds[0]])
+    for s in seeds:
+        if set(a[s]) != set(names) or set(b[s]) != set(names):
+            raise InputError(f"the runs compared were scored on different test slices ({len(a[s])} vs {len(b[s])})")
+
+    def value(row: Mapping[str, str]) -> float:
+        text = row.get(column) or "nan"
+        return float(text)
+
+    diff = np.array([[value(b[s][n]) - value(a[s][n]) for s in seeds] for n in names], dtype=np.float64) * 100.0
+    result = paired_bootstrap(diff, [a[seeds[0]][n].get("patient", "") for n in names], n_boot, confidence, seed)
+    return {"mean": result.mean, "low": result.low, "high": result.high, "slices": result.slices,
+            "clusters": result.clusters, "seeds": " ".join(seeds)}
 
 
 # --------------------------------------------------------------------------- the report
@@ -217,6 +250,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def _f(value: float, digits: int = 1) -> str:
     return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _signed(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:+.1f}"
 
 
 def _summary(rows: Sequence[Mapping[str, str]], run: str, cls: str) -> Mapping[str, str]:
@@ -264,13 +301,14 @@ def _discriminator_figure(stage_dirs: Mapping[str, Path], path: Path) -> Path | 
 def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio: float,
                         seed: int = 0, overwrite: bool = False, configs: Sequence[str] = (),
                         overrides: Mapping[str, Any] | None = None) -> Path:
-    """``<work_dir>/report``: ``report.md``, ``segmentation.csv``, ``targets.csv``, ``timings.csv`` and figures.
+    """``<work_dir>/report``: ``report.md``, ``segmentation.csv``, ``segmentation_seeds.csv``, ``targets.csv``,
+    ``timings.csv`` and figures.
 
     Args:
         work_dir: the recipe's work folder (steps' results inside).
         inpainting_dir: the lesion-inpainting generator's training output.
         ratio: the synthetic fraction of experiments A and B.
-        seed: bootstrap seed.
+        seed: bootstrap seed (of the intervals read from the steps and of the paired differences).
         overwrite: replace an existing report.
         configs: the recipe's config files (for the command line in the report).
         overrides: the recipe's overrides (idem).
@@ -291,7 +329,7 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
         (f"B: {pct} % added", "lesion inpainting", f"B_{pct:02d}", seg_inp),
     ]
     base = [r for r in seg_map[1] if r["run"] == "real_only"]
-    seg_rows, table = [], []
+    seg_rows, table, seed_rows, seed_table, paired_table = [], [], [], [], []
     for label, generator, run, (rows, slices) in runs:
         these = [r for r in slices if r["run"] == run]
         if not these:
@@ -300,7 +338,9 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
         cells = [label, generator]
         info = _summary(rows, run, "infection")
         entry.update(train_real=info.get("train_real", ""), train_synthetic=info.get("train_synthetic", ""))
-        cells += [entry["train_real"], entry["train_synthetic"]]
+        seeds = list(dict.fromkeys(str(r.get("seed", "")) for r in these))
+        entry["seeds"] = " ".join(seeds)
+        cells += [entry["train_real"], entry["train_synthetic"], len(seeds)]
         for cls in ("infection", "ggo", "consolidation"):
             r = _summary(rows, run, cls)
             est, lo, hi = _num(r.get("estimate")), _num(r.get("boot_low")), _num(r.get("boot_high"))
@@ -308,10 +348,23 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
             entry.update({f"{cls}_dice": est, f"{cls}_boot_low": lo, f"{cls}_boot_high": hi,
                           f"{cls}_fold_mean": mean, f"{cls}_fold_half_width": half})
             cells.append(f"{_f(est)} [{_f(lo)}, {_f(hi)}]" + (f"<br>{_f(mean)} ± {_f(half)}" if cls == "infection" else ""))
+        scores = {(r["seed"], r["class"]): r["value"] for r in seed_scores(these) if r["metric"] == "dice"}
+        for s in seeds:
+            values = {cls: scores[(s, cls)] for cls in ("infection", "ggo", "consolidation")}
+            seed_rows.append({"run": label, "generator": generator, "seed": s,
+                              **{f"{cls}_dice": v for cls, v in values.items()}})
+            seed_table.append([label, generator, s or "-", *(_f(v) for v in values.values())])
         if run != "real_only" and base:
-            diff = paired_difference(base, these, "dice_infection", seed=seed)
-            entry.update(infection_diff=diff["mean"], infection_diff_low=diff["low"], infection_diff_high=diff["high"])
-            cells.append(f"{diff['mean']:+.1f} [{diff['low']:+.1f}, {diff['high']:+.1f}]")
+            paired = []
+            for cls in ("infection", "ggo", "consolidation"):
+                diff = paired_difference(base, these, f"dice_{cls}", seed=seed)
+                entry.update({f"{cls}_diff": diff["mean"], f"{cls}_diff_low": diff["low"],
+                              f"{cls}_diff_high": diff["high"]})
+                if cls == "infection":
+                    entry.update(paired_seeds=diff["seeds"], paired_slices=diff["slices"])
+                paired.append(f"{_signed(diff['mean'])} [{_signed(diff['low'])}, {_signed(diff['high'])}]")
+            cells.append(paired[0])
+            paired_table.append([label, generator, entry["paired_seeds"] or "-", entry["paired_slices"], *paired])
         else:
             cells.append("-")
         seg_rows.append(entry)
@@ -324,19 +377,25 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
     timings = _read_timings(work_dir)
     total = sum(timings.values())
 
-    real_only = next((e for e in seg_rows if e["run"] == "real slices only"), {})
     targets: list[dict[str, Any]] = []
 
     def target(name: str, measured: str, met: bool | None) -> None:
         targets.append({"target": name, "measured": measured, "met": "n/a" if met is None else ("yes" if met else "no")})
 
-    half = real_only.get("infection_fold_half_width", math.nan)
     for e in seg_rows:
         if e["run"].startswith("B"):
-            d = e.get("infection_diff", math.nan)
-            target(f"B ({e['generator']}): infection Dice above real-only by more than its fold half-width ({_f(half)})",
-                   f"{d:+.1f} points (paired 95% [{e['infection_diff_low']:+.1f}, {e['infection_diff_high']:+.1f}])",
-                   bool(d > half) if math.isfinite(d) and math.isfinite(half) else None)
+            d, low = e.get("infection_diff", math.nan), e.get("infection_diff_low", math.nan)
+            n_seeds = len(e.get("paired_seeds", "").split()) or 1
+            target(f"B ({e['generator']}): paired infection-Dice gain over real only, its 95% interval "
+                   "(slices x seeds) above zero",
+                   f"{_signed(d)} points [{_signed(low)}, {_signed(e.get('infection_diff_high', math.nan))}] over "
+                   f"{e.get('paired_slices', 0)} slices x {n_seeds} seed{'s' if n_seeds > 1 else ''}; GGO "
+                   f"{_signed(e.get('ggo_diff', math.nan))} [{_signed(e.get('ggo_diff_low', math.nan))}, "
+                   f"{_signed(e.get('ggo_diff_high', math.nan))}], consolidation "
+                   f"{_signed(e.get('consolidation_diff', math.nan))} "
+                   f"[{_signed(e.get('consolidation_diff_low', math.nan))}, "
+                   f"{_signed(e.get('consolidation_diff_high', math.nan))}]",
+                   bool(low > 0) if math.isfinite(low) else None)
     best = max((e["infection_dice"] for e in seg_rows if math.isfinite(e.get("infection_dice", math.nan))), default=math.nan)
     target("infection Dice >= Inf-Net's 68.2 (plain MONAI UNet)", f"best {_f(best)}",
            bool(best >= 68.2) if math.isfinite(best) else None)
@@ -366,14 +425,32 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
             "Command: `python -m monai.bundle run recipe --config_file \"" + str(list(configs)) + "\" "
             + " ".join(f"--{k} {v}" for k, v in (overrides or {}).items()) + "`",
             "",
-            f"## Segmentation on the {len(base)} test slices (Dice %)",
+            f"## Segmentation on the {len({r['name'] for r in base})} test slices (Dice %)",
             "",
-            "Slice mean with its 95% bootstrap interval over test slices; for infection also the fold mean ± the "
-            "95% t half-width over 10 folds of the test set. Last column: the paired per-slice difference from "
-            "the real-only UNet (mean and 95% bootstrap interval). One training run per row (seeded).",
+            "Every row is trained once per seed (column `seeds`); a slice's Dice is the mean of its seeds' UNets. "
+            "Slice mean with its 95% bootstrap interval over test slices (patients); for infection also the fold "
+            "mean ± the 95% t half-width over 10 folds of the test set. Last column: the paired difference from "
+            "the real-only UNet (below).",
             "",
-            markdown_table(["run", "generator", "real", "synthetic", "infection", "GGO", "consolidation",
+            markdown_table(["run", "generator", "real", "synthetic", "seeds", "infection", "GGO", "consolidation",
                             "infection vs real only"], table),
+            "",
+            "### Every seed",
+            "",
+            "Mean Dice % over the test slices of each seed's UNet.",
+            "",
+            markdown_table(["run", "generator", "seed", "infection", "GGO", "consolidation"], seed_table),
+            "",
+            "### Paired difference from real only (Dice points)",
+            "",
+            "For every test slice and training seed: the run's Dice minus the real-only UNet's of the same seed on "
+            "the same slice (slices without the class left out); mean over slices and seeds, with the 95% "
+            "percentile interval of a two-level bootstrap that redraws patients (a slice without a patient id is "
+            "its own) and seeds together (1000 draws), so it holds both test-slice and run-to-run noise. With one "
+            "seed it is over slices only.",
+            "",
+            markdown_table(["run", "generator", "seeds", "slices with infection", "infection", "GGO", "consolidation"],
+                           paired_table),
             "",
             "## Published results on the same test slices",
             "",
@@ -431,7 +508,7 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
             "",
         ]
         write_text("\n".join(lines), stage / "report.md")
-        for name, rows in (("segmentation", seg_rows), ("targets", targets),
+        for name, rows in (("segmentation", seg_rows), ("segmentation_seeds", seed_rows), ("targets", targets),
                            ("timings", [{"step": k, "seconds": round(v, 1)} for k, v in timings.items()])):
             write_text(csv_text(rows, list(dict.fromkeys(k for r in rows for k in r))), stage / f"{name}.csv")
         grid = work_dir / "evaluation" / "report" / "model_grid.png"
