@@ -65,6 +65,10 @@ def test_experiment_b_adds_augmented_slices_and_keeps_every_real_one() -> None:
         assert len({it["image"] for it in extra}) == expected  # no slice twice
     with pytest.raises(InputError, match="synthetic_variants"):
         seg.experiment_datalist(real, synthetic, "B", 1.5)
+    two = _synthetic(real, variants=2)  # two augmented maps per slice: B can add up to 2 N
+    for ratio, expected in [(1.0, 10), (2.0, 20)]:
+        extra = seg.experiment_datalist(real, two, "B", ratio)[len(real):]
+        assert len({it["image"] for it in extra}) == expected and not any("_v0" in it["image"] for it in extra)
     with pytest.raises(InputError, match="variant 0"):
         seg.experiment_datalist(real, synthetic[2:], "A", 0.5)
     with pytest.raises(InputError, match="experiment must be"):
@@ -74,6 +78,8 @@ def test_experiment_b_adds_augmented_slices_and_keeps_every_real_one() -> None:
 def test_ratio_zero_is_one_shared_run() -> None:
     plan = seg.run_names(["A", "B"], [0.0, 0.1, 0.5])
     assert [name for name, _, _ in plan] == ["real_only", "A_10", "A_50", "B_10", "B_50"]
+    plan = seg.run_names(["A", "B"], [0.0, 0.5], b_ratios=[0.0, 1.0, 2.0])  # B beyond N added slices, A not
+    assert plan == [("real_only", "A", 0.0), ("A_50", "A", 0.5), ("B_100", "B", 1.0), ("B_200", "B", 2.0)]
 
 
 def test_summary_uses_folds_and_patient_bootstrap_on_the_slice_records() -> None:

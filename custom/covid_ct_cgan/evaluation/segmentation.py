@@ -18,7 +18,8 @@ Training mixes (the paper's: the segmentation training set is the real
   slices generated from *augmented* label maps (variants 1.., lesions moved,
   rotated and deformed inside the lung, see
   :class:`~covid_ct_cgan.inference.LesionAugmenter`), chosen by a seeded
-  permutation. ``r`` up to ``synthetic_variants``.
+  permutation. ``r`` up to ``synthetic_variants`` (``b_ratios``: B's own ratios, e.g. 1.0 and 2.0 with two
+  augmented maps per slice; A cannot replace more than N).
 - ``r = 0`` is the same run in both (real slices only); it is trained once.
 
 Training seeds (``seeds``, default ``[seed]``): every run is trained once per seed, each a UNet of its
@@ -479,13 +480,24 @@ def seed_scores(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- the runner
 
 
-def run_names(experiments: Sequence[str], ratios: Sequence[float]) -> list[tuple[str, str, float]]:
-    """``(run name, experiment, ratio)`` of every run; ratio 0 is one shared run, ``real_only``."""
+def run_names(
+    experiments: Sequence[str], ratios: Sequence[float], b_ratios: Sequence[float] | None = None,
+) -> list[tuple[str, str, float]]:
+    """``(run name, experiment, ratio)`` of every run; ratio 0 is one shared run, ``real_only``.
+
+    Args:
+        experiments: any of ``"A"``, ``"B"``.
+        ratios: the ratios of every experiment.
+        b_ratios: experiment B's own ratios (B can add more than N slices, A cannot replace more); ``None``: ``ratios``.
+
+    Raises:
+        InputError: an unknown experiment or a negative ratio.
+    """
     out: list[tuple[str, str, float]] = []
     for experiment in experiments:
         if experiment not in EXPERIMENTS:
             raise InputError(f"experiments must be among {EXPERIMENTS}, got {experiment!r}")
-        for ratio in ratios:
+        for ratio in (b_ratios if experiment == "B" and b_ratios is not None else ratios):
             if float(ratio) < 0:
                 raise InputError(f"ratios must be >= 0, got {ratio}")
             if float(ratio) == 0.0:
@@ -592,6 +604,7 @@ def run_experiments(
     device: str | torch.device = "cpu",
     config: BundleCommand | Mapping[str, Any] | None = None,
     seeds: Sequence[int] | None = None,
+    b_ratios: Sequence[float] | None = None,
 ) -> list[dict[str, Any]]:
     """Run experiments A and B (see the module docstring). Bundle run id ``run`` of ``segmentation.yaml``.
 
@@ -625,6 +638,8 @@ def run_experiments(
             ``segmentation.yaml``) or a raw config (tests, the ablation runner).
         seeds: training seeds; every run is trained once per seed (``set_determinism``). ``None`` or
             empty: ``[seed]``.
+        b_ratios: experiment B's ratios when they differ from A's (e.g. B at 1.0 and 2.0, with
+            ``synthetic_variants`` 2); ``None``: ``ratios``.
 
     Returns:
         The summary rows (``summary.csv``; when every seed was there already, as read from it).
@@ -639,12 +654,14 @@ def run_experiments(
     wanted = seed_list(seeds, seed)
     raw = load_config(config)  # read (and --tracking patched) once; each run works on a copy
     datalist, target = Path(datalist), Path(output_dir) / RESULTS
-    plan = run_names(experiments, ratios)
-    if any(exp == "B" and ratio > int(synthetic_variants) for _, exp, ratio in plan) and not synthetic_datalist:
-        raise InputError(f"experiment B up to ratio {max(ratios)} needs synthetic_variants >= {math.ceil(max(ratios))}")
+    plan = run_names(experiments, ratios, b_ratios)
+    b_max = max((ratio for _, exp, ratio in plan if exp == "B"), default=0.0)
+    if b_max > int(synthetic_variants) and not synthetic_datalist:
+        raise InputError(f"experiment B up to ratio {b_max:g} needs synthetic_variants >= {math.ceil(b_max)}")
     resume = json.loads(json.dumps({
         "datalist": str(datalist.resolve()), "train_key": train_key, "test_key": test_key,
         "experiments": list(experiments), "ratios": [float(r) for r in ratios],
+        "b_ratios": None if b_ratios is None else [float(r) for r in b_ratios],
         "include_infection_free": bool(include_infection_free), "synthetic_datalist": str(synthetic_datalist),
         "generator": dict(generator or {}), "synthetic_variants": int(synthetic_variants), "seed": int(seed),
         "config": _config_digest(raw),
@@ -699,7 +716,8 @@ def run_experiments(
             rows_out, _, sizes = _tables(stage, plan, experiments, done, datalist, f"{train_key} -> {test_key}", test,
                                          raw, seed, source, (num_folds, n_boot, confidence, fold_method))
             write_json({"datalist": str(datalist), "train_key": train_key, "test_key": test_key,
-                        "experiments": list(experiments), "ratios": [float(r) for r in ratios], "synthetic": source,
+                        "experiments": list(experiments), "ratios": [float(r) for r in ratios],
+                        "b_ratios": None if b_ratios is None else [float(r) for r in b_ratios], "synthetic": source,
                         "num_folds": num_folds, "n_boot": n_boot, "confidence": confidence, "fold_method": fold_method,
                         "seed": seed, "seeds": done, "resume": resume,
                         "runs": {n: {"train_real": a, "train_synthetic": b} for n, (a, b) in sizes.items()}},
