@@ -17,7 +17,7 @@ import pytest
 
 from covid_ct_cgan.evaluation import segmentation as seg
 from covid_ct_cgan.evaluation.image_quality import csv_text
-from covid_ct_cgan.evaluation.recipe import paired_difference, write_recipe_report
+from covid_ct_cgan.evaluation.recipe import choose_b_ratio, paired_difference, write_recipe_report
 from covid_ct_cgan.errors import InputError
 from covid_ct_cgan.settings import run_bundle
 
@@ -115,6 +115,35 @@ def test_report_lists_every_seed_and_judges_b_by_its_paired_interval(tmp_path: P
     text = (report / "report.md").read_text()
     assert "## Segmentation on the 12 test slices" in text  # not 12 x 3 seeds
     assert "### Every seed" in text and "### Paired difference from real only" in text
+
+
+def test_b_ratio_is_chosen_on_the_validation_results_and_reported(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    work = tmp_path / "work"
+    choice = work / "segmentation_b_choice" / "results"
+    real = _slice_rows("real_only", "B", 0.0, 0.0, 0.02, rng)
+    _write_results(choice, real + _slice_rows("B_50", "B", 0.5, 0.02, 0.02, rng)
+                   + _slice_rows("B_100", "B", 1.0, 0.06, 0.02, rng) + _slice_rows("B_200", "B", 2.0, 0.03, 0.02, rng))
+    chosen, rows = choose_b_ratio(choice)
+    assert chosen == 1.0  # the largest gain, not the most synthetic slices
+    assert [r["ratio"] for r in rows] == [0.5, 1.0, 2.0] and [r["chosen"] for r in rows] == ["", "yes", ""]
+    assert rows[1]["infection_diff"] > rows[0]["infection_diff"] and rows[1]["seeds"] == "0 1 2"
+    # a tie goes to fewer synthetic slices
+    tie = tmp_path / "tie"
+    _write_results(tie, real + [dict(r, run=run, ratio=ratio) for run, ratio in (("B_200", 2.0), ("B_100", 1.0))
+                                for r in _slice_rows("x", "B", 0.0, 0.0, 0.0, np.random.default_rng(5))])
+    assert choose_b_ratio(tie)[0] == 1.0
+    with pytest.raises(InputError, match="B-ratio choice"):
+        choose_b_ratio(tmp_path / "none")
+    # the report's B rows are those of the chosen ratio, and the choice is listed
+    _write_results(work / "segmentation" / "results",
+                   _slice_rows("real_only", "A+B", 0.0, 0.0, 0.04, rng) + _slice_rows("A_50", "A", 0.5, 0.0, 0.04, rng)
+                   + _slice_rows("B_100", "B", 1.0, 0.05, 0.04, rng))
+    report = write_recipe_report(work, tmp_path / "inpainting", 0.5)
+    assert [r["run"] for r in _rows(report / "segmentation.csv")] == [
+        "real slices only", "A: 50 % replaced", "B: 100 % added"]
+    assert [r["chosen"] for r in _rows(report / "b_ratio_choice.csv")] == ["", "yes", ""]
+    assert "### B's ratio, chosen on the validation slices" in (report / "report.md").read_text()
 
 
 def _subset(root: Path) -> Path:

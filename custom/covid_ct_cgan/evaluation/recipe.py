@@ -8,6 +8,9 @@ stopped recipe continues where it stopped):
 3. image quality and realism of both on the test slices (``evaluate.yaml``, run id ``run``);
 4. segmentation: real slices only, experiment A (``ratio`` replaced) and B (``ratio`` added) with the
    map-only generator (``segmentation.yaml``), each trained once per seed of the segmentation's ``seeds``;
+   with ``b_choices`` (e.g. ``[1.0, 2.0]``), B's ratio is first chosen among ``ratio`` and those on the
+   *validation* slices (:func:`choose_b_ratio`; step ``segmentation_b_choice``, never the test slices), with
+   ``synthetic_variants`` raised to the largest ratio (several augmented maps per slice);
 5. segmentation: experiment B with the lesion-inpainting generator (the same seeds);
 6. ``evaluate.yaml``'s report (Tables II-IV);
 7. the recipe's report (``<work_dir>/report``): the segmentation table, every seed's scores, the paired
@@ -48,7 +51,8 @@ from .statistics import paired_bootstrap
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PUBLISHED_INFECTION", "PUBLISHED_CLASSES", "run_recipe", "paired_difference", "write_recipe_report"]
+__all__ = ["PUBLISHED_INFECTION", "PUBLISHED_CLASSES", "run_recipe", "paired_difference", "choose_b_ratio",
+           "write_recipe_report"]
 
 # Mean Dice on the 48 COVID-SemiSeg test slices, Inf-Net repository (EvaluateResults/), binary infection
 PUBLISHED_INFECTION: tuple[tuple[str, float], ...] = (
@@ -101,7 +105,8 @@ def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
         args: ``work_dir``, ``data_dir``, ``output_dir`` (the map-only generator's), ``models``
             (``evaluate.yaml`` entries to score), ``segmentation`` (overrides of ``segmentation.yaml``),
             ``evaluation`` (other overrides of ``evaluate.yaml``), ``lesion_inpainting`` (overrides of the
-            lesion-inpainting generator's training only), ``ratio``, ``seed``, ``overwrite``.
+            lesion-inpainting generator's training only), ``ratio``, ``b_choices`` (further B ratios to
+            choose from on the validation slices; empty: B at ``ratio``), ``seed``, ``overwrite``.
 
     Returns:
         The report folder.
@@ -132,15 +137,39 @@ def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
         return lambda: path.is_file() and not overwrite
 
     wanted_seeds = seed_list(segmentation.get("seeds"), seed)
+    choices = [float(r) for r in args.get("b_choices") or []]
+    tried = list(dict.fromkeys([ratio, *choices]))
+    choice_dir = work_dir / CHOICE_FOLDER
 
-    def seeds_done(results: Path) -> Callable[[], bool]:  # a summary with every seed asked for
+    def b_ratio() -> float:  # B's ratio in steps 4-5: read when they start, after the choice step
+        return choose_b_ratio(choice_dir / "results", seed)[0] if choices else ratio
+
+    def for_b(b: float, **extra: Any) -> dict[str, Any]:  # segmentation overrides with enough augmented maps for B
+        variants = max(int(segmentation.get("synthetic_variants", 1)), math.ceil(b))
+        return {**segmentation, "synthetic_variants": variants, **extra}
+
+    def seeds_done(results: Path, run: Callable[[], str]) -> Callable[[], bool]:  # every seed asked for, B's run there
         def finished() -> bool:
             try:
-                present = json.loads((results / "settings.json").read_text()).get("seeds", [])
+                settings = json.loads((results / "settings.json").read_text())
             except (OSError, ValueError):
                 return False
-            return done(results / "summary.csv")() and set(wanted_seeds) <= {int(s) for s in present}
+            present = {int(s) for s in settings.get("seeds", [])}
+            return done(results / "summary.csv")() and set(wanted_seeds) <= present and run() in settings.get("runs", {})
         return finished
+
+    def newer(path: Path, source: Path) -> Callable[[], bool]:  # done, and made after its input (seeds added since)
+        return lambda: done(path)() and (not source.is_file() or path.stat().st_mtime_ns >= source.stat().st_mtime_ns)
+
+    def b_run() -> str:
+        return f"B_{int(round(b_ratio() * 100)):02d}"
+
+    def segmentation_map() -> None:
+        b = b_ratio()
+        extra = {"b_ratios": [0.0, b]} if choices else {}
+        run_bundle("run", config_file=segmentation_yaml, checkpoint_dir=str(output_dir),
+                   output_dir=str(work_dir / "segmentation"), experiments=["A", "B"], ratios=[0.0, ratio],
+                   **for_b(b, **extra), **common)
 
     steps: list[tuple[str, str, Callable[[], bool], Callable[[], None]]] = [
         ("generator_map", "the map-only generator (three stages)", lambda: False,
@@ -151,19 +180,23 @@ def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
          done(evaluation_dir / "image_quality" / "image_quality.csv"),
          lambda: run_bundle("run", config_file=evaluate_yaml, checkpoint_dir=str(output_dir),
                             model_names=list(args["models"]), **evaluation, **common)),
-        ("segmentation_map", f"segmentation: real only, A and B at {ratio:g} (map-only generator)",
-         seeds_done(work_dir / "segmentation" / "results"),
-         lambda: run_bundle("run", config_file=segmentation_yaml, checkpoint_dir=str(output_dir),
-                            output_dir=str(work_dir / "segmentation"), experiments=["A", "B"], ratios=[0.0, ratio],
-                            **segmentation, **common)),
-        ("segmentation_lesion_inpainting", f"segmentation: B at {ratio:g} (lesion-inpainting generator)",
-         seeds_done(work_dir / "segmentation_lesion_inpainting" / "results"),
+        *([("segmentation_b_choice", f"segmentation on the validation slices: B at {', '.join(f'{r:g}' for r in tried)} "
+            "(map-only generator), to choose B's ratio",
+            seeds_done(choice_dir / "results", lambda: f"B_{int(round(max(tried) * 100)):02d}"),
+            lambda: run_bundle("run", config_file=segmentation_yaml, checkpoint_dir=str(output_dir),
+                               output_dir=str(choice_dir), experiments=["B"], ratios=[0.0, *tried],
+                               **for_b(max(tried), test_key="validation"), **common))] if choices else []),
+        ("segmentation_map", f"segmentation: real only, A at {ratio:g} and B (map-only generator)",
+         seeds_done(work_dir / "segmentation" / "results", b_run),
+         segmentation_map),
+        ("segmentation_lesion_inpainting", "segmentation: B (lesion-inpainting generator)",
+         seeds_done(work_dir / "segmentation_lesion_inpainting" / "results", b_run),
          lambda: run_bundle("run", config_file=segmentation_yaml, checkpoint_dir=str(inpainting_dir),
                             generator_configs=[files[0], str(configs_dir / "lesion_inpainting.yaml")],
                             output_dir=str(work_dir / "segmentation_lesion_inpainting"), experiments=["B"],
-                            ratios=[ratio], **segmentation, **common)),
+                            ratios=[b_ratio()], **for_b(b_ratio()), **common)),
         ("evaluation_report", "evaluate.yaml's report (Tables II-IV)",
-         done(evaluation_dir / "report" / "report.md"),
+         newer(evaluation_dir / "report" / "report.md", work_dir / "segmentation" / "results" / "summary.csv"),
          lambda: run_bundle("report", config_file=evaluate_yaml, segmentation_output_dir=str(work_dir / "segmentation"),
                             **common)),
     ]
@@ -183,7 +216,7 @@ def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
         write_json(timings, _timings_path(work_dir), overwrite=True)
     logger.info(f"==== recipe step {len(steps) + 1}/{len(steps) + 1}: the report ====")
     report_dir = write_recipe_report(work_dir, inpainting_dir, ratio, seed, overwrite=True,
-                                     configs=files, overrides=overrides)
+                                     configs=files, overrides=overrides, b_ratio=b_ratio())
     print(f"recipe: report in {report_dir / 'report.md'}", flush=True)
     return report_dir
 
@@ -239,6 +272,52 @@ def paired_difference(base: Sequence[Mapping[str, str]], other: Sequence[Mapping
     result = paired_bootstrap(diff, [a[seeds[0]][n].get("patient", "") for n in names], n_boot, confidence, seed)
     return {"mean": result.mean, "low": result.low, "high": result.high, "slices": result.slices,
             "clusters": result.clusters, "seeds": " ".join(seeds)}
+
+
+CHOICE_FOLDER = "segmentation_b_choice"  # <work_dir>/... : B's ratios scored on the validation slices
+
+
+def choose_b_ratio(results: str | Path, seed: int = 0) -> tuple[float, list[dict[str, Any]]]:
+    """B's ratio chosen on the validation slices: the largest paired infection-Dice gain over real only.
+
+    Reads a ``segmentation.yaml`` results folder of experiment B at several ratios scored on the
+    validation slices (the recipe's step ``segmentation_b_choice``); the gain is
+    :func:`paired_difference`'s mean (slices x seeds). A tie goes to the smaller ratio (fewer synthetic slices).
+
+    Args:
+        results: the results folder (``slices.csv``).
+        seed: bootstrap seed of the intervals reported beside the choice.
+
+    Returns:
+        The chosen ratio, and one row per ratio: ``ratio``, ``run``, ``infection_diff`` (with ``_low`` and
+        ``_high``), ``seeds``, ``slices``, ``chosen``.
+
+    Raises:
+        InputError: no results, or no real-only or B run in them.
+    """
+    path = Path(results) / "slices.csv"
+    if not path.is_file():
+        raise InputError("no results of the B-ratio choice on the validation slices; run the recipe's "
+                         "segmentation_b_choice step", path)
+    rows = read_csv(path)
+    base = [r for r in rows if r["run"] == "real_only"]
+    runs = list(dict.fromkeys(r["run"] for r in rows if r["experiment"] == "B" and r["run"] != "real_only"))
+    if not base or not runs:
+        raise InputError("the B-ratio choice needs a real-only run and at least one B run", path)
+    out = []
+    for run in runs:
+        these = [r for r in rows if r["run"] == run]
+        diff = paired_difference(base, these, "dice_infection", seed=seed)
+        out.append({"ratio": float(these[0]["ratio"]), "run": run, "infection_diff": diff["mean"],
+                    "infection_diff_low": diff["low"], "infection_diff_high": diff["high"], "seeds": diff["seeds"],
+                    "slices": diff["slices"]})
+    finite = [r for r in out if math.isfinite(r["infection_diff"])]
+    if not finite:
+        raise InputError("no validation slice with infection: the B-ratio choice has nothing to go by", path)
+    best = max(finite, key=lambda r: (r["infection_diff"], -r["ratio"]))
+    for r in out:
+        r["chosen"] = "yes" if r is best else ""
+    return best["ratio"], out
 
 
 # --------------------------------------------------------------------------- the report
@@ -300,24 +379,32 @@ def _discriminator_figure(stage_dirs: Mapping[str, Path], path: Path) -> Path | 
 
 def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio: float,
                         seed: int = 0, overwrite: bool = False, configs: Sequence[str] = (),
-                        overrides: Mapping[str, Any] | None = None) -> Path:
+                        overrides: Mapping[str, Any] | None = None, b_ratio: float | None = None) -> Path:
     """``<work_dir>/report``: ``report.md``, ``segmentation.csv``, ``segmentation_seeds.csv``, ``targets.csv``,
     ``timings.csv`` and figures.
 
     Args:
         work_dir: the recipe's work folder (steps' results inside).
         inpainting_dir: the lesion-inpainting generator's training output.
-        ratio: the synthetic fraction of experiments A and B.
+        ratio: the synthetic fraction of experiment A (and of B unless chosen otherwise).
         seed: bootstrap seed (of the intervals read from the steps and of the paired differences).
         overwrite: replace an existing report.
         configs: the recipe's config files (for the command line in the report).
         overrides: the recipe's overrides (idem).
+        b_ratio: experiment B's fraction; ``None``: the one chosen on the validation slices when
+            ``<work_dir>/segmentation_b_choice`` holds results, else ``ratio``.
 
     Returns:
         The report folder.
     """
     work_dir, inpainting_dir = Path(work_dir), Path(inpainting_dir)
     pct = int(round(ratio * 100))
+    choice_results = work_dir / CHOICE_FOLDER / "results"
+    choice_rows: list[dict[str, Any]] = []
+    if (choice_results / "slices.csv").is_file():
+        chosen, choice_rows = choose_b_ratio(choice_results, seed)
+        b_ratio = chosen if b_ratio is None else b_ratio
+    b_pct = int(round((ratio if b_ratio is None else b_ratio) * 100))
     # (summary rows, slice rows) of each segmentation step, read once
     seg_map, seg_inp = ((_rows(folder / "summary.csv"), _rows(folder / "slices.csv"))
                         for folder in (work_dir / "segmentation" / "results",
@@ -325,8 +412,8 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
     runs = [  # (label, generator, run name, that step's results)
         ("real slices only", "-", "real_only", seg_map),
         (f"A: {pct} % replaced", "map-only", f"A_{pct:02d}", seg_map),
-        (f"B: {pct} % added", "map-only", f"B_{pct:02d}", seg_map),
-        (f"B: {pct} % added", "lesion inpainting", f"B_{pct:02d}", seg_inp),
+        (f"B: {b_pct} % added", "map-only", f"B_{b_pct:02d}", seg_map),
+        (f"B: {b_pct} % added", "lesion inpainting", f"B_{b_pct:02d}", seg_inp),
     ]
     base = [r for r in seg_map[1] if r["run"] == "real_only"]
     seg_rows, table, seed_rows, seed_table, paired_table = [], [], [], [], []
@@ -452,6 +539,17 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
             markdown_table(["run", "generator", "seeds", "slices with infection", "infection", "GGO", "consolidation"],
                            paired_table),
             "",
+            *(["### B's ratio, chosen on the validation slices",
+               "",
+               "B (map-only generator) at each ratio tried, scored on the validation slices only (never a test "
+               "slice): the paired infection-Dice gain over real only (slices x seeds). The largest gain is B's "
+               "ratio above.",
+               "",
+               markdown_table(["ratio", "seeds", "slices with infection", "infection vs real only", "chosen"],
+                              [[f"{r['ratio']:g}", r["seeds"], r["slices"],
+                                f"{_signed(r['infection_diff'])} [{_signed(r['infection_diff_low'])}, "
+                                f"{_signed(r['infection_diff_high'])}]", r["chosen"]] for r in choice_rows]),
+               ""] if choice_rows else []),
             "## Published results on the same test slices",
             "",
             "Mean Dice % on the 48 COVID-SemiSeg test slices from the Inf-Net repository (`EvaluateResults/`); "
@@ -508,7 +606,8 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
             "",
         ]
         write_text("\n".join(lines), stage / "report.md")
-        for name, rows in (("segmentation", seg_rows), ("segmentation_seeds", seed_rows), ("targets", targets),
+        for name, rows in (("segmentation", seg_rows), ("segmentation_seeds", seed_rows),
+                           *([("b_ratio_choice", choice_rows)] if choice_rows else []), ("targets", targets),
                            ("timings", [{"step": k, "seconds": round(v, 1)} for k, v in timings.items()])):
             write_text(csv_text(rows, list(dict.fromkeys(k for r in rows for k in r))), stage / f"{name}.csv")
         grid = work_dir / "evaluation" / "report" / "model_grid.png"
