@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covid_ct_cgan.evaluation.recipe import paired_difference
+from covid_ct_cgan.evaluation import segmentation as seg
+from covid_ct_cgan.evaluation.image_quality import csv_text
+from covid_ct_cgan.evaluation.recipe import choose_b_ratio, paired_difference, write_recipe_report
 from covid_ct_cgan.errors import InputError
 from covid_ct_cgan.settings import run_bundle
 
@@ -39,6 +41,109 @@ def test_paired_difference_matches_slices_and_refuses_other_test_sets() -> None:
     assert diff["low"] <= diff["mean"] <= diff["high"]
     with pytest.raises(InputError, match="different test slices"):
         paired_difference(base, other[:2], "dice_infection")
+
+
+def _slice_rows(run: str, experiment: str, ratio: float, shift: float, noise: float, rng: np.random.Generator) -> list[dict]:
+    """12 test slices of 4 patients x seeds 0-2; Dice = a slice's own level + ``shift`` + seed-and-slice noise."""
+    rows = []
+    for s in range(3):
+        for i in range(12):
+            row = {"run": run, "experiment": experiment, "ratio": ratio, "seed": s, "name": f"images/p{i // 3}_{i}.nii.gz",
+                   "patient": f"p{i // 3}", "slice": i}
+            for c in seg.CLASSES:
+                level = 0.3 + 0.03 * i
+                dice = "nan" if (c == "consolidation" and i % 4 == 0) else float(np.clip(level + shift + rng.normal(0, noise), 0, 1))
+                row.update({f"dice_{c}": dice, f"tp_{c}": 50, f"fp_{c}": 10, f"tn_{c}": 900, f"fn_{c}": 20})
+            rows.append(row)
+    return rows
+
+
+def _write_results(folder: Path, rows: list[dict]) -> None:
+    folder.mkdir(parents=True)
+    summary = [dict(r, train_real=45, train_synthetic=0 if r["run"] == "real_only" else 23)
+               for r in seg.summarise(rows, num_folds=4, n_boot=100)]
+    (folder / "summary.csv").write_text(csv_text(summary, seg.SUMMARY_COLUMNS))
+    (folder / "slices.csv").write_text(csv_text(rows, seg.SLICE_COLUMNS))
+
+
+def test_paired_difference_pairs_slices_and_seeds() -> None:
+    rng = np.random.default_rng(0)
+    base = _slice_rows("real_only", "A+B", 0.0, 0.0, 0.05, rng)
+    gain = [dict(r, run="B_50", dice_infection=r["dice_infection"] + 0.04) for r in base]  # the same slice and seed
+    diff = paired_difference(base, gain[::-1], "dice_infection", n_boot=300)
+    assert diff["mean"] == pytest.approx(4.0) and diff["low"] == pytest.approx(4.0) and diff["high"] == pytest.approx(4.0)
+    assert (diff["slices"], diff["clusters"], diff["seeds"]) == (12, 4, "0 1 2")
+    noisy = _slice_rows("B_50", "B", 0.5, 0.0, 0.05, rng)
+    diff = paired_difference(base, noisy, "dice_infection", n_boot=300)
+    assert diff["low"] < 0.0 < diff["high"]  # no gain: the interval holds zero
+    two = paired_difference(base, [r for r in noisy if r["seed"] != 2], "dice_infection", n_boot=300)
+    assert two["seeds"] == "0 1"  # only the seeds of both runs are paired
+    with pytest.raises(InputError, match="share no training seed"):
+        paired_difference(base, [dict(r, seed=7) for r in noisy], "dice_infection")
+    with pytest.raises(InputError, match="different test slices"):
+        paired_difference(base, [r for r in noisy if r["slice"] != 3], "dice_infection")
+
+
+def test_report_lists_every_seed_and_judges_b_by_its_paired_interval(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    work = tmp_path / "work"
+    real = _slice_rows("real_only", "A+B", 0.0, 0.0, 0.04, rng)
+    _write_results(work / "segmentation" / "results",
+                   real + _slice_rows("A_50", "A", 0.5, -0.01, 0.04, rng) + _slice_rows("B_50", "B", 0.5, 0.08, 0.04, rng))
+    # lesion inpainting: half the patients 5 points better, half 5 points worse than real only, every seed
+    sign = {"p0": 1, "p1": -1, "p2": 1, "p3": -1}
+    swing = [dict(r, run="B_50", experiment="B", ratio=0.5,
+                  **{f"dice_{c}": r[f"dice_{c}"] if r[f"dice_{c}"] == "nan" else r[f"dice_{c}"] + 0.05 * sign[r["patient"]]
+                     for c in seg.CLASSES}) for r in real]
+    _write_results(work / "segmentation_lesion_inpainting" / "results", swing)
+    report = write_recipe_report(work, tmp_path / "inpainting", 0.5)
+    seg_rows = _rows(report / "segmentation.csv")
+    assert [(r["run"], r["generator"], r["seeds"]) for r in seg_rows] == [
+        ("real slices only", "-", "0 1 2"), ("A: 50 % replaced", "map-only", "0 1 2"),
+        ("B: 50 % added", "map-only", "0 1 2"), ("B: 50 % added", "lesion inpainting", "0 1 2")]
+    b_map, b_inp = seg_rows[2], seg_rows[3]
+    for cls in ("infection", "ggo", "consolidation"):
+        assert 0.0 < float(b_map[f"{cls}_diff_low"]) < float(b_map[f"{cls}_diff"]) < float(b_map[f"{cls}_diff_high"])
+        assert float(b_inp[f"{cls}_diff_low"]) < 0.0 < float(b_inp[f"{cls}_diff_high"])
+    assert b_map["paired_seeds"] == "0 1 2" and b_map["paired_slices"] == "12"
+    per_seed = _rows(report / "segmentation_seeds.csv")
+    assert len(per_seed) == 4 * 3 and {r["seed"] for r in per_seed} == {"0", "1", "2"}
+    targets = [t for t in _rows(report / "targets.csv") if t["target"].startswith("B (")]
+    assert [t["met"] for t in targets] == ["yes", "no"]  # map-only gains, lesion inpainting is noise
+    assert all("slices x 3 seeds" in t["measured"] and "GGO" in t["measured"] and "consolidation" in t["measured"]
+               for t in targets)
+    text = (report / "report.md").read_text()
+    assert "## Segmentation on the 12 test slices" in text  # not 12 x 3 seeds
+    assert "### Every seed" in text and "### Paired difference from real only" in text
+
+
+def test_b_ratio_is_chosen_on_the_validation_results_and_reported(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    work = tmp_path / "work"
+    choice = work / "segmentation_b_choice" / "results"
+    real = _slice_rows("real_only", "B", 0.0, 0.0, 0.02, rng)
+    _write_results(choice, real + _slice_rows("B_50", "B", 0.5, 0.02, 0.02, rng)
+                   + _slice_rows("B_100", "B", 1.0, 0.06, 0.02, rng) + _slice_rows("B_200", "B", 2.0, 0.03, 0.02, rng))
+    chosen, rows = choose_b_ratio(choice)
+    assert chosen == 1.0  # the largest gain, not the most synthetic slices
+    assert [r["ratio"] for r in rows] == [0.5, 1.0, 2.0] and [r["chosen"] for r in rows] == ["", "yes", ""]
+    assert rows[1]["infection_diff"] > rows[0]["infection_diff"] and rows[1]["seeds"] == "0 1 2"
+    # a tie goes to fewer synthetic slices
+    tie = tmp_path / "tie"
+    _write_results(tie, real + [dict(r, run=run, ratio=ratio) for run, ratio in (("B_200", 2.0), ("B_100", 1.0))
+                                for r in _slice_rows("x", "B", 0.0, 0.0, 0.0, np.random.default_rng(5))])
+    assert choose_b_ratio(tie)[0] == 1.0
+    with pytest.raises(InputError, match="B-ratio choice"):
+        choose_b_ratio(tmp_path / "none")
+    # the report's B rows are those of the chosen ratio, and the choice is listed
+    _write_results(work / "segmentation" / "results",
+                   _slice_rows("real_only", "A+B", 0.0, 0.0, 0.04, rng) + _slice_rows("A_50", "A", 0.5, 0.0, 0.04, rng)
+                   + _slice_rows("B_100", "B", 1.0, 0.05, 0.04, rng))
+    report = write_recipe_report(work, tmp_path / "inpainting", 0.5)
+    assert [r["run"] for r in _rows(report / "segmentation.csv")] == [
+        "real slices only", "A: 50 % replaced", "B: 100 % added"]
+    assert [r["chosen"] for r in _rows(report / "b_ratio_choice.csv")] == ["", "yes", ""]
+    assert "### B's ratio, chosen on the validation slices" in (report / "report.md").read_text()
 
 
 def _subset(root: Path) -> Path:
@@ -68,7 +173,9 @@ def test_recipe_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     train_images = {it["image"] for key in ("training", "validation") for it in lists[key]}
     assert len(train_images) == TRAIN
     assert len(lists["test_segmentation"]) == TEST and not train_images & {it["image"] for it in lists["test_segmentation"]}
-    for run_dir in (work / "segmentation" / "results" / "runs").iterdir():
+    run_dirs = sorted((work / "segmentation" / "results" / "runs").glob("*/seed_*"))
+    assert len(run_dirs) == 3 * 3  # real only, A and B, each with medseg.yaml's 3 seeds
+    for run_dir in run_dirs:
         used = {Path(it["image"]).name for it in json.loads((run_dir / "training.json").read_text())["train_items"]
                 if it["origin"] == "real"}
         assert used

@@ -65,6 +65,10 @@ def test_experiment_b_adds_augmented_slices_and_keeps_every_real_one() -> None:
         assert len({it["image"] for it in extra}) == expected  # no slice twice
     with pytest.raises(InputError, match="synthetic_variants"):
         seg.experiment_datalist(real, synthetic, "B", 1.5)
+    two = _synthetic(real, variants=2)  # two augmented maps per slice: B can add up to 2 N
+    for ratio, expected in [(1.0, 10), (2.0, 20)]:
+        extra = seg.experiment_datalist(real, two, "B", ratio)[len(real):]
+        assert len({it["image"] for it in extra}) == expected and not any("_v0" in it["image"] for it in extra)
     with pytest.raises(InputError, match="variant 0"):
         seg.experiment_datalist(real, synthetic[2:], "A", 0.5)
     with pytest.raises(InputError, match="experiment must be"):
@@ -74,6 +78,8 @@ def test_experiment_b_adds_augmented_slices_and_keeps_every_real_one() -> None:
 def test_ratio_zero_is_one_shared_run() -> None:
     plan = seg.run_names(["A", "B"], [0.0, 0.1, 0.5])
     assert [name for name, _, _ in plan] == ["real_only", "A_10", "A_50", "B_10", "B_50"]
+    plan = seg.run_names(["A", "B"], [0.0, 0.5], b_ratios=[0.0, 1.0, 2.0])  # B beyond N added slices, A not
+    assert plan == [("real_only", "A", 0.0), ("A_50", "A", 0.5), ("B_100", "B", 1.0), ("B_200", "B", 2.0)]
 
 
 def test_summary_uses_folds_and_patient_bootstrap_on_the_slice_records() -> None:
@@ -133,10 +139,11 @@ def test_tiny_experiments_end_to_end(dataset: Path, tmp_path: Path) -> None:
     )
     results = out / "results"
     assert sorted(p.name for p in (results / "runs").iterdir()) == ["A_50", "B_50", "real_only"]
-    for run in ("A_50", "B_50", "real_only"):  # SupervisedTrainer checkpoint and MetricsSaver reports
+    for run in ("A_50", "B_50", "real_only"):  # SupervisedTrainer checkpoint and MetricsSaver reports, one seed
+        assert [p.name for p in (results / "runs" / run).iterdir()] == ["seed_0"]
         assert {"unet.pt", "metrics.csv", "test_dice_raw.csv", "slices.csv", "training.json"} <= {
-            p.name for p in (results / "runs" / run).iterdir()}
-    sizes = {r: json.loads((results / "runs" / r / "training.json").read_text()) for r in ("A_50", "B_50")}
+            p.name for p in (results / "runs" / run / "seed_0").iterdir()}
+    sizes = {r: json.loads((results / "runs" / r / "seed_0" / "training.json").read_text()) for r in ("A_50", "B_50")}
     assert (sizes["A_50"]["train_real"], sizes["A_50"]["train_synthetic"]) == (1, 2)  # 3 real, round(1.5) = 2
     assert (sizes["B_50"]["train_real"], sizes["B_50"]["train_synthetic"]) == (3, 2)
     # 2 experiments x 2 ratios x 3 classes x 3 metrics; ratio 0 listed under both experiments
@@ -186,3 +193,64 @@ def test_training_on_the_test_slices_is_refused(dataset: Path, tmp_path: Path) -
         seg.run_experiments(tmp_path / "seg", leaky, experiments=["A"], ratios=[0.0], config=_tiny_config())
     assert err.value.code == 2
     assert not (tmp_path / "seg" / "results").exists()
+
+
+def test_summary_of_several_seeds_scores_their_mean_per_slice() -> None:
+    rows = []
+    for s, shift in ((0, 0.0), (1, 0.2)):
+        for i in range(6):
+            row = {"run": "B_50", "experiment": "B", "ratio": 0.5, "seed": s, "name": f"s{i}", "patient": f"p{i // 2}"}
+            for c in seg.CLASSES:
+                dice = "nan" if (c == "consolidation" and i == 0) else 0.4 + 0.05 * i + shift
+                row.update({f"dice_{c}": dice, f"tp_{c}": 10 + s, f"fp_{c}": 2, f"tn_{c}": 100, f"fn_{c}": 5 - s})
+            rows.append(row)
+    summary = seg.summarise(rows, num_folds=3, n_boot=50)
+    get = {(r["class"], r["metric"]): r for r in summary}
+    assert get[("ggo", "dice")]["seeds"] == "0 1" and get[("ggo", "dice")]["test_slices"] == 6
+    per_slice = np.array([0.5 + 0.05 * i for i in range(6)])  # the seeds' mean of each slice
+    assert get[("ggo", "dice")]["estimate"] == pytest.approx(100 * per_slice.mean())
+    assert get[("consolidation", "dice")]["estimate"] == pytest.approx(100 * per_slice[1:].mean())
+    assert get[("infection", "sensitivity")]["estimate"] == pytest.approx(100 * 21 / (21 + 9))  # pixels of both seeds
+    scores = {(r["seed"], r["class"], r["metric"]): r["value"] for r in seg.seed_scores(rows)}
+    assert scores[("0", "ggo", "dice")] == pytest.approx(100 * (per_slice.mean() - 0.1))
+    assert scores[("1", "ggo", "dice")] == pytest.approx(100 * (per_slice.mean() + 0.1))
+    assert scores[("1", "infection", "sensitivity")] == pytest.approx(100 * 11 / 15)
+    with pytest.raises(InputError, match="different test slices"):
+        seg.summarise(rows[:-1], num_folds=3, n_boot=10)
+
+
+def test_seed_list_defaults_to_the_seed_and_refuses_bad_seeds() -> None:
+    assert seg.seed_list(None, 3) == [3] and seg.seed_list([], 2) == [2] and seg.seed_list([0, 1, 2]) == [0, 1, 2]
+    for bad in ([0, 0], [-1], [1.5], ["x"], [True]):
+        with pytest.raises(InputError, match="seeds must"):
+            seg.seed_list(bad)
+
+
+def test_more_seeds_resume_and_keep_the_earlier_ones(dataset: Path, tmp_path: Path) -> None:
+    raw = _tiny_config()
+    raw.update({"datalist": str(dataset)})
+    out = tmp_path / "seg"
+    run = seg.run_experiments.__wrapped__
+    run(out, dataset, experiments=["A"], ratios=[0.0], n_boot=20, config=raw, seeds=[0])
+    results = out / "results"
+    first = results / "runs" / "real_only" / "seed_0" / "unet.pt"
+    before = (first.stat().st_ino, first.stat().st_mtime_ns)
+    rows = run(out, dataset, experiments=["A"], ratios=[0.0], n_boot=20, config=raw, seeds=[0, 1])
+    assert sorted(p.name for p in (results / "runs" / "real_only").iterdir()) == ["seed_0", "seed_1"]
+    assert (first.stat().st_ino, first.stat().st_mtime_ns) == before  # seed 0 was not trained again
+    weights = [next(iter(torch.load(results / "runs" / "real_only" / f"seed_{s}" / "unet.pt").values())) for s in (0, 1)]
+    assert not torch.equal(*weights)  # each seed its own UNet
+    assert json.loads((results / "settings.json").read_text())["seeds"] == [0, 1]
+    assert {r["seeds"] for r in rows} == {"0 1"}
+    slices = seg.read_csv(results / "slices.csv")
+    assert sorted({r["seed"] for r in slices}) == ["0", "1"] and len(slices) == 2 * 6
+    assert {r["seed"] for r in seg.read_csv(results / "seeds.csv")} == {"0", "1"}
+    # every seed there already: nothing is trained, the results are kept
+    mtime = (results / "summary.csv").stat().st_mtime_ns
+    kept = run(out, dataset, experiments=["A"], ratios=[0.0], n_boot=20, config=raw, seeds=[1])
+    assert (results / "summary.csv").stat().st_mtime_ns == mtime and len(kept) == len(rows)
+    # other settings are refused without overwrite
+    with pytest.raises(SystemExit) as err:
+        seg.run_experiments(out, dataset, experiments=["A"], ratios=[0.0], num_folds=5, config=dict(raw, epochs=2),
+                            seeds=[2])
+    assert err.value.code == 2 and not (results / "runs" / "real_only" / "seed_2").exists()

@@ -12,6 +12,7 @@ from covid_ct_cgan.evaluation.statistics import (
     fold_interval,
     interval_row,
     mean_score,
+    paired_bootstrap,
     patient_bootstrap,
     pooled_ratio,
 )
@@ -93,3 +94,49 @@ def test_bootstrap_is_wider_than_slice_folds_when_patients_differ() -> None:
     assert (boot.high - boot.low) > (fold.high - fold.low)
     row = interval_row(fold, boot)
     assert set(row) >= {"mean", "fold_low", "fold_high", "boot_low", "boot_high", "patients"}
+
+
+def test_paired_bootstrap_of_a_known_positive_shift_lies_above_zero() -> None:
+    rng = np.random.default_rng(1)
+    diff = 0.05 + rng.normal(0.0, 0.02, (30, 3))  # 30 slices x 3 seeds, every one a gain of about 5 points
+    result = paired_bootstrap(diff, [f"p{i // 3}" for i in range(30)], n_boot=500, seed=0)
+    assert result.mean == pytest.approx(diff.mean())
+    assert 0.0 < result.low < result.mean < result.high
+    assert (result.slices, result.seeds, result.clusters, result.draws) == (30, 3, 10, 500)
+
+
+def test_paired_bootstrap_of_pure_noise_covers_zero() -> None:
+    rng = np.random.default_rng(2)
+    diff = rng.normal(0.0, 0.1, (40, 3))
+    result = paired_bootstrap(diff, None, n_boot=500, seed=0)
+    assert result.low < 0.0 < result.high
+    assert result.clusters == 40  # no patient ids: every slice its own cluster
+
+
+def test_paired_bootstrap_resamples_seeds_too() -> None:
+    # every slice agrees within a seed, the seeds disagree: slices alone would give a zero-width interval
+    diff = np.tile(np.array([-0.2, 0.0, 0.3]), (20, 1))
+    result = paired_bootstrap(diff, None, n_boot=500, seed=0)
+    assert result.mean == pytest.approx(np.mean([-0.2, 0.0, 0.3]))
+    assert result.low < 0.0 < result.high
+    one_seed = paired_bootstrap(diff[:, 2], None, n_boot=500, seed=0)  # one seed: slices only
+    assert one_seed.seeds == 1 and one_seed.low == pytest.approx(0.3) and one_seed.high == pytest.approx(0.3)
+
+
+def test_paired_bootstrap_is_deterministic_and_leaves_out_undefined_slices() -> None:
+    rng = np.random.default_rng(3)
+    diff = rng.normal(0.01, 0.05, (12, 3))
+    diff[4] = np.nan  # a slice without the class in either run
+    diff[7, 1] = np.nan
+    clusters = [f"p{i // 2}" for i in range(12)]
+    first = paired_bootstrap(diff, clusters, n_boot=300, seed=7)
+    assert first == paired_bootstrap(diff, clusters, n_boot=300, seed=7)
+    assert first != paired_bootstrap(diff, clusters, n_boot=300, seed=8)
+    assert first.slices == 11 and first.clusters == 6
+    assert first.mean == pytest.approx(np.nanmean(diff))
+    alone = paired_bootstrap(diff, ["p"] * 12, n_boot=300)
+    assert math.isnan(alone.low) and math.isnan(alone.high) and alone.clusters == 1  # one patient: no interval
+    with pytest.raises(ValueError):
+        paired_bootstrap(diff, clusters[:5])
+    with pytest.raises(ValueError):
+        paired_bootstrap(np.zeros((0, 3)))

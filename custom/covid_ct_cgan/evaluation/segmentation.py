@@ -18,8 +18,15 @@ Training mixes (the paper's: the segmentation training set is the real
   slices generated from *augmented* label maps (variants 1.., lesions moved,
   rotated and deformed inside the lung, see
   :class:`~covid_ct_cgan.inference.LesionAugmenter`), chosen by a seeded
-  permutation. ``r`` up to ``synthetic_variants``.
+  permutation. ``r`` up to ``synthetic_variants`` (``b_ratios``: B's own ratios, e.g. 1.0 and 2.0 with two
+  augmented maps per slice; A cannot replace more than N).
 - ``r = 0`` is the same run in both (real slices only); it is trained once.
+
+Training seeds (``seeds``, default ``[seed]``): every run is trained once per seed, each a UNet of its
+own (``set_determinism(seed)``: initial weights, batch order, augmentation). The choice of slices above,
+the synthesis and the bootstrap stay seeded by ``seed``, so the runs of one seed differ from those of
+another only by the training's randomness, and run X and ``real_only`` of the same seed form a pair
+(:func:`covid_ct_cgan.evaluation.recipe.paired_difference`, :func:`.statistics.paired_bootstrap`).
 
 Synthetic slices come from :func:`covid_ct_cgan.inference.run_synthesis` with
 the generator of a training run (or from a given synthesis ``datalist.json``).
@@ -32,7 +39,9 @@ class are left out of its Dice) and ``ConfusionMatrixMetric`` (TP, FP, TN, FN
 per slice; sensitivity and specificity pooled over the slices of a fold).
 Intervals (:mod:`.statistics`): mean and 95% Student-t interval over 10
 contiguous folds of the test set (datalist order: patient by patient), and a
-patient-level bootstrap interval. With ``include_infection_free`` the test set
+patient-level bootstrap interval. With several seeds, ``summary.csv`` scores the
+seeds' mean per slice (Dice averaged over the seeds, confusion counts summed), so
+its intervals are over test slices; ``seeds.csv`` has each seed's own scores. With ``include_infection_free`` the test set
 keeps slices without infection (if the data has any), so false positives are
 measured (specificity, and the share of infection-free slices with any
 predicted infection).
@@ -41,17 +50,28 @@ Outputs (``<output_dir>/results/``, built under a temporary name, replaced
 only with ``overwrite``)::
 
     summary.csv        experiment x ratio x class x metric: fold mean and interval, bootstrap interval, provenance
-    slices.csv         every test slice of every run: Dice and TP/FP/TN/FN per class
-    runs/<A_10>/       one training run: unet.pt, MetricsSaver reports, slices.csv, training.json
+    seeds.csv          run x seed x class x metric: the score of each seed's UNet on all test slices
+    slices.csv         every test slice of every run and seed: Dice and TP/FP/TN/FN per class
+    runs/<A_10>/seed_<s>/  one training run: unet.pt, MetricsSaver reports, slices.csv, training.json
     synthetic/         run_synthesis output used (when synthesised here)
-    settings.json
+    settings.json      the settings, the seeds done, and what a resumed run must match
+
+Resume: the results are published after every seed. A later call with the same settings
+(``settings.json``'s ``resume``: data, lists, experiments, ratios, synthetic source, ``seed`` and the
+digest of the run config) and further seeds trains only the seeds not yet there; the earlier seeds'
+folders are kept as they are (hard-linked into the new build, which then replaces the folder). Other
+settings are refused unless ``overwrite`` (which starts again from nothing).
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import hashlib
+import json
 import logging
+import os
+import shutil
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -78,14 +98,19 @@ CLASSES: tuple[str, ...] = ("ggo", "consolidation", "infection")  # output chann
 COUNTS: tuple[str, ...] = ("tp", "fp", "tn", "fn")  # MONAI's confusion-matrix order
 RESULTS = "results"
 SLICE_COLUMNS: tuple[str, ...] = (
-    "run", "experiment", "ratio", "name", "patient", "slice",
+    "run", "experiment", "ratio", "seed", "name", "patient", "slice",
     *[f"{m}_{c}" for c in CLASSES for m in ("dice", *COUNTS)],
 )
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "experiment", "ratio", "run", "class", "metric", "mean", "fold_low", "fold_high", "fold_half_width", "folds",
     "estimate", "boot_low", "boot_high", "patients", "boot_draws", "train_real", "train_synthetic", "test_slices",
-    "data", "image_size", "epochs", "seed", "commit", "generator",
+    "seeds", "data", "image_size", "epochs", "seed", "commit", "generator",
 )
+SEED_COLUMNS: tuple[str, ...] = ("experiment", "ratio", "run", "seed", "class", "metric", "value", "test_slices")
+# settings that only the summary uses (recomputed from every seed's slices on a resume) or that the
+# runner sets per run: not part of what a resumed run must match
+_RESUME_FREE_KEYS = frozenset({"seeds", "overwrite", "num_folds", "fold_method", "bootstrap_samples", "confidence",
+                               "experiment", "ratio", "run_name", "run_dir", "train_seed"})
 
 
 # --------------------------------------------------------------------------- transforms
@@ -323,7 +348,7 @@ class SliceMetricsWriter:
                 for j, count in enumerate(COUNTS):
                     row[f"{count}_{name}"] = int(counts[i, c, j])
             rows.append(row)
-        write_text(csv_text(rows, [c for c in SLICE_COLUMNS if c not in ("run", "experiment", "ratio")]),
+        write_text(csv_text(rows, [c for c in SLICE_COLUMNS if c not in ("run", "experiment", "ratio", "seed")]),
                    self.output_dir / "slices.csv", overwrite=True)
 
 
@@ -340,6 +365,29 @@ def _num(rows: Sequence[Mapping[str, Any]], column: str) -> np.ndarray:
     return np.array([float(r[column]) if r[column] not in ("", "nan") else math.nan for r in rows], dtype=np.float64)
 
 
+def _by_seed(run: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """The rows of one run grouped by training seed (rows without a ``seed`` are one group), in first-seen order.
+
+    Raises:
+        InputError: the seeds were scored on different test slices (by ``name``, in order).
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(str(r.get("seed", "")), []).append(r)
+    order = [[str(r.get("name", i)) for i, r in enumerate(rs)] for rs in groups.values()]
+    if any(o != order[0] for o in order):
+        raise InputError(f"the seeds of run {run} were scored on different test slices")
+    return groups
+
+
+def _seed_mean(values: np.ndarray) -> np.ndarray:
+    """Row means of a ``(slices, seeds)`` matrix, NaN cells left out; NaN where a row has none."""
+    finite = np.isfinite(values)
+    count = finite.sum(axis=1)
+    total = np.where(finite, values, 0.0).sum(axis=1)
+    return np.where(count > 0, total / np.maximum(count, 1), math.nan)
+
+
 def summarise(
     rows: Sequence[Mapping[str, Any]],
     num_folds: int = 10,
@@ -350,8 +398,13 @@ def summarise(
 ) -> list[dict[str, Any]]:
     """Fold and bootstrap intervals of Dice, sensitivity and specificity for every run and class.
 
+    A run trained with several seeds is scored on its seeds' mean per slice: the slice's Dice averaged
+    over the seeds, its confusion counts summed (so sensitivity and specificity pool the seeds' pixels),
+    its false-positive flag averaged. With one seed this is that seed's scores.
+
     Args:
-        rows: per-slice records (``slices.csv`` columns) of one or more runs, each run's in test-set order.
+        rows: per-slice records (``slices.csv`` columns) of one or more runs and seeds, each run's seed in
+            test-set order.
         num_folds: folds of the test set.
         n_boot: bootstrap draws.
         confidence: interval coverage.
@@ -360,45 +413,91 @@ def summarise(
 
     Returns:
         One row per run, class and metric (``dice``, ``sensitivity``, ``specificity``; with
-        infection-free slices also ``fp_slice_rate`` for infection), values in percent.
+        infection-free slices also ``fp_slice_rate`` for infection), values in percent; ``seeds``
+        lists the training seeds (space-separated).
+
+    Raises:
+        InputError: the seeds of a run were scored on different test slices.
     """
     runs: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         runs.setdefault(str(r["run"]), []).append(r)
     out = []
     for run, rs in runs.items():
-        patients = [str(r["patient"]) for r in rs]
+        groups = _by_seed(run, rs)
+        first = next(iter(groups.values()))
+        patients = [str(r["patient"]) for r in first]
+
+        def matrix(column: str) -> np.ndarray:
+            return np.stack([_num(g, column) for g in groups.values()], axis=1)  # (slices, seeds)
+
         for name in CLASSES:
-            tp, fp, tn, fn = (_num(rs, f"{c}_{name}") for c in COUNTS)
+            tp, fp, tn, fn = (matrix(f"{c}_{name}") for c in COUNTS)
             measures: list[tuple[str, np.ndarray, Any]] = [
-                ("dice", _num(rs, f"dice_{name}"), mean_score),
-                ("sensitivity", np.stack([tp, fn], 1), pooled_ratio),
-                ("specificity", np.stack([tn, fp], 1), pooled_ratio),
+                ("dice", _seed_mean(matrix(f"dice_{name}")), mean_score),
+                ("sensitivity", np.stack([tp.sum(1), fn.sum(1)], 1), pooled_ratio),
+                ("specificity", np.stack([tn.sum(1), fp.sum(1)], 1), pooled_ratio),
             ]
-            free = (tp + fn) == 0
+            free = (tp + fn).sum(1) == 0
             if name == "infection" and free.any():
-                measures.append(("fp_slice_rate", np.where(free, (fp > 0).astype(np.float64), math.nan), mean_score))
+                measures.append(("fp_slice_rate", np.where(free, (fp > 0).mean(1), math.nan), mean_score))
             for metric, values, score in measures:
                 fold = fold_interval(values, score, num_folds, confidence, method)
                 boot = patient_bootstrap(values, patients, score, n_boot, confidence, seed)
                 scaled = {k: (v * 100.0 if k in ("mean", "fold_low", "fold_high", "fold_half_width", "estimate",
                                                     "boot_low", "boot_high") else v)
                           for k, v in interval_row(fold, boot).items()}
-                out.append({"experiment": rs[0]["experiment"], "ratio": rs[0]["ratio"], "run": run, "class": name,
-                            "metric": metric, **scaled, "test_slices": len(rs)})
+                out.append({"experiment": first[0]["experiment"], "ratio": first[0]["ratio"], "run": run, "class": name,
+                            "metric": metric, **scaled, "test_slices": len(first), "seeds": " ".join(groups)})
+    return out
+
+
+def seed_scores(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each seed's own scores (``seeds.csv``): mean Dice, pooled sensitivity and specificity on all test slices.
+
+    Args:
+        rows: per-slice records (``slices.csv`` columns).
+
+    Returns:
+        One row per run, seed, class and metric (:data:`SEED_COLUMNS`), ``value`` in percent.
+    """
+    runs: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        runs.setdefault(str(r["run"]), []).append(r)
+    out = []
+    for run, rs in runs.items():
+        for s, group in _by_seed(run, rs).items():
+            for name in CLASSES:
+                tp, fp, tn, fn = (_num(group, f"{c}_{name}") for c in COUNTS)
+                for metric, value in (("dice", mean_score(_num(group, f"dice_{name}"))),
+                                      ("sensitivity", pooled_ratio(np.stack([tp, fn], 1))),
+                                      ("specificity", pooled_ratio(np.stack([tn, fp], 1)))):
+                    out.append({"experiment": group[0]["experiment"], "ratio": group[0]["ratio"], "run": run, "seed": s,
+                                "class": name, "metric": metric, "value": value * 100.0, "test_slices": len(group)})
     return out
 
 
 # --------------------------------------------------------------------------- the runner
 
 
-def run_names(experiments: Sequence[str], ratios: Sequence[float]) -> list[tuple[str, str, float]]:
-    """``(run name, experiment, ratio)`` of every run; ratio 0 is one shared run, ``real_only``."""
+def run_names(
+    experiments: Sequence[str], ratios: Sequence[float], b_ratios: Sequence[float] | None = None,
+) -> list[tuple[str, str, float]]:
+    """``(run name, experiment, ratio)`` of every run; ratio 0 is one shared run, ``real_only``.
+
+    Args:
+        experiments: any of ``"A"``, ``"B"``.
+        ratios: the ratios of every experiment.
+        b_ratios: experiment B's own ratios (B can add more than N slices, A cannot replace more); ``None``: ``ratios``.
+
+    Raises:
+        InputError: an unknown experiment or a negative ratio.
+    """
     out: list[tuple[str, str, float]] = []
     for experiment in experiments:
         if experiment not in EXPERIMENTS:
             raise InputError(f"experiments must be among {EXPERIMENTS}, got {experiment!r}")
-        for ratio in ratios:
+        for ratio in (b_ratios if experiment == "B" and b_ratios is not None else ratios):
             if float(ratio) < 0:
                 raise InputError(f"ratios must be >= 0, got {ratio}")
             if float(ratio) == 0.0:
@@ -419,6 +518,68 @@ def _synthesise_for_experiments(
                           device)
     synthesise(model, datalist, folder, key, 1 + int(variants), seed, batch_size)
     return folder / "datalist.json", f"{model.checkpoint} (epochs {model.epochs})"
+
+
+def seed_list(seeds: Sequence[int] | int | None, seed: int = 0) -> list[int]:
+    """The training seeds of every run: ``seeds``, or ``[seed]`` when it is empty or ``None``.
+
+    Raises:
+        InputError: a seed that is not a whole number >= 0, or one given twice.
+    """
+    if seeds is None or (isinstance(seeds, (list, tuple)) and not seeds):
+        seeds = [seed]
+    values = [seeds] if isinstance(seeds, (int, str)) else list(seeds)
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not str(value).strip().lstrip("+").isdigit():
+            raise InputError(f"seeds must be whole numbers >= 0, got {value!r}")
+        out.append(int(value))
+    if len(set(out)) != len(out):
+        raise InputError(f"seeds must differ from each other, got {out}")
+    return out
+
+
+def _config_digest(raw: Mapping[str, Any]) -> str:
+    """Digest of the run config, the keys in ``_RESUME_FREE_KEYS`` left out."""
+    kept = {k: v for k, v in raw.items() if k not in _RESUME_FREE_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _seeds_done(target: Path, resume: Mapping[str, Any]) -> list[int]:
+    """The seeds already in ``target``, whose ``settings.json`` must hold the same ``resume`` settings.
+
+    Raises:
+        InputError: no such settings (results of an older version) or other settings, naming them.
+    """
+    try:
+        settings = json.loads((target / "settings.json").read_text())
+    except (OSError, ValueError):
+        settings = {}
+    stored = settings.get("resume") if isinstance(settings, dict) else None
+    if not isinstance(stored, dict):
+        raise InputError("already exists and is not empty (and holds no seeds to resume); "
+                         "pass overwrite=true to replace it", target)
+    differ = sorted(k for k in set(stored) | set(resume) if stored.get(k) != resume.get(k))
+    if differ:
+        raise InputError(f"already holds results made with other settings ({', '.join(differ)}); "
+                         "pass overwrite=true to replace them", target)
+    return [int(s) for s in settings.get("seeds", [])]
+
+
+_REBUILT = ("summary.csv", "seeds.csv", "slices.csv", "settings.json")  # written anew from every seed's runs
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _keep_earlier_seeds(target: Path, stage: Path) -> None:
+    """Hard-link (else copy) the published results into the new build; the top-level tables are rebuilt."""
+    shutil.copytree(target, stage, dirs_exist_ok=True, copy_function=_link_or_copy,
+                    ignore=lambda folder, names: [n for n in names if Path(folder) == target and n in _REBUILT])
 
 
 @exit_on_input_error
@@ -442,13 +603,17 @@ def run_experiments(
     synthesis_batch_size: int = 8,
     device: str | torch.device = "cpu",
     config: BundleCommand | Mapping[str, Any] | None = None,
+    seeds: Sequence[int] | None = None,
+    b_ratios: Sequence[float] | None = None,
 ) -> list[dict[str, Any]]:
     """Run experiments A and B (see the module docstring). Bundle run id ``run`` of ``segmentation.yaml``.
 
     Every run re-reads the same config (``config``: the run's command, its files, overrides and
-    ``--tracking``, or a raw config) with ``experiment``, ``ratio``, ``run_name``,
-    ``run_dir`` and ``synthetic_datalist`` set, and executes its ``train_one`` id (a
-    ``SupervisedTrainer`` whose ``ValidationHandler`` scores the test set at the last epoch).
+    ``--tracking``, or a raw config) with ``experiment``, ``ratio``, ``run_name``, ``run_dir``,
+    ``train_seed`` and ``synthetic_datalist`` set, and executes its ``initialize`` and ``train_one`` ids
+    (a ``SupervisedTrainer`` whose ``ValidationHandler`` scores the test set at the last epoch).
+    Seeds are run one after the other, every run of a seed, and the results are published after each
+    seed; seeds already in the results (same settings) are skipped (see the module docstring: Resume).
 
     Args:
         output_dir: results go to ``<output_dir>/results``.
@@ -465,15 +630,19 @@ def run_experiments(
         n_boot: patient bootstrap draws.
         confidence: interval coverage.
         fold_method: ``"t"`` or ``"normal"``.
-        seed: seed of the choices, the synthesis and the bootstrap (each run is seeded by its config).
-        overwrite: replace existing results.
+        seed: seed of the choices, the synthesis and the bootstrap.
+        overwrite: replace existing results (every seed is trained again).
         synthesis_batch_size: generator batch size.
         device: where the generator runs.
         config: the run's command (``covid_ct_cgan.settings.current_command()`` in
             ``segmentation.yaml``) or a raw config (tests, the ablation runner).
+        seeds: training seeds; every run is trained once per seed (``set_determinism``). ``None`` or
+            empty: ``[seed]``.
+        b_ratios: experiment B's ratios when they differ from A's (e.g. B at 1.0 and 2.0, with
+            ``synthetic_variants`` 2); ``None``: ``ratios``.
 
     Returns:
-        The summary rows (``summary.csv``).
+        The summary rows (``summary.csv``; when every seed was there already, as read from it).
 
     Raises:
         SystemExit: status 2 with one ``ERROR:`` line on bad input.
@@ -482,67 +651,116 @@ def run_experiments(
 
     from ..engines.stages import run_ids  # the same run of ids as the training stages
 
+    wanted = seed_list(seeds, seed)
     raw = load_config(config)  # read (and --tracking patched) once; each run works on a copy
     datalist, target = Path(datalist), Path(output_dir) / RESULTS
+    plan = run_names(experiments, ratios, b_ratios)
+    b_max = max((ratio for _, exp, ratio in plan if exp == "B"), default=0.0)
+    if b_max > int(synthetic_variants) and not synthetic_datalist:
+        raise InputError(f"experiment B up to ratio {b_max:g} needs synthetic_variants >= {math.ceil(b_max)}")
+    resume = json.loads(json.dumps({
+        "datalist": str(datalist.resolve()), "train_key": train_key, "test_key": test_key,
+        "experiments": list(experiments), "ratios": [float(r) for r in ratios],
+        "b_ratios": None if b_ratios is None else [float(r) for r in b_ratios],
+        "include_infection_free": bool(include_infection_free), "synthetic_datalist": str(synthetic_datalist),
+        "generator": dict(generator or {}), "synthetic_variants": int(synthetic_variants), "seed": int(seed),
+        "config": _config_digest(raw),
+    }, default=str))
+    done: list[int] = []
     if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise InputError("already exists and is not empty; pass overwrite=true to replace it", target)
-    plan = run_names(experiments, ratios)
-    if any(exp == "B" and ratio > int(synthetic_variants) for _, exp, ratio in plan) and not synthetic_datalist:
-        raise InputError(f"experiment B up to ratio {max(ratios)} needs synthetic_variants >= {math.ceil(max(ratios))}")
+        done = _seeds_done(target, resume)
+    todo = [s for s in wanted if s not in done]
+    if not todo:
+        print(f"segmentation: seeds {wanted} already in {target}, kept (overwrite=true trains them again)", flush=True)
+        return read_csv(target / "summary.csv")
     test = test_datalist(datalist, test_key, include_infection_free)  # refuses a missing datalist
     check_disjoint(datalist, train_key, test_key)
-    with staged_directory(target, overwrite=overwrite) as stage:
-        if synthetic_datalist:
-            synthetic_path, source = Path(synthetic_datalist), f"given: {synthetic_datalist}"
-            load_synthetic(synthetic_path)
-        elif not any(ratio > 0 for _, _, ratio in plan):
-            synthetic_path, source = Path(""), "none (real slices only)"
-        else:
-            if not generator or not generator.get("configs"):
-                raise InputError("set synthetic_datalist or generator (the training configs of the GAN)")
-            synthetic_path, source = _synthesise_for_experiments(
-                generator, datalist, train_key, stage / "synthetic", synthetic_variants, seed, synthesis_batch_size, device
-            )
-        all_rows: list[dict[str, Any]] = []
-        sizes: dict[str, tuple[int, int]] = {}
-        for name, experiment, ratio in plan:
-            logger.info(f"==== segmentation run {name}: experiment {experiment}, ratio {ratio} ====")
-            run_dir = stage / "runs" / name
-            parser = ConfigParser(copy.deepcopy(raw))
-            parser["experiment"], parser["ratio"], parser["run_name"] = experiment, float(ratio), name
-            parser["run_dir"] = str(run_dir)
-            parser["synthetic_datalist"] = str(synthetic_path) if str(synthetic_path) not in ("", ".") else ""
-            parser.parse(reset=True)
-            train_items = parser.get_parsed_content("train#datalist")
-            n_syn = sum(it.get("origin") == "synthetic" for it in train_items)
-            sizes[name] = (len(train_items) - n_syn, n_syn)
-            with using_command(BundleCommand(base=raw)):  # the run's `initialize` checks this config
-                run_ids(parser, ("initialize", "train_one"))
-            write_json({"experiment": experiment, "ratio": ratio, "train_real": sizes[name][0],
-                        "train_synthetic": sizes[name][1],
-                        "train_items": [{k: str(v).replace(str(stage), str(target)) for k, v in it.items()}
-                                        for it in train_items]},
-                       run_dir / "training.json", overwrite=True)
-            label = "+".join(experiments) if name == "real_only" else experiment
-            for row in read_csv(run_dir / "slices.csv"):
-                all_rows.append({"run": name, "experiment": label, "ratio": ratio, **row})
-        prov_parser = ConfigParser(copy.deepcopy(raw))
-        prov_parser.parse(reset=True)
-        prov = provenance(data_description(datalist.parent, f"{train_key} -> {test_key}", test),
-                          prov_parser.get_parsed_content("image_size"), prov_parser.get_parsed_content("epochs"), seed)
-        rows_out = []
-        for row in summarise(all_rows, num_folds, n_boot, confidence, fold_method, seed):
-            real_n, syn_n = sizes[row["run"]]
-            row = {**row, "train_real": real_n, "train_synthetic": syn_n, **prov, "generator": source}
-            # ratio 0 (real slices only) is one run shared by the experiments: list it under each
-            shared = row["run"] == "real_only"
-            rows_out += [dict(row, experiment=e) for e in experiments] if shared else [row]
-        write_text(csv_text(rows_out, SUMMARY_COLUMNS), stage / "summary.csv")
-        write_text(csv_text(all_rows, SLICE_COLUMNS), stage / "slices.csv")
-        write_json({"datalist": str(datalist), "train_key": train_key, "test_key": test_key, "experiments": list(experiments),
-                    "ratios": [float(r) for r in ratios], "synthetic": source, "num_folds": num_folds, "n_boot": n_boot,
-                    "confidence": confidence, "fold_method": fold_method, "seed": seed,
-                    "runs": {n: {"train_real": a, "train_synthetic": b} for n, (a, b) in sizes.items()}},
-                   stage / "settings.json")
-    print(f"segmentation: {len(plan)} runs, summary in {target / 'summary.csv'}", flush=True)
+    source = json.loads((target / "settings.json").read_text()).get("synthetic", "") if done else ""
+    for train_seed in todo:
+        with staged_directory(target, overwrite=overwrite or bool(done)) as stage:
+            if done:
+                _keep_earlier_seeds(target, stage)
+            if synthetic_datalist:
+                synthetic_path, source = Path(synthetic_datalist), f"given: {synthetic_datalist}"
+                load_synthetic(synthetic_path)
+            elif not any(ratio > 0 for _, _, ratio in plan):
+                synthetic_path, source = Path(""), "none (real slices only)"
+            elif (stage / "synthetic" / "datalist.json").is_file():  # synthesised for an earlier seed
+                synthetic_path = stage / "synthetic" / "datalist.json"
+            else:
+                if not generator or not generator.get("configs"):
+                    raise InputError("set synthetic_datalist or generator (the training configs of the GAN)")
+                synthetic_path, source = _synthesise_for_experiments(
+                    generator, datalist, train_key, stage / "synthetic", synthetic_variants, seed, synthesis_batch_size,
+                    device,
+                )
+            for name, experiment, ratio in plan:
+                logger.info(f"==== segmentation run {name}, seed {train_seed}: experiment {experiment}, "
+                            f"ratio {ratio} ====")
+                run_dir = stage / "runs" / name / f"seed_{train_seed}"
+                parser = ConfigParser(copy.deepcopy(raw))
+                parser["experiment"], parser["ratio"], parser["run_name"] = experiment, float(ratio), name
+                parser["run_dir"], parser["train_seed"] = str(run_dir), int(train_seed)
+                parser["synthetic_datalist"] = str(synthetic_path) if str(synthetic_path) not in ("", ".") else ""
+                parser.parse(reset=True)
+                train_items = parser.get_parsed_content("train#datalist")
+                n_syn = sum(it.get("origin") == "synthetic" for it in train_items)
+                with using_command(BundleCommand(base=raw)):  # the run's `initialize` checks this config
+                    run_ids(parser, ("initialize", "train_one"))
+                write_json({"experiment": experiment, "ratio": ratio, "seed": train_seed,
+                            "train_real": len(train_items) - n_syn, "train_synthetic": n_syn,
+                            "train_items": [{k: str(v).replace(str(stage), str(target)) for k, v in it.items()}
+                                            for it in train_items]},
+                           run_dir / "training.json", overwrite=True)
+            done.append(train_seed)
+            rows_out, _, sizes = _tables(stage, plan, experiments, done, datalist, f"{train_key} -> {test_key}", test,
+                                         raw, seed, source, (num_folds, n_boot, confidence, fold_method))
+            write_json({"datalist": str(datalist), "train_key": train_key, "test_key": test_key,
+                        "experiments": list(experiments), "ratios": [float(r) for r in ratios],
+                        "b_ratios": None if b_ratios is None else [float(r) for r in b_ratios], "synthetic": source,
+                        "num_folds": num_folds, "n_boot": n_boot, "confidence": confidence, "fold_method": fold_method,
+                        "seed": seed, "seeds": done, "resume": resume,
+                        "runs": {n: {"train_real": a, "train_synthetic": b} for n, (a, b) in sizes.items()}},
+                       stage / "settings.json")
+    print(f"segmentation: {len(plan)} runs x seeds {done}, summary in {target / 'summary.csv'}", flush=True)
     return rows_out
+
+
+def _tables(
+    stage: Path, plan: Sequence[tuple[str, str, float]], experiments: Sequence[str], seeds: Sequence[int],
+    datalist: Path, split: str, test: Sequence[Mapping[str, Any]], raw: Mapping[str, Any], seed: int, source: str,
+    statistics: tuple[int, int, float, str],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, tuple[int, int]]]:
+    """Write ``summary.csv``, ``seeds.csv`` and ``slices.csv`` of every run and seed in ``stage``.
+
+    Returns:
+        The summary rows, the slice rows and each run's ``(real, synthetic)`` training slices.
+    """
+    from monai.bundle import ConfigParser
+
+    num_folds, n_boot, confidence, fold_method = statistics
+    all_rows: list[dict[str, Any]] = []
+    sizes: dict[str, tuple[int, int]] = {}
+    for name, experiment, ratio in plan:
+        label = "+".join(experiments) if name == "real_only" else experiment
+        for train_seed in seeds:
+            run_dir = stage / "runs" / name / f"seed_{train_seed}"
+            info = json.loads((run_dir / "training.json").read_text())
+            sizes[name] = (int(info["train_real"]), int(info["train_synthetic"]))  # the same for every seed
+            for row in read_csv(run_dir / "slices.csv"):
+                all_rows.append({"run": name, "experiment": label, "ratio": ratio, **row, "seed": train_seed})
+    prov_parser = ConfigParser(copy.deepcopy(dict(raw)))
+    prov_parser.parse(reset=True)
+    prov = provenance(data_description(datalist.parent, split, test), prov_parser.get_parsed_content("image_size"),
+                      prov_parser.get_parsed_content("epochs"), seed)
+    rows_out = []
+    for row in summarise(all_rows, num_folds, n_boot, confidence, fold_method, seed):
+        real_n, syn_n = sizes[row["run"]]
+        row = {**row, "train_real": real_n, "train_synthetic": syn_n, **prov, "generator": source}
+        # ratio 0 (real slices only) is one run shared by the experiments: list it under each
+        shared = row["run"] == "real_only"
+        rows_out += [dict(row, experiment=e) for e in experiments] if shared else [row]
+    write_text(csv_text(rows_out, SUMMARY_COLUMNS), stage / "summary.csv")
+    write_text(csv_text(seed_scores(all_rows), SEED_COLUMNS), stage / "seeds.csv")
+    write_text(csv_text(all_rows, SLICE_COLUMNS), stage / "slices.csv")
+    return rows_out, all_rows, sizes

@@ -20,6 +20,17 @@ set". Here:
   and 97.5th percentile of the draws (percentile bootstrap). With one patient
   it is undefined (NaN) and the report says so.
 
+- **paired two-level bootstrap** (:func:`paired_bootstrap`): the gain of one training mix over another
+  when both were trained with the same seeds and scored on the same test slices. The data is the
+  matrix of differences ``D[i, j]`` (slice ``i``, training seed ``j``: the same test slice and the same
+  seed in both runs). Every draw resamples, independently and with replacement, the clusters of slices
+  (patients; a slice without a patient id is its own cluster) and the seed columns, and takes the mean
+  of the drawn cells (undefined cells, slices without the class, left out); the interval is the
+  percentile interval of the draws. It so carries both sources of noise: which slices were tested and
+  how a training run happened to turn out. With one seed it is the patient bootstrap of the slice
+  differences; with one cluster it is undefined (NaN), as above. The draws come from
+  ``numpy.random.default_rng(seed)``: the same inputs give the same interval.
+
 A "score" is any function of a set of slices: the mean per-slice Dice
 (:func:`mean_score`) or a pooled ratio of confusion counts such as
 sensitivity ``sum TP / sum (TP + FN)`` (:func:`pooled_ratio`).
@@ -205,3 +216,91 @@ def interval_row(fold: FoldInterval, boot: BootstrapInterval) -> dict[str, float
         "folds": f["folds"], "estimate": boot.estimate, "boot_low": boot.low, "boot_high": boot.high,
         "patients": boot.patients, "boot_draws": boot.draws,
     }
+
+
+@dataclass(frozen=True)
+class PairedInterval:
+    """A paired difference over test slices and training seeds with its two-level bootstrap interval.
+
+    Attributes:
+        mean: mean of the defined differences (all slices, all seeds).
+        low: lower percentile of the bootstrap means (NaN with fewer than two clusters).
+        high: upper percentile.
+        slices: slices with a defined difference.
+        seeds: seeds (columns).
+        clusters: distinct clusters (patients) among those slices.
+        draws: bootstrap draws with a defined mean.
+    """
+
+    mean: float
+    low: float
+    high: float
+    slices: int
+    seeds: int
+    clusters: int
+    draws: int
+
+
+def paired_bootstrap(
+    differences: np.ndarray,
+    clusters: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedInterval:
+    """Two-level percentile bootstrap of a paired difference: clusters of slices and seeds resampled together.
+
+    Args:
+        differences: ``(slices, seeds)`` matrix of per-slice, per-seed differences (``(slices,)`` is one
+            seed); NaN where undefined (the slice lacks the class). A row that is NaN for every seed is
+            left out.
+        clusters: the cluster (patient) of each slice; ``None``, or an empty id, makes a slice its own cluster.
+        n_boot: number of draws.
+        confidence: interval coverage (percentiles ``(1 - c) / 2`` and ``(1 + c) / 2``).
+        seed: seed of the draws (``numpy.random.default_rng``).
+
+    Returns:
+        The :class:`PairedInterval`.
+
+    Raises:
+        ValueError: not a 1D or 2D array, no slices or seeds, clusters of another length, ``n_boot < 1`` or
+            confidence outside (0, 1).
+    """
+    diff = np.asarray(differences, dtype=np.float64)
+    if diff.ndim == 1:
+        diff = diff[:, None]
+    if diff.ndim != 2 or diff.shape[0] == 0 or diff.shape[1] == 0:
+        raise ValueError(f"need a (slices, seeds) matrix with at least one of each, got shape {np.shape(differences)}")
+    ids = [str(i) for i in range(diff.shape[0])] if clusters is None else [str(c) for c in clusters]
+    if len(ids) != diff.shape[0]:
+        raise ValueError(f"need one cluster per slice, got {len(ids)} for {diff.shape[0]} slices")
+    if int(n_boot) < 1 or not 0.0 < confidence < 1.0:
+        raise ValueError(f"need n_boot >= 1 and confidence in (0, 1), got {n_boot}, {confidence}")
+    ids = [c if c else f"slice {i}" for i, c in enumerate(ids)]
+    keep = np.isfinite(diff).any(axis=1)
+    diff, ids = diff[keep], [c for c, k in zip(ids, keep) if k]
+    n_seeds = diff.shape[1]
+    if diff.shape[0] == 0:
+        return PairedInterval(math.nan, math.nan, math.nan, 0, n_seeds, 0, 0)
+    groups = list(dict.fromkeys(ids))  # first-seen order: reproducible for a given datalist
+    members = [np.flatnonzero(np.asarray(ids) == g) for g in groups]
+    # per cluster and seed: sum and count of the defined cells, so a draw is a weighted mean over cells
+    finite = np.isfinite(diff)
+    sums = np.stack([np.where(finite[m], diff[m], 0.0).sum(axis=0) for m in members])  # (clusters, seeds)
+    counts = np.stack([finite[m].sum(axis=0) for m in members]).astype(np.float64)
+    estimate = float(sums.sum() / counts.sum())
+    if len(groups) < 2:
+        return PairedInterval(estimate, math.nan, math.nan, diff.shape[0], n_seeds, len(groups), 0)
+    rng = np.random.default_rng(seed)
+    draws = np.empty(int(n_boot), dtype=np.float64)
+    for b in range(int(n_boot)):
+        rows = np.bincount(rng.integers(0, len(groups), size=len(groups)), minlength=len(groups)).astype(np.float64)
+        cols = np.bincount(rng.integers(0, n_seeds, size=n_seeds), minlength=n_seeds).astype(np.float64)
+        den = rows @ counts @ cols
+        draws[b] = (rows @ sums @ cols) / den if den > 0 else math.nan
+    defined = draws[np.isfinite(draws)]
+    if defined.size == 0:
+        return PairedInterval(estimate, math.nan, math.nan, diff.shape[0], n_seeds, len(groups), 0)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(defined, [tail, 100.0 - tail])
+    return PairedInterval(estimate, float(low), float(high), diff.shape[0], n_seeds, len(groups), int(defined.size))

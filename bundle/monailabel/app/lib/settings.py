@@ -6,7 +6,7 @@ Paths (all optional):
   and the train task writes (and resumes) its stages there. Default ``<repo>/work/output``, the
   bundle's own default, so a bundle trained from the command line is served as it is.
 - ``segmentation_checkpoint``: the lesion-segmentation UNet's weights (a ``.pt`` file); default
-  the ``real_only`` run of the segmentation experiments, ``<repo>/work/segmentation/results/runs/real_only/unet.pt``.
+  the ``real_only`` run of the segmentation experiments, ``<repo>/work/segmentation/results/runs/real_only/seed_0/unet.pt``.
 - ``work_dir``: the app's scratch space (the 2D slices a training run is built from).
   Default ``<repo>/work/monailabel``.
 
@@ -84,7 +84,8 @@ def app_settings(conf: dict[str, str] | None) -> AppSettings:
 
     work_dir = path("work_dir", REPO_ROOT / "work" / "monailabel")
     checkpoint_dir = path("checkpoint_dir", REPO_ROOT / "work" / "output")
-    segmentation = path("segmentation_checkpoint", REPO_ROOT / "work" / "segmentation" / "results" / "runs" / "real_only" / "unet.pt")
+    segmentation = path("segmentation_checkpoint",
+                        REPO_ROOT / "work" / "segmentation" / "results" / "runs" / "real_only" / "seed_0" / "unet.pt")
     inference_keys, train_keys = _top_level_keys(INFERENCE_CONFIG), _top_level_keys(TRAIN_CONFIG)
     segmentation_keys = _top_level_keys(SEGMENTATION_CONFIG)
     bundle_conf = {k: _parse(v) for k, v in conf.items() if k not in MANAGED_KEYS and k not in PATH_KEYS}

@@ -11,7 +11,7 @@ training read: 0 outside lung, 1 lung, 2 GGO, 3 consolidation, written on the im
 voxel grid (a NIfTI input's header and affine; a 2D slice keeps its spacing).
 
 The UNet's weights: ``--conf segmentation_checkpoint <file>`` (default: the ``real_only`` run of
-the segmentation experiments, ``work/segmentation/results/runs/real_only/unet.pt``); any other
+the segmentation experiments, ``work/segmentation/results/runs/real_only/seed_0/unet.pt``); any other
 ``segmentation.yaml`` key is set with ``--conf segmentation_<key> <value>``.
 """
 
