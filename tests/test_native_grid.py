@@ -56,3 +56,37 @@ def test_region_dilation_is_in_the_slices_own_pixels_when_not_resized() -> None:
     resized = slice_region(label, "map+context", "lesion", 4, image_size=200)  # 4 model px = 2 slice px
     assert native.sum() > resized.sum()
     assert native[50, 47] and not native[50, 46]  # 3 pixels, not 3 x 100 / 200
+
+
+def test_windows_of_a_pointwise_generator_equal_the_whole_grid() -> None:
+    from covid_ct_cgan.inference import GeneratorRunner
+
+    pointwise = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 1), torch.nn.Tanh())
+    conditions = torch.randn(2, 3, 64, 64)
+    whole = GeneratorRunner(pointwise, torch.device("cpu"), batch_size=2)(conditions)
+    windows = GeneratorRunner(pointwise, torch.device("cpu"), batch_size=2, window=32)(conditions)
+    assert windows.shape == whole.shape == (2, 1, 64, 64)
+    torch.testing.assert_close(windows, whole, atol=1e-5, rtol=0)
+
+
+def test_windows_change_what_an_instance_norm_generator_draws() -> None:
+    from covid_ct_cgan.inference import GeneratorRunner
+
+    torch.manual_seed(0)
+    normed = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.InstanceNorm2d(4),
+                                 torch.nn.Conv2d(4, 1, 1))
+    conditions = torch.cat([torch.full((1, 1, 64, 32), -1.0), torch.randn(1, 1, 64, 32)], dim=-1)  # air | texture
+    whole = GeneratorRunner(normed, torch.device("cpu"), batch_size=1)(conditions)
+    windows = GeneratorRunner(normed, torch.device("cpu"), batch_size=1, window=32)(conditions)
+    assert float((windows - whole).abs().mean()) > 0.05  # statistics over a window are not the whole slice's
+
+
+def test_int8_of_a_crop_trained_generator_is_refused_with_the_fix() -> None:
+    from covid_ct_cgan.errors import InputError
+    from covid_ct_cgan.inference import SynthesisSettings
+    from covid_ct_cgan.inference.synthesis import make_runner
+
+    settings = SynthesisSettings(ModelGrid(64, upscale=False, window=32), 4, "map", "lung", 3, -600.0, 1500.0)
+    with pytest.raises(InputError, match="trained on crops.*precision float"):
+        make_runner(torch.nn.Conv2d(4, 1, 1), torch.device("cpu"), False, False, 1, None, "int8", 1, settings,
+                    "datalist.json", "training", False)

@@ -64,6 +64,7 @@ def test_a_crop_trained_model_synthesises_the_whole_slice_at_its_own_size(work_d
     run_bundle("run", config_file=INFERENCE_YAML, work_dir=str(work_dir), output_dir=str(out))
     settings = json.loads((out / "settings.json").read_text())
     assert settings["resized_to_grid"] is False and settings["image_size"] == 96
+    assert settings["window"] == 32  # the generator runs on windows of the size it was trained on
     manifest = (out / "manifest.csv").read_text().splitlines()
     assert len(manifest) > 1
     written = sorted((out / "images").glob("*.nii.gz"))

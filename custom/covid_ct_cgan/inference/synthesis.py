@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.inferers import SlidingWindowInferer
 from monai.transforms import Resize, SpatialPad
 from monai.utils import convert_to_tensor
 
@@ -169,10 +170,13 @@ class ModelGrid:
             resized slices); ``False``: keep a slice that fits at its own pixel size and only pad it
             (a model trained on crops at the slices' own resolution, ``crop_size`` in ``train.yaml``;
             longer slices are still shrunk to fit).
+        window: side of the windows the generator runs on (the training crop of a model trained on crops:
+            its instance norms then standardise over the field size they were trained on); ``0``: the whole grid.
     """
 
     image_size: int
     upscale: bool = True
+    window: int = 0
 
     def resized_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
         """Shape of a slice after the longest-side resize (its own shape where it is kept)."""
@@ -234,14 +238,17 @@ class GeneratorRunner:
         cpu_pixels_per_call: the eager CPU slice size in pixels; ``None`` runs whole batches.
         engine: runs whole batches instead of ``network`` (e.g. the int8
             :class:`~.export.OnnxGenerator`); ``amp``, ``compile`` and slicing do not apply then.
+        window: run the generator on ``window`` x ``window`` windows (MONAI's ``SlidingWindowInferer``, overlap
+            0.5, Gaussian blending) instead of the whole grid; ``0``: the whole grid.
     """
 
     def __init__(
         self, network: torch.nn.Module, device: torch.device, amp: bool = False, compile: bool = False, batch_size: int = 8,
         cpu_pixels_per_call: int | None = CPU_PIXELS_PER_CALL,
-        engine: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        engine: Callable[[torch.Tensor], torch.Tensor] | None = None, window: int = 0,
     ) -> None:
         self.network = network.to(device).eval()
+        self.window = int(window)
         self.device = device
         self.amp = bool(amp)
         self.batch_size = int(batch_size)
@@ -254,6 +261,14 @@ class GeneratorRunner:
 
     def __call__(self, conditions: torch.Tensor) -> torch.Tensor:
         """``(B, C, S, S)`` conditions -> ``(B, 1, S, S)`` float32 images in [-1, 1] on the CPU."""
+        if 0 < self.window < max(conditions.shape[-2:]):
+            windows = SlidingWindowInferer((self.window, self.window), sw_batch_size=self.batch_size, overlap=0.5,
+                                           mode="gaussian")
+            with torch.inference_mode():  # the windows' outputs are inference tensors; blend them in that mode too
+                return windows(conditions.cpu(), self._whole).float()
+        return self._whole(conditions)
+
+    def _whole(self, conditions: torch.Tensor) -> torch.Tensor:
         if self.engine is not None:
             return self.engine(conditions.cpu()).float()
         n = conditions.shape[0]
@@ -416,6 +431,9 @@ def make_runner(
 
         if device.type != "cpu":
             raise InputError(f"precision {precision} runs on the CPU; got device {device}")
+        if settings.grid.window:
+            raise InputError(f"precision {precision} is not available for a generator trained on crops (crop_size "
+                             f"{settings.grid.window}); synthesise it with precision float")
         if not calibration_input:
             raise InputError(f"precision {precision} needs calibration_input: a prepared datalist.json with training label maps")
         if compile is True:
@@ -438,4 +456,5 @@ def make_runner(
         CPU_PIXELS_PER_CALL, lambda net: compile_generator(net, device))
     if tuning.AUTO in (compile, cpu_pixels_per_call):
         logger.info(f"synthesis settings: {choice.reason}")
-    return GeneratorRunner(network, device, amp, choice.compile, batch_size, choice.cpu_pixels_per_call)
+    return GeneratorRunner(network, device, amp, choice.compile, batch_size, choice.cpu_pixels_per_call,
+                           window=settings.grid.window)

@@ -459,7 +459,8 @@ class SynthesisEvaluator(Evaluator):
             write_json({
                 "checkpoint": str(self.checkpoint_path), "num_variants": num_variants,
                 "seed": lesion_map.seed, "augment": lesion_map.augment, "keep_original": lesion_map.keep_original,
-                "image_size": s.grid.image_size, "resized_to_grid": s.grid.upscale, "condition": s.condition,
+                "image_size": s.grid.image_size, "resized_to_grid": s.grid.upscale, "window": s.grid.window,
+                "condition": s.condition,
                 "context_region": s.context_region,
                 "context_dilation": s.context_dilation, "keep_effusion": self.keep_effusion,
                 "window_level": s.window_level, "window_width": s.window_width,
@@ -503,7 +504,8 @@ def build_evaluator(
 ) -> SynthesisEvaluator:
     """The evaluator ``inference.yaml`` wires, built in Python; the arguments are :func:`run_synthesis`'s
     (``handlers``: the evaluator's handlers, default a progress handler)."""
-    grid = ModelGrid(int(image_size), upscale=not int(crop_size))  # a model trained on crops sees slices at their own size
+    # a model trained on crops sees slices at their own size, through windows of its crop size
+    grid = ModelGrid(int(image_size), upscale=not int(crop_size), window=int(crop_size))
     settings = SynthesisSettings(grid, count_classes(keep_effusion), condition, context_region,
                                  int(context_dilation), float(window_level), float(window_width))
     augment = int(num_variants) > 1 if augment is None else bool(augment)
