@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from monai.inferers import Inferer
+from monai.inferers import Inferer, SlidingWindowInferer
 
 
 def prepare_condition_batch(
@@ -22,16 +22,27 @@ def prepare_condition_batch(
     return cond, real, (), {"region": region, "real": real}
 
 
+def generate(network: torch.nn.Module, condition: torch.Tensor, window: int = 0) -> torch.Tensor:
+    """The generator's output for ``condition``: one call, or with ``window`` > 0 (a generator trained on crops
+    of that size) MONAI's ``SlidingWindowInferer`` with windows of that size, overlap 0.5 and Gaussian blending."""
+    if 0 < window < max(condition.shape[-2:]):
+        return SlidingWindowInferer((window, window), overlap=0.5, mode="gaussian")(condition, network)
+    return network(condition)
+
+
 class CompositeInferer(Inferer):
     """Run the generator and composite its output into the real slice: ``region * G + (1 - region) * real``.
 
     Args:
         composite: when false, return the raw generator output.
+        window: run the generator on ``window`` x ``window`` windows (MONAI's ``SlidingWindowInferer``, overlap 0.5,
+            Gaussian blending), as synthesis runs a generator trained on crops of that size; ``0``: the whole input.
     """
 
-    def __init__(self, composite: bool = True) -> None:
+    def __init__(self, composite: bool = True, window: int = 0) -> None:
         super().__init__()
         self.composite = composite
+        self.window = int(window)
 
     def __call__(  # type: ignore[override]
         self,
@@ -41,7 +52,7 @@ class CompositeInferer(Inferer):
         real: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        fake = network(inputs.float()).float()
+        fake = generate(network, inputs.float(), self.window).float()
         if not self.composite or region is None or real is None:
             return fake
         region = region.float()

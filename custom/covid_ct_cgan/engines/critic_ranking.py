@@ -21,6 +21,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..networks.discriminator import crop_patches, region_crop_boxes
+from .batch import generate
 from ..networks.ranking import RankingCounts, scale_ranking_counts
 from ..networks.wrapping import unwrap
 from ..precision import autocast_context
@@ -47,9 +48,13 @@ class CriticRanking:
         num_samples: the first this many slices form the fixed batch.
         amp: run the networks with mixed precision, as training does.
         interval: epochs between measurements.
+        window: generate through windows of this size (a generator trained on crops), see
+            :func:`~covid_ct_cgan.engines.batch.generate`; ``0``: the whole slice.
     """
 
-    def __init__(self, dataset: Any, num_samples: int = 8, amp: bool = False, interval: int = 1) -> None:
+    def __init__(self, dataset: Any, num_samples: int = 8, amp: bool = False, interval: int = 1,
+                 window: int = 0) -> None:
+        self.window = int(window)
         self.dataset = dataset
         self.num_samples = int(num_samples)
         self.amp = bool(amp)
@@ -84,7 +89,7 @@ class CriticRanking:
             n.eval()
         try:
             with autocast_context(device, self.amp):
-                fake = unwrap(engine.generator)(cond).float()
+                fake = generate(unwrap(engine.generator), cond, self.window).float()
                 if engine.composite_fake:
                     fake = region * fake + (1.0 - region) * real
                 real_pair, fake_pair = torch.cat([label_map, real], 1), torch.cat([label_map, fake], 1)

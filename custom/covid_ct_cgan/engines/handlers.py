@@ -21,6 +21,7 @@ from ..fileio import atomic_path
 from ..figures import label_picture, pyplot, to_uint8_picture, write_figure
 from ..networks.wrapping import unwrap
 from ..precision import autocast_context
+from .batch import generate
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class SampleGridSaver:
         composite: show the generated region composited into the real slice.
         interval: epochs between grids.
         amp: generate with mixed precision.
+        window: generate through windows of this size (a generator trained on crops), see
+            :func:`~covid_ct_cgan.engines.batch.generate`; ``0``: the whole slice.
     """
 
     def __init__(
@@ -108,7 +111,9 @@ class SampleGridSaver:
         composite: bool = False,
         interval: int = 1,
         amp: bool = False,
+        window: int = 0,
     ) -> None:
+        self.window = int(window)
         self.dataset = dataset
         self.output_dir = Path(output_dir)
         self.num_samples = int(num_samples)
@@ -132,7 +137,7 @@ class SampleGridSaver:
         gen.eval()
         cond = torch.stack([torch.as_tensor(it["condition"]) for it in items]).to(device).float()
         with autocast_context(device, self.amp):
-            fake = gen(cond).float().cpu()
+            fake = generate(gen, cond, self.window).float().cpu()
         gen.train(was_training)
         reals = [torch.as_tensor(it["image"]).float()[0] for it in items]
         regions = [torch.as_tensor(it["region"]).float()[0] for it in items]
