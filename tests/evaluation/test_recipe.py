@@ -160,7 +160,8 @@ def _subset(root: Path) -> Path:
 
 def test_recipe_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     raw, work = _subset(tmp_path / "raw"), tmp_path / "work"
-    tiny = {"dataset_dir": str(raw), "work_dir": str(work), "image_size": 64, "epochs": 1, "ngf": 8, "ndf": 8,
+    tiny = {"dataset_dir": str(raw), "work_dir": str(work), "image_size": 64, "crop_size": 32, "epochs": 1, "ngf": 8,
+            "ndf": 8,
             "n_blocks_global": 1, "n_blocks_local": 1, "batch_size": 4,
             "recipe_segmentation#image_size": 64, "recipe_segmentation#epochs": 1,
             "recipe_segmentation#unet_channels": [4, 8, 16, 32, 64],
