@@ -92,3 +92,24 @@ def test_a_no_norm_local_critic_tells_mean_filled_from_real_on_held_out_crops():
     assert result.final_accuracy >= 0.8, result.trace
     assert result.first_step is not None and result.first_step <= 40
     assert len(result.losses) == 40 and np.isfinite(result.final_loss)
+
+
+def test_generator_fakes_composite_the_output_into_the_region():
+    from covid_ct_cgan.evaluation.critic_test import generator_fakes
+
+    class Constant(torch.nn.Module):  # a "generator" that draws 0.7 everywhere
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(x[:, :1], 0.7) + self.scale
+
+    labels = torch.ones(2, 1, 16, 16, dtype=torch.long)
+    labels[:, :, 4:8, 4:8] = 2
+    images = torch.linspace(-1, 1, 2 * 256).view(2, 1, 16, 16)
+    pairs = generator_fakes(Constant(), labels, images, 4, "map+context", "lesion", dilation=1)
+    region = pairs.region.bool()
+    assert region.sum() == 2 * 36  # the 4x4 lesion dilated by 1 px
+    assert torch.all(pairs.fake[region] == 0.7) and torch.equal(pairs.fake[~region], images[~region])
+    assert pairs.maps.shape == (2, 4, 16, 16) and torch.equal(pairs.real, images)
