@@ -144,7 +144,8 @@ def table_line(row: Row) -> str:
 def plan(args: argparse.Namespace) -> list[Row]:
     local_steps, global_steps = (40, 100) if args.quick else (100, 300)
     local_steps, global_steps = args.local_steps or local_steps, args.global_steps or global_steps
-    degradations = ("mean_fill",) if args.quick else ("mean_fill", "blur")
+    degradations = args.degradations.split(",") if args.degradations else \
+        ("mean_fill",) if args.quick else ("mean_fill", "blur")
     norms = args.norms.split(",")
     groups = [("local", "lesion", k, local_steps) for k in degradations]
     # the global rows by degradation first: mean fill (the global target) on both regions before any blur row
@@ -204,6 +205,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--norms", default="none,spectral,instance", help=f"comma-separated subset of {NORMS}")
     parser.add_argument("--critics", default="", help="comma-separated subset of global,local (default both)")
     parser.add_argument("--regions", default="", help="comma-separated subset of lesion,lung (default both)")
+    parser.add_argument("--degradations", default="", help="comma-separated subset of mean_fill,blur")
     parser.add_argument("--local-steps", type=int, default=None)
     parser.add_argument("--global-steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (the trainer's 2e-4)")
