@@ -190,6 +190,8 @@ def test_bad_training_value_is_one_line_before_any_work(
         ({"constant_lr_epochs": 11}, "constant_lr_epochs: must be at most the stage's epochs (10), got 11"),
         ({"resume": "yes"}, "resume: must be True or False, got 'yes'"),
         ({"gan_mode": "wgan"}, "gan_mode: must be one of lsgan, vanilla; got 'wgan'"),
+        ({"d_norm": "layer"}, "d_norm: must be one of instance, batch, none, spectral; got 'layer'"),
+        ({"local_d_norm": "spectrall"}, "local_d_norm: must be one of instance, batch, none, spectral; got 'spectrall'"),
         ({"freeze_global_epochs": -2}, "freeze_global_epochs: must be at least 0, got -2"),
         ({"image_size": "$int('x')"}, "image_size: cannot be evaluated (ValueError: invalid literal for int() with base 10: 'x')"),
         ({"n_downsampling": 3, "image_size": 120}, "image_size: must be a multiple of 16 for this generator (the global stage "

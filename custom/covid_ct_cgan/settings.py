@@ -31,7 +31,7 @@ import math
 import pydoc
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,7 +41,7 @@ import torch
 
 from .errors import InputError, exit_on_input_error
 from .losses import GAN_MODES
-from .networks.discriminator import DFM_MODES
+from .networks.discriminator import D_NORMS, DFM_MODES
 from .networks.blocks import UPSAMPLINGS
 from .networks.generator import DESUM_MODES, GENERATOR_MODES
 from .transforms import CONDITIONS, CONTEXT_REGIONS
@@ -397,7 +397,8 @@ _WHOLE_NUMBERS: dict[str, int] = {
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "condition": CONDITIONS, "context_region": CONTEXT_REGIONS, "desum": DESUM_MODES, "dfm": DFM_MODES,
-    "stage": GENERATOR_MODES, "gan_mode": GAN_MODES, "upsampling": UPSAMPLINGS,
+    "stage": GENERATOR_MODES, "gan_mode": GAN_MODES, "upsampling": UPSAMPLINGS, "d_norm": D_NORMS,
+    "local_d_norm": D_NORMS,
 }
 _FLAGS = ("resume", "overwrite", "keep_effusion", "include_healthy", "fused_adam", "channels_last", "local_d")
 
@@ -568,16 +569,33 @@ def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -
 # --------------------------------------------------------------------------- settings recorded with a stage
 
 
+def _d_norm_before_it_was_a_setting(settings: Mapping[str, Any]) -> str:
+    """The discriminator norm of a record from before ``d_norm``: instance (pix2pixHD), batch for pix2pix's U-Net
+    runs (pix2pix.yaml set the discriminator's norm directly then)."""
+    return "batch" if str(settings.get("generator", "")).endswith(".UNetGenerator") else "instance"
+
+
 # network settings added after runs were recorded without them: a record without one was trained with this value
-LATER_SETTINGS: dict[str, Any] = {"upsampling": "transposed", "crop_size": 0}
+# (or with what the function gives for that record's other settings)
+LATER_SETTINGS: dict[str, Any] = {
+    "upsampling": "transposed",
+    "d_norm": _d_norm_before_it_was_a_setting,
+    "local_d_norm": "instance",
+    "crop_size": 0,
+}
+
+
+def _with_later_settings(settings: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """``settings`` with the value of each :data:`LATER_SETTINGS` key of ``keys`` it lacks."""
+    later = {k: v(settings) if callable(v) else v for k, v in LATER_SETTINGS.items() if k in keys and k not in settings}
+    return {**later, **settings}
 
 
 def setting_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``key: recorded -> current`` for each setting that differs (JSON-normalised; keys of either side; a key of
     :data:`LATER_SETTINGS` missing from a side counts as its value there)."""
     norm = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - tuples vs lists, numbers
-    recorded = {**{k: v for k, v in LATER_SETTINGS.items() if k in current}, **recorded}
-    current = {**{k: v for k, v in LATER_SETTINGS.items() if k in recorded}, **current}
+    recorded, current = _with_later_settings(recorded, current), _with_later_settings(current, recorded)
     return [
         f"{key}: {recorded.get(key, '(not set)')!r} -> {current.get(key, '(not set)')!r}"
         for key in sorted(set(recorded) | set(current))

@@ -74,6 +74,22 @@ def test_record_from_before_upsampling_was_a_setting_resumes_as_transposed(tmp_p
         check_stage_settings(stage, {**SETTINGS, "upsampling": "resize"}, "resume")
 
 
+def test_record_from_before_the_discriminator_norms_were_settings_resumes_as_instance(tmp_path: Path) -> None:
+    """Runs recorded before ``d_norm`` / ``local_d_norm`` existed trained instance-norm critics (pix2pix's U-Net
+    runs a batch-norm one): they resume with those norms, and other critics are refused on them."""
+    stage = _stage_with(tmp_path / "local", SETTINGS)
+    check_stage_settings(stage, {**SETTINGS, "d_norm": "instance", "local_d_norm": "instance"}, "resume")  # accepted
+    with pytest.raises(InputError, match=r"\(d_norm: 'instance' -> 'spectral'\); use the settings"):
+        check_stage_settings(stage, {**SETTINGS, "d_norm": "spectral", "local_d_norm": "instance"}, "resume")
+    with pytest.raises(InputError, match=r"\(local_d_norm: 'instance' -> 'none'\); use the settings"):
+        check_stage_settings(stage, {**SETTINGS, "d_norm": "instance", "local_d_norm": "none"}, "resume")
+    unet = {**SETTINGS, "generator": "covid_ct_cgan.networks.UNetGenerator"}
+    pix2pix = _stage_with(tmp_path / "pix2pix", unet)
+    check_stage_settings(pix2pix, {**unet, "d_norm": "batch", "local_d_norm": "instance"}, "resume")  # accepted
+    with pytest.raises(InputError, match=r"\(d_norm: 'batch' -> 'instance'\); use the settings"):
+        check_stage_settings(pix2pix, {**unet, "d_norm": "instance", "local_d_norm": "instance"}, "resume")
+
+
 def test_starting_over_replaces_the_record(tmp_path: Path) -> None:
     stage = _stage_with(tmp_path / "local", SETTINGS)
     trainer = StubTrainer()

@@ -108,7 +108,8 @@ def _synthesis_cmd(checkpoint_dir: Path, image: Path, label: Path, out: Path, *e
 
 def test_trained_checkpoint_is_enough_for_synthesis_and_evaluation(tmp_path: Path, builders) -> None:
     """Train tiny with non-default network keys, then synthesise with only --checkpoint_dir; a contradiction is refused."""
-    tiny = {**_tiny_settings(), "epochs": 1, "ngf": 12, "n_downsampling": 1, "upsampling": "resize"}
+    tiny = {**_tiny_settings(), "epochs": 1, "ngf": 12, "n_downsampling": 1, "upsampling": "resize",
+            "d_norm": "spectral", "local_d_norm": "none"}
     work = tmp_path / "work"
     prepare_if_needed("", str(work / "data"), phantom_dir=str(work / "phantom_raw"), seed=0,
                       phantom_patients=tiny["phantom_patients"], phantom_size=tiny["phantom_size"],
@@ -120,6 +121,7 @@ def test_trained_checkpoint_is_enough_for_synthesis_and_evaluation(tmp_path: Pat
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)[NETWORK_SETTINGS_KEY]
         assert (saved["ngf"], saved["n_downsampling"], saved["image_size"], saved["generator"], saved["upsampling"]) == (
             12, 1, 32, GENERATOR, "resize")
+        assert (saved["d_norm"], saved["local_d_norm"]) == ("spectral", "none")
     assert json.loads((joint / "settings.json").read_text())["ngf"] == 12
 
     hu, lab = builders.tiny_slice()

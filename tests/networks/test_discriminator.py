@@ -347,3 +347,42 @@ def test_local_discriminator_is_one_instance_norm_patchgan_and_learns(maps):
     assert [m.shape for m in masks[0]] == [f[:, :1].shape for f in out[0]]
     out[0][-1].mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.parameters())
+
+
+@pytest.mark.parametrize("cls", ["multi", "local"])
+def test_spectral_norm_discriminator(maps, cls):
+    """``norm="spectral"``: every convolution spectrally normalised, no norm layer; trains, runs under bf16
+    autocast, keeps the region masks and round-trips through its state dict."""
+    from torch.nn.utils import parametrize
+
+    from covid_ct_cgan.networks.discriminator import D_NORMS, LocalDiscriminator
+
+    assert "spectral" in D_NORMS
+    build = (lambda norm: MultiResolutionDiscriminator(5, ndf=8, n_layers=3, num_d=2, norm=norm)) if cls == "multi" \
+        else (lambda norm: LocalDiscriminator(5, ndf=8, n_layers=3, norm=norm))
+    torch.manual_seed(0)
+    d = build("spectral")
+    convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(parametrize.is_parametrized(c, "weight") for c in convs)
+    assert not any(isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.BatchNorm2d)) for m in d.modules())
+    x = pair(maps, 2, 32)
+    out = d(x)
+    reference = build("instance")(x)
+    assert [[f.shape for f in s] for s in out] == [[f.shape for f in s] for s in reference]
+    region = (x[:, 2:3] > 0).float()
+    assert [[m.shape for m in s] for s in d.region_masks(region)] == [[f[:, :1].shape for f in s] for s in out]
+    sum(s[-1].mean() for s in out).backward()
+    assert all(p.grad is not None for p in d.parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = d(x)
+    assert all(torch.isfinite(s[-1].float()).all() for s in low)
+
+    d.eval()
+    torch.manual_seed(1)
+    e = build("spectral").eval()
+    e.load_state_dict(d.state_dict())
+    with torch.no_grad():
+        for a, b in zip(d(x), e(x)):
+            torch.testing.assert_close(a[-1], b[-1])
+    with pytest.raises(ValueError, match="norm must be one of"):
+        build("spectrum")

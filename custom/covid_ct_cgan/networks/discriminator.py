@@ -7,10 +7,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
 
-from .blocks import downsample, init_normal_, norm_layer
+from .blocks import NORMS, downsample, init_normal_, norm_layer
 
 DFM_MODES: tuple[str, ...] = ("dynamic", "dynamic_from_half", "fixed", "equal")
+# the discriminators' normalisations: the norm layers of :func:`~covid_ct_cgan.networks.blocks.norm_layer`, or
+# "spectral" (spectral normalisation of every convolution's weight, Miyato et al. 2018, and no norm layer)
+D_NORMS: tuple[str, ...] = (*NORMS, "spectral")
 KERNEL = 4
 PADDING = 2  # pix2pixHD: ceil((kernel - 1) / 2); pix2pix uses 1
 MAX_CHANNELS = 512
@@ -81,7 +85,11 @@ class NLayerDiscriminator(nn.Module):
         in_channels: map channels plus image channels.
         ndf: width of the first layer (doubling, at most 512).
         n_layers: stride-2 layers.
-        norm: normalisation name (pix2pixHD ``"instance"``, pix2pix ``"batch"``).
+        norm: normalisation, one of :data:`D_NORMS`: pix2pixHD ``"instance"``, pix2pix ``"batch"``,
+            ``"none"``, or ``"spectral"`` (every convolution spectrally normalised with
+            ``torch.nn.utils.parametrizations.spectral_norm``, no norm layer). Instance norm standardises
+            each channel per image and so discards the texture energy that tells a flat or blurred region
+            from real lung (SPEC 2; ``benchmarks/critic_test.py`` measures it).
         padding: zero padding of every convolution (pix2pixHD 2, pix2pix 1); at most 2.
         use_bias: bias of the convolutions followed by a norm layer (pix2pix: ``False``
             with batch norm, whose shift makes it redundant); the first and last convolutions
@@ -93,7 +101,7 @@ class NLayerDiscriminator(nn.Module):
         list of ``n_layers + 2`` feature maps; the last is the patch prediction ``(B, 1, h, w)``.
 
     Raises:
-        ValueError: ``padding`` outside 0..2.
+        ValueError: ``padding`` outside 0..2, unknown ``norm``.
     """
 
     __jit_unused_properties__ = ["receptive_field"]
@@ -111,6 +119,11 @@ class NLayerDiscriminator(nn.Module):
         super().__init__()
         if not 0 <= padding <= KERNEL // 2:
             raise ValueError(f"padding must be in 0..{KERNEL // 2}, got {padding}")
+        if norm not in D_NORMS:
+            raise ValueError(f"norm must be one of {D_NORMS}, got {norm!r}")
+        spectral = norm == "spectral"
+        if spectral:
+            norm = "none"
         ch = feature_channels(ndf, n_layers)
         layers = [nn.Sequential(nn.Conv2d(in_channels, ch[0], KERNEL, 2, padding), nn.LeakyReLU(0.2, inplace=True))]
         strides = [2]
@@ -131,6 +144,9 @@ class NLayerDiscriminator(nn.Module):
         self.padding = padding
         if init_gain is not None:
             init_normal_(self, init_gain)
+        if spectral:  # after the initialisation, which draws the (then original) weights
+            for conv in [m for m in self.modules() if isinstance(m, nn.Conv2d)]:
+                spectral_norm(conv)
 
     @property
     def receptive_field(self) -> int:
@@ -173,7 +189,7 @@ class MultiResolutionDiscriminator(nn.Module):
         ndf: width of each PatchGAN.
         n_layers: stride-2 layers of each PatchGAN.
         num_d: number of resolutions (1 to 3; the paper uses 2, pix2pix 1).
-        norm: normalisation name.
+        norm: normalisation, one of :data:`D_NORMS` (see :class:`NLayerDiscriminator`).
         padding: convolution padding of each PatchGAN (pix2pixHD 2, pix2pix 1).
         use_bias: bias of the convolutions followed by a norm layer, see :class:`NLayerDiscriminator`.
         init_gain: ``None`` (PyTorch's initialisation) or pix2pix's ``N(0, init_gain)`` initialisation.
@@ -246,7 +262,7 @@ class LocalDiscriminator(MultiResolutionDiscriminator):
     sees only crops centred on a region component (:func:`region_crop_boxes`),
     taken identically from the real and the composited fake pair (label map and
     image, :func:`crop_patches`). It is the block of :class:`NLayerDiscriminator`
-    (instance norm by default) at one scale; its output is nested like
+    (instance norm by default, ``norm`` as there) at one scale; its output is nested like
     :class:`MultiResolutionDiscriminator`'s, so the losses and
     :meth:`~MultiResolutionDiscriminator.region_masks` apply unchanged.
 
@@ -254,7 +270,7 @@ class LocalDiscriminator(MultiResolutionDiscriminator):
         in_channels: map channels plus image channels.
         ndf: width of the first layer.
         n_layers: stride-2 layers.
-        norm: normalisation name.
+        norm: normalisation, one of :data:`D_NORMS` (see :class:`NLayerDiscriminator`).
         padding: convolution padding.
         use_bias: bias of the convolutions followed by a norm layer.
         init_gain: ``None`` (PyTorch's initialisation) or pix2pix's ``N(0, init_gain)`` initialisation.
