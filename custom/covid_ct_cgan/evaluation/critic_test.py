@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from .. import losses
 from ..networks.discriminator import crop_patches, region_crop_boxes
+from ..networks.ranking import RankingCounts, scale_ranking_counts
 
 __all__ = [
     "BLUR_SIGMA",
@@ -135,20 +136,11 @@ def paired_ranking_accuracy(
     """
     if not len(real_feats) == len(fake_feats) == len(masks):
         raise ValueError(f"{len(real_feats)} real, {len(fake_feats)} fake and {len(masks)} mask scales")
-    wins, counts, per_scale = 0.0, [], []
-    for real, fake, mask in zip(real_feats, fake_feats, masks):
-        r, f = real[-1].detach().float(), fake[-1].detach().float()
-        m = mask[-1].detach() > 0
-        if r.shape != f.shape or m.shape[0] != r.shape[0] or m.shape[-2:] != r.shape[-2:]:
-            raise ValueError(f"patch predictions {tuple(r.shape)} / {tuple(f.shape)} and mask {tuple(m.shape)} differ")
-        m = m.expand_as(r)
-        n = int(m.sum())
-        score = float((r[m] > f[m]).sum()) + 0.5 * float((r[m] == f[m]).sum())
-        wins += score
-        counts.append(n)
-        per_scale.append(score / n if n else float("nan"))
-    total = sum(counts)
-    return PairedAccuracy(wins / total if total else float("nan"), per_scale, counts)
+    counts = scale_ranking_counts(real_feats, fake_feats, masks)
+    total = RankingCounts()
+    for count in counts:
+        total.add(count)
+    return PairedAccuracy(total.accuracy, [c.accuracy for c in counts], [int(c.total) for c in counts])
 
 
 @dataclass
