@@ -122,8 +122,49 @@ def test_flags_take_booleans_not_words(config_file: str) -> None:
     check_overrides(config, {"overwrite": False})
     with pytest.raises(InputError, match=r"^overwrite: must be True or False, got 'false' \(write --overwrite False\)$"):
         check_overrides(config, {"overwrite": "false"})
-    with pytest.raises(InputError, match=r"^overwrite: must be True or False, got 1$"):
+    with pytest.raises(InputError, match=r"^overwrite: must be True or False, got 1 \(write --overwrite True\)$"):
         check_overrides(config, {"overwrite": 1})
+
+
+@pytest.mark.parametrize(
+    "config_file, key, given, expected",
+    [
+        # a default that is an expression yielding a boolean (amp_by_default is annotated -> bool; a comparison)
+        ("train.yaml", "amp", "false", "amp: must be True or False, got 'false' (write --amp False)"),
+        ("train.yaml", "cuda_fast", 0, "cuda_fast: must be True or False, got 0 (write --cuda_fast False)"),
+        ("inference.yaml", "augment", "false", "augment: must be True or False, got 'false' (write --augment False)"),
+        # a #-path: a literal of the config, and a keyword of the component's target with a boolean default
+        ("inference.yaml", "inference#handlers#1#iteration_log", "true",
+         "inference#handlers#1#iteration_log: must be True or False, got 'true' (write --inference#handlers#1#iteration_log True)"),
+        ("train.yaml", "train#dataloader#shuffle", "no",
+         "train#dataloader#shuffle: must be True or False, got 'no' (write --train#dataloader#shuffle False)"),
+        ("train.yaml", "train#handlers#11#epoch_log", "true",
+         "train#handlers#11#epoch_log: must be True or False, got 'true' (write --train#handlers#11#epoch_log True)"),
+        ("evaluate.yaml", "realism#two_sample", "1",
+         "realism#two_sample: must be True or False, got '1' (write --realism#two_sample True)"),
+    ],
+)
+def test_every_boolean_setting_takes_booleans_wherever_given(config_file: str, key: str, given, expected: str) -> None:
+    config = _file_keys(str(CONFIGS / config_file))
+    check_overrides(config, {key: True})
+    check_overrides(config, {key: False})
+    with pytest.raises(InputError) as err:
+        check_overrides(config, {key: given})
+    assert str(err.value) == expected
+
+
+def test_settings_that_are_not_booleans_keep_their_values() -> None:
+    config = _file_keys(TRAIN)
+    # numbers 0 and 1 where the default is a number or an expression yielding one; a run step is never evaluated
+    check_overrides(config, {"num_workers": 0, "constant_lr_epochs": 1, "network_def#ngf": 0, "prepare_if_needed": "false"})
+
+
+def test_a_lower_case_boolean_on_the_command_line_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        run_bundle("training", config_file=TRAIN, work_dir=str(tmp_path / "work"), amp="false")
+    assert stop.value.code == 2
+    assert _errors(capsys.readouterr().err) == ["ERROR: amp: must be True or False, got 'false' (write --amp False)"]
+    assert not (tmp_path / "work").exists()
 
 
 def test_what_monai_adds_stays_accepted() -> None:

@@ -346,6 +346,131 @@ def _unknown_path(config: Mapping[str, Any], parts: list[str]) -> str | None:
     return None
 
 
+_REFERENCE = re.compile(r"@([\w#:]+)")  # a MONAI reference inside an expression
+_BOOLEAN_WORDS = {"true": "True", "false": "False", "yes": "True", "no": "False", "on": "True", "off": "False",
+                  "1": "True", "0": "False"}
+
+
+def _raw_at(config: Mapping[str, Any], parts: Sequence[str]) -> tuple[bool, Any, Any]:
+    """``(found, value, parent)`` of a ``#``-path in a raw config (``parent`` the node that holds or would hold it)."""
+    node: Any = config
+    parent: Any = None
+    for part in parts:
+        parent = node
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            return False, None, parent if part is parts[-1] else None
+    return True, node, parent
+
+
+def _dotted_name(node: Any) -> str | None:
+    """``a.b.c`` of an ``ast.Name`` / ``ast.Attribute`` chain, else None."""
+    import ast
+
+    names = []
+    while isinstance(node, ast.Attribute):
+        names.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return ".".join([node.id, *reversed(names)])
+
+
+def _returns_bool(dotted: str) -> bool:
+    """Whether the function ``dotted`` (located without calling it) is annotated to return ``bool``."""
+    if dotted in ("bool", "isinstance", "issubclass", "callable", "all", "any"):
+        return True
+    try:
+        func = pydoc.locate(dotted)
+        annotation = inspect.signature(func).return_annotation if callable(func) else None
+    except (TypeError, ValueError, ImportError):
+        return False
+    return annotation in (bool, "bool")
+
+
+def _is_boolean_value(config: Mapping[str, Any], raw: Any, seen: frozenset[str]) -> bool:
+    """Whether a raw config value is a boolean: ``true``/``false``, a reference to one, or an expression that
+    yields one (a comparison, ``not``, ``and``/``or`` of booleans, a call annotated ``-> bool``). Decided from
+    the text alone: nothing is evaluated, so an expression with side effects (a run step) never runs here."""
+    import ast
+
+    if isinstance(raw, bool):
+        return True
+    if not isinstance(raw, str):
+        return False
+    if raw.startswith("@") and _REFERENCE.fullmatch(raw):
+        return _is_boolean_key(config, raw[1:], seen)
+    if not raw.startswith("$"):
+        return False
+    refs: dict[str, str] = {}
+
+    def placeholder(match: re.Match) -> str:
+        name = f"__ref{len(refs)}__"
+        refs[name] = match.group(1)
+        return name
+
+    try:
+        tree = ast.parse(_REFERENCE.sub(placeholder, raw[1:]).strip(), mode="eval")
+    except SyntaxError:
+        return False
+
+    def boolean(node: Any) -> bool:
+        if isinstance(node, ast.Constant):
+            return isinstance(node.value, bool)
+        if isinstance(node, ast.Compare) or (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)):
+            return True
+        if isinstance(node, ast.BoolOp):
+            return all(boolean(v) for v in node.values)
+        if isinstance(node, ast.IfExp):
+            return boolean(node.body) and boolean(node.orelse)
+        if isinstance(node, ast.Name) and node.id in refs:
+            return _is_boolean_key(config, refs[node.id], seen)
+        if isinstance(node, ast.Call):
+            dotted = _dotted_name(node.func)
+            return dotted is not None and _returns_bool(dotted)
+        return False
+
+    return boolean(tree.body)
+
+
+def _is_boolean_key(config: Mapping[str, Any], key: str, seen: frozenset[str] = frozenset()) -> bool:
+    """Whether the setting ``key`` (a ``#``-path) of a raw config takes a boolean: its value in the config
+    files is one (see :func:`_is_boolean_value`), or, absent there, the component's ``_target_`` has a
+    ``True``/``False`` default for it (e.g. ``StatsHandler``'s ``iteration_log``)."""
+    key = key.replace("::", _SEP)
+    if key in seen:
+        return False
+    parts = key.split(_SEP)
+    found, raw, parent = _raw_at(config, parts)
+    if found:
+        return _is_boolean_value(config, raw, seen | {key})
+    if not (isinstance(parent, Mapping) and "_target_" in parent):
+        return False
+    from monai.bundle import ComponentLocator, ConfigComponent
+
+    try:
+        name = ConfigComponent(config=dict(parent), locator=ComponentLocator()).resolve_module_name()
+        obj = pydoc.locate(str(name))
+        functions = [k.__init__ for k in inspect.getmro(obj) if "__init__" in vars(k)] if inspect.isclass(obj) else [obj]
+        for func in functions:
+            param = inspect.signature(func).parameters.get(parts[-1])
+            if param is not None:
+                return isinstance(param.default, bool)
+    except Exception:  # noqa: BLE001 - a target that cannot be located is MONAI's to report
+        return False
+    return False
+
+
+def _boolean_problem(key: str, given: Any) -> str:
+    """The refusal of a non-boolean ``given`` for the boolean setting ``key``, with the spelling that works."""
+    word = _BOOLEAN_WORDS.get(str(given).strip().lower()) if isinstance(given, (str, int)) else None
+    spelling = f" (write --{key} {word})" if word else ""
+    return f"must be True or False, got {given!r}{spelling}"
+
+
 def check_overrides(
     config: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any], extra_keys: Sequence[str] = ()
 ) -> None:
@@ -353,12 +478,14 @@ def check_overrides(
 
     A top-level key must exist (or be one of ``extra_keys``, keys MONAI adds); a ``#``-path may add
     a keyword that a component's ``_target_`` accepts, or a name to an open mapping. Given the
-    overrides' values too, a key whose default is ``true``/``false`` must be given a boolean: the
-    command line reads ``--overwrite true`` as the word ``'true'``, which Python would take as true
-    whatever it says (``'false'`` too), so the words are refused with the spelling that works.
+    overrides' values too, a boolean setting must be given a boolean, wherever it is: a top-level key
+    or a ``#``-path, whose default is ``true``/``false``, an expression that yields one (``amp``,
+    ``augment``), or a component's boolean keyword. The command line reads ``--overwrite true`` as the
+    word ``'true'`` (and ``1`` as a number), which Python takes as true whatever it says (``'false'``
+    too), so anything but ``True``/``False`` is refused with the spelling that works.
 
     Raises:
-        InputError: ``unknown key 'epoch'; did you mean 'epochs'?``, or a flag given a word.
+        InputError: ``unknown key 'epoch'; did you mean 'epochs'?``, or a boolean setting given a word.
     """
     known = set(config) | set(extra_keys) | {"_meta_"}
     values = overrides if isinstance(overrides, Mapping) else {}
@@ -370,10 +497,8 @@ def check_overrides(
             problem = _unknown_path(config, parts)
             if problem:
                 raise InputError(problem)
-        if len(parts) == 1 and isinstance(config.get(key), bool) and key in values and not isinstance(values[key], bool):
-            given = values[key]
-            spelling = f" (write --{key} {str(given).strip().capitalize()})" if str(given).strip().lower() in ("true", "false") else ""
-            raise InputError(f"must be True or False, got {given!r}{spelling}", key)
+        if key in values and not isinstance(values[key], bool) and _is_boolean_key(config, str(key)):
+            raise InputError(_boolean_problem(str(key), values[key]), key)
 
 
 # --------------------------------------------------------------------------- training settings
