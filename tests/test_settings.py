@@ -310,3 +310,35 @@ def test_setting_differences_name_each_key() -> None:
 def test_no_call_stack_inspection_in_the_package() -> None:
     found = [str(p) for p in (REPO_ROOT / "custom").rglob("*.py") if "inspect.stack" in p.read_text()]
     assert found == []
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ({"network_def#ngf": 32}, "ERROR: network_def#ngf: builds with 32 while network_settings#ngf, recorded with every "
+         "checkpoint and read back by inference, says 16; give --ngf, which sets both, instead of one of them"),
+        ({"network_settings#ngf": 32}, "ERROR: network_def#ngf: builds with 16 while network_settings#ngf, recorded with every "
+         "checkpoint and read back by inference, says 32; give --ngf, which sets both, instead of one of them"),
+        ({"discriminator_def#n_layers": 2}, "ERROR: discriminator_def#n_layers: builds with 2 while network_settings#n_layers_d, "
+         "recorded with every checkpoint and read back by inference, says 3; give --n_layers_d, which sets both, instead of one of them"),
+    ],
+)
+def test_a_network_built_otherwise_than_recorded_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture, override: dict, expected: str
+) -> None:
+    # the record saved with every checkpoint (settings.json too) must describe the network built: inference rebuilds it
+    with pytest.raises(SystemExit) as stop:
+        run_bundle("training", config_file=TRAIN, work_dir=str(tmp_path / "work"), **override)
+    assert stop.value.code == 2
+    assert _errors(capsys.readouterr().err) == [expected]
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS + ["lesion_inpainting.yaml", "medseg.yaml"])
+def test_record_sources_agree_in_every_overlay(overlay: str) -> None:
+    from covid_ct_cgan.settings import check_record, record_sources
+
+    files = _file_keys(TRAIN, str(CONFIGS / overlay))
+    assert record_sources(files)["ngf"] == ["network_def#ngf"]
+    check_record(files, _file_keys(TRAIN, str(CONFIGS / overlay)))
+    check_record(files, BundleCommand(config_files=(TRAIN, str(CONFIGS / overlay)), overrides={"ngf": 32}).load(tracking=False))

@@ -50,6 +50,7 @@ __all__ = [
     "BundleCommand",
     "check_command",
     "check_overrides",
+    "check_record",
     "check_training",
     "command_line",
     "current_command",
@@ -658,6 +659,79 @@ def check_training(raw: Mapping[str, Any]) -> None:
             )
 
 
+# --------------------------------------------------------------------------- the record of the networks built
+
+RECORD_KEY = "network_settings"  # train.yaml's record of what the weights depend on (saved with every checkpoint)
+
+
+def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """``(path, id)`` of every value inside ``node`` that is exactly a reference ``@id``."""
+    if isinstance(node, str):
+        if node.startswith("@") and _REFERENCE.fullmatch(node):
+            yield path, node[1:].replace("::", _SEP)
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _references(value, f"{path}{_SEP}{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _references(value, f"{path}{_SEP}{i}")
+
+
+def record_sources(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """For each entry of ``network_settings`` that refers to a setting (``ngf: "@ngf"``), the constructor
+    arguments of the config's components fed by the same setting (``network_def#ngf``).
+
+    Args:
+        config: the raw config of the config files (without the command's overrides).
+    """
+    record = config.get(RECORD_KEY)
+    if not isinstance(record, Mapping):
+        return {}
+    settings = {key: ref for path, ref in _references(record, RECORD_KEY) for key in [path.split(_SEP, 1)[1]]}
+    fed: dict[str, list[str]] = {}
+    for name, node in config.items():
+        if name == RECORD_KEY or not (isinstance(node, Mapping) and "_target_" in node):
+            continue
+        for path, ref in _references(node, name):
+            fed.setdefault(ref, []).append(path)
+    return {key: fed[ref] for key, ref in settings.items() if fed.get(ref)}
+
+
+def check_record(files: Mapping[str, Any], final: Mapping[str, Any]) -> None:
+    """Refuse a run whose ``network_settings`` would not describe the networks it builds.
+
+    The record (saved in every checkpoint and ``settings.json``, read back by inference and evaluation)
+    and the networks' constructors take the same settings in the config files (``ngf: "@ngf"`` in both);
+    an override of one side alone (``--network_def#ngf 32``, ``--network_settings#ngf 32``) would build
+    one network and record another.
+
+    Args:
+        files: the raw config of the config files alone.
+        final: the raw config with the command's overrides.
+
+    Raises:
+        InputError: naming the constructor argument, both values, and the setting to give instead.
+    """
+    sources = record_sources(files)
+    if not sources:
+        return
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(copy.deepcopy(dict(final)))
+    parser.parse(reset=True)
+    norm = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - tuples vs lists
+    for key, paths in sources.items():
+        recorded = norm(_value(parser, f"{RECORD_KEY}{_SEP}{key}"))
+        for path in paths:
+            built = norm(_value(parser, path))
+            if built != recorded:
+                raise InputError(
+                    f"builds with {built!r} while {RECORD_KEY}#{key}, recorded with every checkpoint and read back "
+                    f"by inference, says {recorded!r}; give --{key}, which sets both, instead of one of them",
+                    path,
+                )
+
+
 # --------------------------------------------------------------------------- the check each config runs
 
 
@@ -680,8 +754,12 @@ def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -
     if command.base is None:
         check_overrides(command.load(overrides=False, tracking=False), dict(command.overrides),
                         sorted(_tracking_keys(command.tracking)))
-    if validate is not None:
-        validate(command.load(tracking=False))
+    if validate is not None or command.base is None:
+        final = command.load(tracking=False)
+        if command.base is None:
+            check_record(command.load(overrides=False, tracking=False), final)
+        if validate is not None:
+            validate(final)
 
 
 # --------------------------------------------------------------------------- settings recorded with a stage
