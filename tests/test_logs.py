@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CLI = [
     "--image_size", "32", "--batch_size", "2", "--ngf", "8", "--n_downsampling", "1", "--n_blocks_global", "1",
     "--n_blocks_local", "1", "--ndf", "8", "--n_layers_d", "2", "--sample_count", "2", "--phantom_patients", "3",
-    "--phantom_slices", "4", "--phantom_size", "64", "--amp", "false",
+    "--phantom_slices", "4", "--phantom_size", "64", "--amp", "False",
 ]
 
 

@@ -336,7 +336,7 @@ def test_bundle_run(tmp_path: Path, builders, checkpoint_dir: Path, nifti_2d, re
     image, label = nifti_2d
     base = [sys.executable, "-m", "monai.bundle", "run", "run", "--config_file", "bundle/configs/inference.yaml",
             "--checkpoint_dir", str(checkpoint_dir), "--image_size", str(IMAGE_SIZE), "--ngf", "8",
-            "--n_downsampling", "1", "--n_blocks_global", "1", "--n_blocks_local", "1", "--amp", "false",
+            "--n_downsampling", "1", "--n_blocks_global", "1", "--n_blocks_local", "1", "--amp", "False",
             "--image", str(image), "--label", str(label)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     good = subprocess.run(base + ["--output_dir", str(tmp_path / "out"), "--num_variants", "2"],
@@ -361,9 +361,9 @@ def test_bundle_run_overrides_a_postprocessing_setting_and_a_handler(
     image, label = nifti_2d
     command = [sys.executable, "-m", "monai.bundle", "run", "run", "--config_file", "bundle/configs/inference.yaml",
                "--checkpoint_dir", str(checkpoint_dir), "--image_size", str(IMAGE_SIZE), "--ngf", "8",
-               "--n_downsampling", "1", "--n_blocks_global", "1", "--n_blocks_local", "1", "--amp", "false",
+               "--n_downsampling", "1", "--n_blocks_global", "1", "--n_blocks_local", "1", "--amp", "False",
                "--image", str(image), "--label", str(label), "--output_dir", str(tmp_path / "out"), "--num_variants", "2",
-               "--inference#postprocessing#transforms#2#min_size", "400", "--inference#handlers#1#iteration_log", "true"]
+               "--inference#postprocessing#transforms#2#min_size", "400", "--inference#handlers#1#iteration_log", "True"]
     done = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
