@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from .errors import InputError, exit_on_input_error
+from .fileio import check_writable
 from .losses import GAN_MODES
 from .networks.discriminator import DFM_MODES
 from .networks.blocks import UPSAMPLINGS
@@ -525,6 +526,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "condition": CONDITIONS, "context_region": CONTEXT_REGIONS, "desum": DESUM_MODES, "dfm": DFM_MODES,
     "stage": GENERATOR_MODES, "gan_mode": GAN_MODES, "upsampling": UPSAMPLINGS,
 }
+PREPARE_RUN_IDS = ("prepare", "prepare_if_needed")  # train.yaml's run ids that write data_dir alone
 _FLAGS = ("resume", "overwrite", "keep_effusion", "include_healthy", "fused_adam", "channels_last", "local_d")
 
 
@@ -639,6 +641,10 @@ def check_training(raw: Mapping[str, Any]) -> None:
 
     parser = parsed()
     values = _check_values(parser, set(raw))
+    command = current_command()
+    if "output_dir" in raw and command is not None and command.run_id not in PREPARE_RUN_IDS:
+        # before anything is prepared or built (a stage's TensorBoard handler creates its folder when built)
+        check_writable(_value(parser, "output_dir"))
     stages = values.get("stages") or [values.get("stage", "joint")]
     for stage in stages:
         stage_parser = parsed(stage=stage)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -402,8 +403,21 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().__init__(*args, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
-                checkpoint.save_handler._atomic = True  # noqa: SLF001 - Ignite's DiskSaver option
-                checkpoint.save_handler = _RemoveAfterSave(checkpoint.save_handler)
+                disk = checkpoint.save_handler
+                disk._save_func = types.MethodType(_save_atomically, disk)  # noqa: SLF001 - Ignite's DiskSaver
+                checkpoint.save_handler = _RemoveAfterSave(disk)
+
+
+def _save_atomically(disk: Any, checkpoint: Any, path: Path, func: Any) -> None:
+    """Ignite ``DiskSaver._save_func`` through :func:`covid_ct_cgan.fileio.atomic_path`.
+
+    Ignite's own atomic mode leaves its ``tmpXXXXXXXX`` file behind when closing it fails (a full disk)
+    and lets the ``OSError`` through; here the temporary file (``.<name>.XXXXXXXX.tmp``, never matched
+    by ``*.pt``) is removed on any failure and a full or read-only disk is a
+    :class:`~covid_ct_cgan.fileio.WriteError` naming the checkpoint.
+    """
+    with atomic_path(path, overwrite=True, keep_suffix=False) as tmp:
+        func(checkpoint, tmp, **disk.kwargs)
 
 
 class _RemoveAfterSave(BaseSaveHandler):
