@@ -13,6 +13,7 @@ written (a bad input leaves no partial output)::
         datalist.json                          MONAI datalist + "properties"
         summary.json, summary.md               slices, patients, class fractions
         raw_files.json                         size and SHA-256 of each raw file (provenance)
+        prepared_files.json                    size and SHA-256 of each file above, checked before the data is used
 
 Splits: ``training`` + ``validation`` (the synthesis-train part; validation
 is carved from it), ``test_synthesis`` and ``test_segmentation``, in the
@@ -64,6 +65,7 @@ SPLIT_MODES: tuple[str, ...] = ("patient", "paper", "predefined")
 PREDEFINED_FOLDERS: tuple[str, ...] = ("train", "test")
 DATALIST = "datalist.json"
 RAW_FILES = "raw_files.json"  # in data_dir: size, time and SHA-256 of every raw file read (see hash_raw_files)
+PREPARED_FILES = "prepared_files.json"  # in data_dir: size and SHA-256 of every file prepare wrote (verify_prepared_files)
 PHANTOM_KEYS: tuple[str, ...] = ("phantom_patients", "phantom_size", "phantom_slices")
 # the train.yaml key of a preparation option, where its name differs (messages name what the user sets)
 CONFIG_KEYS: dict[str, str] = {"seed": "data_seed"}
@@ -349,6 +351,35 @@ def hash_raw_files(
             sha = _sha256(path)
         records[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha}
     return records
+
+
+def verify_prepared_files(data_dir: str | Path) -> tuple[Path, str] | None:
+    """Compare the files of a prepared ``data_dir`` with the sizes and SHA-256 recorded when they were written.
+
+    Sizes are compared first (one ``stat`` a file), then contents; the first damaged file is reported.
+
+    Returns:
+        ``None`` when every recorded file is as prepared, else ``(file, what is wrong)``; ``(record, ...)``
+        when ``prepared_files.json`` is missing or unreadable (prepared by an older version, or damaged).
+    """
+    root = Path(data_dir)
+    record = root / PREPARED_FILES
+    try:
+        files = json.loads(record.read_text(encoding="utf-8"))
+        entries = [(name, int(e["size"]), str(e["sha256"])) for name, e in files.items()]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return record, "missing or unreadable, so the prepared files cannot be checked (prepared by an older version?)"
+    for name, size, _ in entries:
+        path = root / name
+        if not path.is_file():
+            return path, "missing (it was written when the data was prepared)"
+        found = path.stat().st_size
+        if found != size:
+            return path, f"damaged: {found} bytes, {size} when it was prepared"
+    for name, _, sha in entries:
+        if _sha256(root / name) != sha:
+            return root / name, "damaged: its contents differ from those it was prepared with (SHA-256)"
+    return None
 
 
 def dataset_fingerprint(records: Mapping[str, Mapping[str, Any]]) -> str:
@@ -643,6 +674,8 @@ def prepare_dataset(
         write_json(raw_files, stage / RAW_FILES)
         text = format_summary(summary)
         write_text(text, stage / "summary.md")
+        prepared = {name: {"size": r["size"], "sha256": r["sha256"]} for name, r in hash_raw_files(stage).items()}
+        write_json(prepared, stage / PREPARED_FILES)
     print(text, flush=True)
     return summary
 
@@ -803,7 +836,15 @@ def _check_data_dir(
             if differ:
                 changes.append(f"the raw files in dataset_dir differ from those it was prepared from: {differ}")
     if not changes:
-        return True, properties
+        damaged = verify_prepared_files(target)
+        if damaged is None:
+            return True, properties
+        if not overwrite:
+            path, problem = damaged
+            restore = "" if path.name == PREPARED_FILES else " (or restore the file)"
+            raise InputError(f"{problem}; prepare the data again with --overwrite True{restore}", path)
+        print(f"{damaged[0]}: {damaged[1]}; preparing {target} again (overwrite)", flush=True)
+        return False, properties
     if not overwrite:
         raise InputError(
             f"holds data prepared with other settings or data: {'; '.join(changes)}; "
