@@ -104,3 +104,30 @@ def _recorded_size(work: Path, path: Path) -> int:
 
     record = json.loads((work / "data" / PREPARED_FILES).read_text(encoding="utf-8"))
     return record[path.relative_to(work / "data").as_posix()]["size"]
+
+
+def test_overwrite_with_other_data_retires_the_stages_trained_on_the_old(work: Path, capsys) -> None:
+    from covid_ct_cgan.data.prepare import RETIRED_PREFIX
+
+    output = work / "output"
+    (output / "global").mkdir(parents=True)
+    (output / "global" / "checkpoint_epoch=10.pt").write_bytes(b"weights of the old data")
+    # the same data prepared again (a damaged file repaired): the stages stay
+    (work / "data" / "images" / sorted(p.name for p in (work / "data" / "images").iterdir())[0]).unlink()
+    _prepare(work, overwrite=True, output_dir=str(output))
+    assert (output / "global" / "checkpoint_epoch=10.pt").is_file()
+    # other data (one more patient): the stages trained on the old data are moved aside, named in one line
+    run_prepare_if_needed("", str(work / "data"), phantom_dir=str(work / "phantom_raw"),
+                          **{**PHANTOM, "phantom_patients": 4}, overwrite=True, output_dir=str(output))
+    [retired] = list(output.glob(f"{RETIRED_PREFIX}*"))
+    assert sorted(p.name for p in output.iterdir()) == [retired.name]
+    assert (retired / "global" / "checkpoint_epoch=10.pt").read_bytes() == b"weights of the old data"
+    assert f"{output}: moved global to {retired}: trained on the data prepared before" in capsys.readouterr().out
+
+
+def test_train_yaml_hands_output_dir_to_prepare() -> None:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[2] / "bundle" / "configs" / "train.yaml"))
+    assert parser["prepare_args"]["output_dir"] == "@output_dir"

@@ -43,7 +43,9 @@ import contextlib
 import hashlib
 import inspect
 import json
+import os
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -682,6 +684,48 @@ def prepare_dataset(
 
 # --------------------------------------------------------------------------- entry points
 
+RETIRED_PREFIX = "retired-"  # output_dir/retired-<UTC time>/: stages trained on data prepared before
+
+
+def _read_datalist(data_dir: Path) -> str | None:
+    try:
+        return (data_dir / DATALIST).read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def retire_outputs(output_dir: str | Path | None, data_dir: Path, before: str | None) -> Path | None:
+    """Move the stages of ``output_dir`` aside when ``data_dir`` now holds other data than they were trained on.
+
+    A stage that resumed (or was skipped as complete) after the data changed would mix two datasets and
+    splits, and its weights would not be the ones ``datalist.json`` describes; its files are kept, in
+    ``output_dir/retired-<UTC time>/``, and the stages start over.
+
+    Args:
+        output_dir: the training output folder (``None``: nothing to retire).
+        data_dir: the prepared data folder, just written.
+        before: the text of its ``datalist.json`` before this preparation (``None``: there was none).
+
+    Returns:
+        The folder the stages were moved to, or ``None`` when nothing was moved (no output, or the same data).
+    """
+    if output_dir is None or not str(output_dir).strip() or before is None or before == _read_datalist(data_dir):
+        return None
+    out = Path(output_dir).expanduser()
+    entries = sorted(p for p in out.iterdir() if not p.name.startswith((".", RETIRED_PREFIX))) if out.is_dir() else []
+    if not entries:
+        return None
+    aside = out / f"{RETIRED_PREFIX}{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    while aside.exists():
+        aside = aside.with_name(aside.name + "_")
+    aside.mkdir()
+    for entry in entries:
+        os.replace(entry, aside / entry.name)
+    print(f"{out}: moved {', '.join(e.name for e in entries)} to {aside}: trained on the data prepared before "
+          f"(the data in {data_dir} changed); the stages start over", flush=True)
+    return aside
+
+
 
 @contextlib.contextmanager
 def _removing_new_folders(*paths: Path) -> Iterator[None]:
@@ -869,6 +913,7 @@ def prepare_if_needed(
     phantom_patients: int = 6,
     phantom_size: int = 256,
     phantom_slices: int = 12,
+    output_dir: str | None = None,
     **prepare_kwargs: Any,
 ) -> dict[str, Any]:
     """Prepare ``data_dir`` unless it already holds the same preparation of the same raw data.
@@ -893,6 +938,8 @@ def prepare_if_needed(
         phantom_patients: phantom patients (volumes).
         phantom_size: phantom slice size in pixels.
         phantom_slices: phantom slices per volume.
+        output_dir: the training output folder: when ``data_dir`` is prepared again with other data, its
+            stages are moved aside (:func:`retire_outputs`).
         prepare_kwargs: the other arguments of :func:`prepare_dataset`
             (``seed`` also seeds the phantom). ``overwrite=True`` prepares
             again when ``data_dir`` differs (and regenerates a phantom of other
@@ -931,12 +978,15 @@ def prepare_if_needed(
         print(f"prepared data found at {target}", flush=True)
         summary_file = target / "summary.json"
         return json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else properties
+    before = _read_datalist(target)
     with _removing_new_folders(target, source):
         if phantom and _phantom_needs_generating(source, params, overwrite):
             check_writable(source)
             check_writable(target)
             _generate_phantom(source, params)
-        return prepare_dataset(str(source), str(target), overwrite=overwrite, **options)
+        summary = prepare_dataset(str(source), str(target), overwrite=overwrite, **options)
+    retire_outputs(output_dir, target, before)
+    return summary
 
 
 @exit_on_input_error
@@ -956,6 +1006,7 @@ def run_prepare(
     phantom_patients: int = 6,
     phantom_size: int = 256,
     phantom_slices: int = 12,
+    output_dir: str | None = None,
 ) -> dict[str, Any]:
     """Bundle entry point of the ``prepare`` run id: :func:`prepare_dataset`, phantom when no dataset.
 
@@ -970,7 +1021,7 @@ def run_prepare(
         data_dir: output folder.
         split, split_ratios, validation_fraction, keep_effusion, min_lesion_pixels, seed,
         overwrite, patient_regex, include_healthy: as :func:`prepare_dataset`.
-        phantom_dir, phantom_patients, phantom_size, phantom_slices: as :func:`prepare_if_needed`.
+        phantom_dir, phantom_patients, phantom_size, phantom_slices, output_dir: as :func:`prepare_if_needed`.
 
     Returns:
         The summary.
@@ -984,8 +1035,11 @@ def run_prepare(
     if data_dir is None or str(data_dir).strip() == "":
         raise InputError("no data_dir given")
     target = Path(data_dir).expanduser()
+    before = _read_datalist(target)
     if dataset_dir is not None and str(dataset_dir).strip() != "":
-        return prepare_dataset(str(dataset_dir), str(target), overwrite=overwrite, **options)
+        summary = prepare_dataset(str(dataset_dir), str(target), overwrite=overwrite, **options)
+        retire_outputs(output_dir, target, before)
+        return summary
     if options["split"] == "predefined":
         raise InputError("split=predefined needs a dataset with its own train/ and test/ folders; "
                          "the phantom has none: use split=patient")
@@ -1003,7 +1057,9 @@ def run_prepare(
             _generate_phantom(source, params)
         else:
             print(f"phantom data found at {source}", flush=True)
-        return prepare_dataset(str(source), str(target), overwrite=overwrite, **options)
+        summary = prepare_dataset(str(source), str(target), overwrite=overwrite, **options)
+    retire_outputs(output_dir, target, before)
+    return summary
 
 
 run_prepare_if_needed = exit_on_input_error(prepare_if_needed)
