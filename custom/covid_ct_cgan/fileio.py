@@ -164,10 +164,10 @@ def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
     try:
         os.link(tmp, path)  # fails if path exists: no check-then-replace race
     except FileExistsError:
-        raise InputError("already exists (written by another process meanwhile); pass overwrite=true to replace it", path) from None
+        raise InputError("already exists (written by another process meanwhile); pass --overwrite True to replace it", path) from None
     except OSError:  # no hard links on this file system
         if path.exists():
-            raise InputError("already exists; pass overwrite=true to replace it", path) from None
+            raise InputError("already exists; pass --overwrite True to replace it", path) from None
         os.replace(tmp, path)
         return
     tmp.unlink()
@@ -190,7 +190,7 @@ def atomic_path(path: str | Path, overwrite: bool = False, keep_suffix: bool = T
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise InputError("already exists; pass overwrite=true to replace it", path)
+        raise InputError("already exists; pass --overwrite True to replace it", path)
     with _reported_write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         suffix = "".join(path.suffixes) if keep_suffix else ""
@@ -318,7 +318,7 @@ def staged_directory(final_dir: str | Path, overwrite: bool = False) -> Iterator
     with sibling_lock(final_dir):
         _clean_stale_staging(final_dir)
         if final_dir.exists() and any(final_dir.iterdir()) and not overwrite:
-            raise InputError("already exists and is not empty; pass overwrite=true to replace it", final_dir)
+            raise InputError("already exists and is not empty; pass --overwrite True to replace it", final_dir)
         with _reported_write_errors(final_dir.parent):
             tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
         try:

@@ -403,3 +403,12 @@ def test_lesion_inpainting_of_an_augmented_map_redraws_the_own_lesions_too(tmp_p
     # every lesion pixel of the input (and of the new map) is redrawn, not kept from the real slice
     assert np.count_nonzero(changed & own) > 0.9 * np.count_nonzero(own)
     assert np.count_nonzero(changed & new) > 0.9 * np.count_nonzero(new)
+
+
+def test_compile_given_a_word_is_told_the_spelling_that_works() -> None:
+    from covid_ct_cgan.errors import InputError
+    from covid_ct_cgan.inference.synthesis import check_settings
+
+    with pytest.raises(InputError) as err:
+        check_settings(1, 1, 32, "map", "lung", torch.nn.Identity(), compile="false")
+    assert str(err.value) == "compile must be True, False or 'auto', got 'false' (write --compile False)"

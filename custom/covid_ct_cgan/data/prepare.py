@@ -786,7 +786,7 @@ def _phantom_needs_generating(folder: Path, params: Mapping[str, int], overwrite
         changes = _setting_differences(_phantom_settings(found), _phantom_settings(params))
         raise InputError(
             f"holds a phantom generated with other settings ({'; '.join(changes)}); "
-            "pass overwrite=true to generate it again",
+            "pass --overwrite True to generate it again",
             folder,
         )
     return True
@@ -858,7 +858,7 @@ def _check_data_dir(
     if not datalist.is_file():
         if target.exists() and any(target.iterdir()) and not overwrite:
             raise InputError(
-                "holds other files and no datalist.json; pass overwrite=true to replace it, or choose another data_dir",
+                "holds other files and no datalist.json; pass --overwrite True to replace it, or choose another data_dir",
                 target,
             )
         return False, {}
@@ -892,7 +892,7 @@ def _check_data_dir(
     if not overwrite:
         raise InputError(
             f"holds data prepared with other settings or data: {'; '.join(changes)}; "
-            "pass overwrite=true to prepare it again",
+            "pass --overwrite True to prepare it again",
             target,
         )
     return False, properties
@@ -1049,7 +1049,7 @@ def run_prepare(
     if target.exists() and not target.is_dir():
         raise InputError("exists and is not a folder", target)
     if target.exists() and any(target.iterdir()) and not overwrite:
-        raise InputError("already exists and is not empty; pass overwrite=true to replace it", target)
+        raise InputError("already exists and is not empty; pass --overwrite True to replace it", target)
     with _removing_new_folders(target, source):
         if _phantom_needs_generating(source, params, overwrite):
             check_writable(source)

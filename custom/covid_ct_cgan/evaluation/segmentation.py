@@ -485,7 +485,7 @@ def run_experiments(
     raw = load_config(config)  # read (and --tracking patched) once; each run works on a copy
     datalist, target = Path(datalist), Path(output_dir) / RESULTS
     if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise InputError("already exists and is not empty; pass overwrite=true to replace it", target)
+        raise InputError("already exists and is not empty; pass --overwrite True to replace it", target)
     plan = run_names(experiments, ratios)
     if any(exp == "B" and ratio > int(synthetic_variants) for _, exp, ratio in plan) and not synthetic_datalist:
         raise InputError(f"experiment B up to ratio {max(ratios)} needs synthetic_variants >= {math.ceil(max(ratios))}")
