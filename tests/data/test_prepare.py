@@ -496,9 +496,10 @@ def test_failed_runs_leave_no_empty_folders(tmp_path, builders, fake_phantom, mo
     raw = builders.write_radiopaedia(tmp_path / "raw", n_patients=3, nz=2, size=24)
     (raw / "rp_im" / "2.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     before = tree(tmp_path)
-    with pytest.raises(InputError, match="cannot read"):
-        prepare_if_needed(str(raw), str(tmp_path / "new_work" / "data"))
-    assert tree(tmp_path) == before  # no empty work folder, no lock file
+    for call in (prepare_if_needed, prep.run_prepare.__wrapped__):  # the prepare run id with a dataset folder too
+        with pytest.raises(InputError, match="cannot read"):
+            call(str(raw), str(tmp_path / "new_work" / "data"))
+        assert tree(tmp_path) == before  # no empty work folder, no lock file
 
     def failing_generator(**kwargs):
         (kwargs["out_dir"].parent).mkdir(parents=True, exist_ok=True)  # it got as far as the work folder

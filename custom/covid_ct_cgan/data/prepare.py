@@ -1037,7 +1037,8 @@ def run_prepare(
     target = Path(data_dir).expanduser()
     before = _read_datalist(target)
     if dataset_dir is not None and str(dataset_dir).strip() != "":
-        summary = prepare_dataset(str(dataset_dir), str(target), overwrite=overwrite, **options)
+        with _removing_new_folders(target):  # a failed run leaves no empty work folder
+            summary = prepare_dataset(str(dataset_dir), str(target), overwrite=overwrite, **options)
         retire_outputs(output_dir, target, before)
         return summary
     if options["split"] == "predefined":
