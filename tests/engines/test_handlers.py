@@ -62,3 +62,24 @@ def test_dfm_weight_spread_without_values_publishes_nothing(tmp_path: Path) -> N
 def test_dfm_weight_spread_refuses_bad_settings(bounds: tuple, tolerance: float) -> None:
     with pytest.raises(ValueError, match="DfmWeightSpread"):
         DfmWeightSpread(bounds=bounds, tolerance=tolerance)
+
+
+def test_checkpoints_left_by_a_killed_run_are_removed_once_superseded(tmp_path: Path) -> None:
+    from covid_ct_cgan.engines.handlers import TrainingCheckpointSaver
+
+    # the killed run wrote these; the resumed run (iterations 11..16, 4 an epoch) knows nothing of them
+    for name in ("checkpoint_iteration=10.pt", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"):
+        (tmp_path / name).write_bytes(b"earlier run")
+    net = torch.nn.Linear(1, 1)
+    engine = Engine(lambda e, b: None)
+    for epoch_level, interval, n_saved in ((True, 1, 2), (False, 3, 1)):
+        TrainingCheckpointSaver(save_dir=str(tmp_path), save_dict={"net": net}, epoch_level=epoch_level,
+                                save_interval=interval, n_saved=n_saved).attach(engine)
+
+    @engine.on(Events.STARTED)
+    def resumed(e: Engine) -> None:
+        e.state.iteration, e.state.epoch = 10, 2
+
+    engine.run(range(4), max_epochs=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt", "checkpoint_iteration=15.pt"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -405,7 +406,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if checkpoint is not None:
                 disk = checkpoint.save_handler
                 disk._save_func = types.MethodType(_save_atomically, disk)  # noqa: SLF001 - Ignite's DiskSaver
-                checkpoint.save_handler = _RemoveAfterSave(disk)
+                checkpoint.save_handler = _RemoveAfterSave(disk, checkpoint.n_saved)
 
 
 def _save_atomically(disk: Any, checkpoint: Any, path: Path, func: Any) -> None:
@@ -420,11 +421,19 @@ def _save_atomically(disk: Any, checkpoint: Any, path: Path, func: Any) -> None:
         func(checkpoint, tmp, **disk.kwargs)
 
 
-class _RemoveAfterSave(BaseSaveHandler):
-    """Ignite removes the oldest checkpoint before writing the new one; remove it after, so a kill keeps one."""
+_NUMBERED = re.compile(r"(?P<kind>.+=)(?P<n>\d+)\.pt")  # checkpoint_epoch=3.pt, checkpoint_iteration=10.pt
 
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.pending = inner, []
+
+class _RemoveAfterSave(BaseSaveHandler):
+    """Ignite removes the oldest checkpoint before writing the new one; remove it after, so a kill keeps one.
+
+    Ignite only knows the files its own process wrote: those of the same kind that an earlier (killed,
+    then resumed) run left, at lower numbers, are removed too once this run has saved past them, so a stage
+    keeps ``n_saved`` of each kind.
+    """
+
+    def __init__(self, inner: Any, n_saved: int | None = None) -> None:
+        self.inner, self.pending, self.n_saved = inner, [], n_saved
 
     def __call__(self, checkpoint: Any, filename: str, metadata: Any = None) -> None:
         self.inner(checkpoint, filename, metadata)
@@ -433,6 +442,22 @@ class _RemoveAfterSave(BaseSaveHandler):
             if fixed is None and old != filename:
                 self.inner.remove(old)
         self.pending = []
+        if fixed is None:
+            self._remove_earlier_runs(filename)
+
+    def _remove_earlier_runs(self, filename: str) -> None:
+        saved = _NUMBERED.fullmatch(filename)
+        folder = getattr(self.inner, "dirname", None)
+        if saved is None or folder is None or not self.n_saved:
+            return
+        earlier = []
+        for path in Path(folder).iterdir():
+            found = _NUMBERED.fullmatch(path.name)
+            if found and found["kind"] == saved["kind"] and int(found["n"]) < int(saved["n"]):
+                earlier.append((int(found["n"]), path))
+        for _, path in sorted(earlier, reverse=True)[self.n_saved - 1 :]:
+            path.unlink(missing_ok=True)
+            logger.info(f"removed {path}: superseded by {filename}")
 
     def remove(self, filename: str) -> None:
         self.pending.append(filename)
