@@ -502,6 +502,20 @@ def attached_mlflow_handler(engine: Engine) -> Any:
     return None
 
 
+ITERATION_SUFFIX = "_iteration"  # MLflow: each iteration's value, beside the epoch mean of the same name
+
+
+def _attached(engine: Engine, kind: type) -> list[Any]:
+    """The handlers of class ``kind`` attached to ``engine`` (through a bound method)."""
+    found = []
+    for handlers in engine._event_handlers.values():  # noqa: SLF001 - Ignite keeps no public registry
+        for handler, _, _ in handlers:
+            owner = getattr(handler, "__self__", handler)
+            if isinstance(owner, kind) and owner not in found:
+                found.append(owner)
+    return found
+
+
 class TrackingExtras:
     """What MONAI's ``--tracking mlflow`` patch does not record: hyper-parameters and pictures.
 
@@ -546,7 +560,14 @@ class TrackingExtras:
 
     def _log_params(self, engine: Engine) -> None:
         tracker = attached_mlflow_handler(engine)
-        if tracker is None or tracker.cur_run is None:
+        if tracker is None:
+            return
+        epoch_means = {f"train_{key}" for means in _attached(engine, EpochMeans) for key in means.keys}
+        if tracker.tag_name in epoch_means:
+            # MONAI's tracking settings log each iteration's loss as `train_loss`, the name of EpochMeans' epoch
+            # mean: two series in one history, at overlapping steps (iterations and epochs)
+            tracker.tag_name = f"{tracker.tag_name}{ITERATION_SUFFIX}"
+        if tracker.cur_run is None:
             return
         tracker._log_params(self.params)  # noqa: SLF001 - MONAI's own param logging (skips logged ones)
         if self.config is not None and self.config_file is not None:
