@@ -743,7 +743,8 @@ def check_record(files: Mapping[str, Any], final: Mapping[str, Any]) -> None:
 
 @exit_on_input_error
 def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -> None:
-    """Check the current bundle command (``initialize`` of every config): unknown keys, then ``validate``.
+    """Check the current bundle command (``initialize`` of every config): unknown keys and booleans given words,
+    a network built otherwise than its record says (:func:`check_record`), then ``validate``.
 
     Nothing is checked when the run was not started as a command (``monai.bundle.run`` called from
     Python without :func:`run_bundle`: the caller passes its own overrides).
@@ -757,15 +758,14 @@ def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -
     command = current_command()
     if command is None:
         return
-    if command.base is None:
-        check_overrides(command.load(overrides=False, tracking=False), dict(command.overrides),
-                        sorted(_tracking_keys(command.tracking)))
-    if validate is not None or command.base is None:
-        final = command.load(tracking=False)
-        if command.base is None:
-            check_record(command.load(overrides=False, tracking=False), final)
-        if validate is not None:
-            validate(final)
+    files = command.load(overrides=False, tracking=False) if command.base is None else None
+    if files is not None:
+        check_overrides(files, dict(command.overrides), sorted(_tracking_keys(command.tracking)))
+    final = command.load(tracking=False) if validate is not None or record_sources(files or {}) else None
+    if files is not None and final is not None:
+        check_record(files, final)
+    if validate is not None:
+        validate(final)
 
 
 # --------------------------------------------------------------------------- settings recorded with a stage
