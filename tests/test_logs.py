@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import monai.bundle
@@ -23,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CLI = [
     "--image_size", "32", "--batch_size", "2", "--ngf", "8", "--n_downsampling", "1", "--n_blocks_global", "1",
     "--n_blocks_local", "1", "--ndf", "8", "--n_layers_d", "2", "--sample_count", "2", "--phantom_patients", "3",
-    "--phantom_slices", "4", "--phantom_size", "64", "--amp", "false",
+    "--phantom_slices", "4", "--phantom_size", "64", "--amp", "False",
 ]
 
 
@@ -110,12 +111,38 @@ def test_interrupt_gives_one_line_with_the_resume_command(capsys: pytest.Capture
     )
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.is_file():
-        assert proc.poll() is None, f"the run ended (status {proc.returncode}) before writing {path}"
-        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+HANG_GUARD_S = 1800  # only against a hung run: the waits below end on events (a file, a line, the exit), not on time
+
+
+def _wait_for(event: Callable[[], bool], proc: subprocess.Popen, what: str) -> None:
+    """Wait until ``event()`` holds, or fail when the run ended without it."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not event():
+        if proc.poll() is not None:  # ended: the event may have come just before
+            assert event(), f"the run ended (status {proc.returncode}) before {what}"
+            return
+        assert time.monotonic() < deadline, f"hung: no {what} after {HANG_GUARD_S} s"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize("main_module, frozen", [("monai.bundle.__main__", True), ("pytest.__main__", False)])
+def test_the_command_ends_at_once_after_its_line(monkeypatch: pytest.MonkeyPatch, capsys, main_module: str,
+                                                 frozen: bool) -> None:
+    # Python's last garbage collections at exit took 3-4 s on 2 busy cores after the INTERRUPTED line
+    import gc
+    import types
+
+    calls = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=types.SimpleNamespace(name=main_module)))
+
+    @exit_on_input_error
+    def entry() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit):
+        entry()
+    assert calls == (["freeze"] if frozen else [])
 
 
 def test_ctrl_c_stops_training_with_one_line_and_the_printed_command_resumes(tmp_path: Path) -> None:
@@ -123,12 +150,14 @@ def test_ctrl_c_stops_training_with_one_line_and_the_printed_command_resumes(tmp
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.yaml",
            "--work_dir", str(tmp_path / "work"), "--epochs", "40", *TINY_CLI]
     log = tmp_path / "interrupted.log"
+    first = tmp_path / "work" / "output" / "global" / "checkpoint_epoch=1.pt"
     with log.open("w") as out:  # a log file: not a terminal
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            _wait_for(tmp_path / "work" / "output" / "global" / "checkpoint_epoch=1.pt", proc, timeout=240)
+            _wait_for(first.is_file, proc, f"writing {first}")
             proc.send_signal(signal.SIGINT)
-            status = proc.wait(timeout=60)
+            _wait_for(lambda: "INTERRUPTED:" in log.read_text(), proc, "the INTERRUPTED line")
+            status = proc.wait(timeout=HANG_GUARD_S)  # the command ends at once after its line (prepare_quick_exit)
         finally:
             if proc.poll() is None:
                 proc.kill()

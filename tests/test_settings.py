@@ -122,8 +122,49 @@ def test_flags_take_booleans_not_words(config_file: str) -> None:
     check_overrides(config, {"overwrite": False})
     with pytest.raises(InputError, match=r"^overwrite: must be True or False, got 'false' \(write --overwrite False\)$"):
         check_overrides(config, {"overwrite": "false"})
-    with pytest.raises(InputError, match=r"^overwrite: must be True or False, got 1$"):
+    with pytest.raises(InputError, match=r"^overwrite: must be True or False, got 1 \(write --overwrite True\)$"):
         check_overrides(config, {"overwrite": 1})
+
+
+@pytest.mark.parametrize(
+    "config_file, key, given, expected",
+    [
+        # a default that is an expression yielding a boolean (amp_by_default is annotated -> bool; a comparison)
+        ("train.yaml", "amp", "false", "amp: must be True or False, got 'false' (write --amp False)"),
+        ("train.yaml", "cuda_fast", 0, "cuda_fast: must be True or False, got 0 (write --cuda_fast False)"),
+        ("inference.yaml", "augment", "false", "augment: must be True or False, got 'false' (write --augment False)"),
+        # a #-path: a literal of the config, and a keyword of the component's target with a boolean default
+        ("inference.yaml", "inference#handlers#1#iteration_log", "true",
+         "inference#handlers#1#iteration_log: must be True or False, got 'true' (write --inference#handlers#1#iteration_log True)"),
+        ("train.yaml", "train#dataloader#shuffle", "no",
+         "train#dataloader#shuffle: must be True or False, got 'no' (write --train#dataloader#shuffle False)"),
+        ("train.yaml", "train#handlers#11#epoch_log", "true",
+         "train#handlers#11#epoch_log: must be True or False, got 'true' (write --train#handlers#11#epoch_log True)"),
+        ("evaluate.yaml", "realism#two_sample", "1",
+         "realism#two_sample: must be True or False, got '1' (write --realism#two_sample True)"),
+    ],
+)
+def test_every_boolean_setting_takes_booleans_wherever_given(config_file: str, key: str, given, expected: str) -> None:
+    config = _file_keys(str(CONFIGS / config_file))
+    check_overrides(config, {key: True})
+    check_overrides(config, {key: False})
+    with pytest.raises(InputError) as err:
+        check_overrides(config, {key: given})
+    assert str(err.value) == expected
+
+
+def test_settings_that_are_not_booleans_keep_their_values() -> None:
+    config = _file_keys(TRAIN)
+    # numbers 0 and 1 where the default is a number or an expression yielding one; a run step is never evaluated
+    check_overrides(config, {"num_workers": 0, "constant_lr_epochs": 1, "network_def#ngf": 0, "prepare_if_needed": "false"})
+
+
+def test_a_lower_case_boolean_on_the_command_line_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        run_bundle("training", config_file=TRAIN, work_dir=str(tmp_path / "work"), amp="false")
+    assert stop.value.code == 2
+    assert _errors(capsys.readouterr().err) == ["ERROR: amp: must be True or False, got 'false' (write --amp False)"]
+    assert not (tmp_path / "work").exists()
 
 
 def test_what_monai_adds_stays_accepted() -> None:
@@ -271,3 +312,35 @@ def test_setting_differences_name_each_key() -> None:
 def test_no_call_stack_inspection_in_the_package() -> None:
     found = [str(p) for p in (REPO_ROOT / "custom").rglob("*.py") if "inspect.stack" in p.read_text()]
     assert found == []
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ({"network_def#ngf": 32}, "ERROR: network_def#ngf: builds with 32 while network_settings#ngf, recorded with every "
+         "checkpoint and read back by inference, says 16; give --ngf, which sets both, instead of one of them"),
+        ({"network_settings#ngf": 32}, "ERROR: network_def#ngf: builds with 16 while network_settings#ngf, recorded with every "
+         "checkpoint and read back by inference, says 32; give --ngf, which sets both, instead of one of them"),
+        ({"discriminator_def#n_layers": 2}, "ERROR: discriminator_def#n_layers: builds with 2 while network_settings#n_layers_d, "
+         "recorded with every checkpoint and read back by inference, says 3; give --n_layers_d, which sets both, instead of one of them"),
+    ],
+)
+def test_a_network_built_otherwise_than_recorded_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture, override: dict, expected: str
+) -> None:
+    # the record saved with every checkpoint (settings.json too) must describe the network built: inference rebuilds it
+    with pytest.raises(SystemExit) as stop:
+        run_bundle("training", config_file=TRAIN, work_dir=str(tmp_path / "work"), **override)
+    assert stop.value.code == 2
+    assert _errors(capsys.readouterr().err) == [expected]
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS + ["lesion_inpainting.yaml", "medseg.yaml"])
+def test_record_sources_agree_in_every_overlay(overlay: str) -> None:
+    from covid_ct_cgan.settings import check_record, record_sources
+
+    files = _file_keys(TRAIN, str(CONFIGS / overlay))
+    assert record_sources(files)["ngf"] == ["network_def#ngf"]
+    check_record(files, _file_keys(TRAIN, str(CONFIGS / overlay)))
+    check_record(files, BundleCommand(config_files=(TRAIN, str(CONFIGS / overlay)), overrides={"ngf": 32}).load(tracking=False))

@@ -62,8 +62,17 @@ def _normal_mode(path: Path, folder: bool) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
 
 
-def _write_error(err: OSError, path: Path) -> InputError | None:
-    """An InputError naming ``path`` for an error of the place written to, else None."""
+class WriteError(InputError):
+    """The place written to refused the write (read-only, no permission, disk or quota full)."""
+
+
+def is_write_error(err: BaseException) -> bool:
+    """Whether ``err`` is an error of the place written to (:data:`WRITE_ERRNOS`), not of the data."""
+    return isinstance(err, WriteError) or (isinstance(err, OSError) and err.errno in WRITE_ERRNOS)
+
+
+def _write_error(err: OSError, path: Path) -> WriteError | None:
+    """A WriteError naming ``path`` for an error of the place written to, else None."""
     if err.errno not in WRITE_ERRNOS:
         return None
     reason = os.strerror(err.errno)
@@ -71,7 +80,14 @@ def _write_error(err: OSError, path: Path) -> InputError | None:
         hint = "free some space or choose another folder"
     else:
         hint = "check the folder's permissions or choose another folder"
-    return InputError(f"cannot write here ({reason}); {hint}", path)
+    return WriteError(f"cannot write here ({reason}); {hint}", path)
+
+
+def as_write_error(err: OSError, fallback: str | Path) -> WriteError:
+    """A write error of any writer (a library's too) as a :class:`WriteError` naming its file, else ``fallback``."""
+    if isinstance(err, WriteError):
+        return err
+    return _write_error(err, Path(err.filename if err.filename else fallback))  # type: ignore[return-value]
 
 
 @contextlib.contextmanager
@@ -118,7 +134,8 @@ def check_writable(folder: str | Path, min_free_bytes: int = 0) -> int:
     except OSError as err:
         reason = os.strerror(err.errno) if err.errno else str(err)
         where = "" if existing == target else f" (checked {existing}, where it would be created)"
-        raise InputError(f"cannot write here{where}: {reason}", target) from None
+        raise WriteError(f"cannot write here{where}: {reason}; check its permissions or choose another folder",
+                         target) from None
     free = shutil.disk_usage(existing).free
     if free < int(min_free_bytes):
         raise InputError(
@@ -147,22 +164,25 @@ def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
     try:
         os.link(tmp, path)  # fails if path exists: no check-then-replace race
     except FileExistsError:
-        raise InputError("already exists (written by another process meanwhile); pass overwrite=true to replace it", path) from None
+        raise InputError("already exists (written by another process meanwhile); pass --overwrite True to replace it", path) from None
     except OSError:  # no hard links on this file system
         if path.exists():
-            raise InputError("already exists; pass overwrite=true to replace it", path) from None
+            raise InputError("already exists; pass --overwrite True to replace it", path) from None
         os.replace(tmp, path)
         return
     tmp.unlink()
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | Path, overwrite: bool = False, keep_suffix: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
 
     The temporary file keeps the real suffix (``.nii.gz`` etc.) at its end so
-    writers that look at the extension work. The result has normal
-    permissions (``0666`` less the umask).
+    writers that look at the extension work (``keep_suffix=False``: it ends in
+    ``.tmp``, so that a search for ``*.pt`` never finds a half-written checkpoint).
+    The result has normal permissions (``0666`` less the umask). On any failure,
+    the temporary file is removed; one left by a killed process is removed by
+    :func:`remove_stale_temporaries`.
 
     Raises:
         InputError: ``path`` exists and ``overwrite`` is false, or the folder
@@ -170,10 +190,10 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise InputError("already exists; pass overwrite=true to replace it", path)
+        raise InputError("already exists; pass --overwrite True to replace it", path)
     with _reported_write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        suffix = "".join(path.suffixes)
+        suffix = "".join(path.suffixes) if keep_suffix else ""
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
         os.close(fd)
     tmp = Path(name)
@@ -185,6 +205,34 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+# temporary files: of atomic_path (".<name>.<8 random>.tmp[<suffixes>]") and of Ignite's atomic DiskSaver ("tmp<8 random>")
+_STALE_FILE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)*|tmp[a-z0-9_]{8}")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files that a killed or failed writer left in ``folder`` and its subfolders.
+
+    Call it only while no other process writes there (e.g. with the folder's
+    :func:`covid_ct_cgan.locking.output_lock` held).
+
+    Returns:
+        The files removed (their number is logged: a log shows a temporary name as its final one,
+        see :class:`covid_ct_cgan.logs.FinalPaths`).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and _STALE_FILE.fullmatch(path.name):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    if removed:
+        logger.info(f"removed {len(removed)} temporary file(s) left in {root} by an interrupted or failed run")
+    return removed
 
 
 def write_json(obj: Any, path: str | Path, overwrite: bool = False) -> Path:
@@ -270,7 +318,7 @@ def staged_directory(final_dir: str | Path, overwrite: bool = False) -> Iterator
     with sibling_lock(final_dir):
         _clean_stale_staging(final_dir)
         if final_dir.exists() and any(final_dir.iterdir()) and not overwrite:
-            raise InputError("already exists and is not empty; pass overwrite=true to replace it", final_dir)
+            raise InputError("already exists and is not empty; pass --overwrite True to replace it", final_dir)
         with _reported_write_errors(final_dir.parent):
             tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
         try:

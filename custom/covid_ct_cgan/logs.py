@@ -62,18 +62,28 @@ class DropRecords(logging.Filter):
         return not record.getMessage().startswith(self.prefixes)
 
 
-class DropInterruptRecords(logging.Filter):
-    """Drop the error records and tracebacks that libraries log about a Ctrl-C (``KeyboardInterrupt``).
+def _reported_by_the_entry_point(err: BaseException | None) -> bool:
+    """A Ctrl-C, an :class:`~covid_ct_cgan.errors.InputError`, or a write refused by the disk (full, read-only):
+    the entry point reports each with one line (:func:`covid_ct_cgan.errors.exit_on_input_error`)."""
+    from .errors import InputError
+    from .fileio import is_write_error
 
-    Ignite and MONAI's ``StatsHandler`` log the interrupt with its traceback before
-    passing it on; the entry point prints one ``INTERRUPTED:`` line instead
+    return isinstance(err, (KeyboardInterrupt, InputError)) or (err is not None and is_write_error(err))
+
+
+class DropInterruptRecords(logging.Filter):
+    """Drop the error records and tracebacks that libraries log about a Ctrl-C (``KeyboardInterrupt``),
+    an ``InputError`` or a full / read-only disk.
+
+    Ignite and MONAI's ``StatsHandler`` log the exception with its traceback before
+    passing it on; the entry point prints one ``INTERRUPTED:`` or ``ERROR:`` line instead
     (:func:`covid_ct_cgan.errors.exit_on_input_error`).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        if record.exc_info and _reported_by_the_entry_point(record.exc_info[1]):
             return False
-        return not (record.levelno >= logging.ERROR and isinstance(sys.exc_info()[1], KeyboardInterrupt))
+        return not (record.levelno >= logging.ERROR and _reported_by_the_entry_point(sys.exc_info()[1]))
 
 
 class FinalPaths(logging.Filter):

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from .errors import InputError, exit_on_input_error
+from .fileio import check_writable
 from .losses import GAN_MODES
 from .networks.discriminator import D_NORMS, DFM_MODES
 from .networks.blocks import UPSAMPLINGS
@@ -50,6 +51,7 @@ __all__ = [
     "BundleCommand",
     "check_command",
     "check_overrides",
+    "check_record",
     "check_training",
     "command_line",
     "current_command",
@@ -346,6 +348,131 @@ def _unknown_path(config: Mapping[str, Any], parts: list[str]) -> str | None:
     return None
 
 
+_REFERENCE = re.compile(r"@([\w#:]+)")  # a MONAI reference inside an expression
+_BOOLEAN_WORDS = {"true": "True", "false": "False", "yes": "True", "no": "False", "on": "True", "off": "False",
+                  "1": "True", "0": "False"}
+
+
+def _raw_at(config: Mapping[str, Any], parts: Sequence[str]) -> tuple[bool, Any, Any]:
+    """``(found, value, parent)`` of a ``#``-path in a raw config (``parent`` the node that holds or would hold it)."""
+    node: Any = config
+    parent: Any = None
+    for part in parts:
+        parent = node
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            return False, None, parent if part is parts[-1] else None
+    return True, node, parent
+
+
+def _dotted_name(node: Any) -> str | None:
+    """``a.b.c`` of an ``ast.Name`` / ``ast.Attribute`` chain, else None."""
+    import ast
+
+    names = []
+    while isinstance(node, ast.Attribute):
+        names.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return ".".join([node.id, *reversed(names)])
+
+
+def _returns_bool(dotted: str) -> bool:
+    """Whether the function ``dotted`` (located without calling it) is annotated to return ``bool``."""
+    if dotted in ("bool", "isinstance", "issubclass", "callable", "all", "any"):
+        return True
+    try:
+        func = pydoc.locate(dotted)
+        annotation = inspect.signature(func).return_annotation if callable(func) else None
+    except (TypeError, ValueError, ImportError):
+        return False
+    return annotation in (bool, "bool")
+
+
+def _is_boolean_value(config: Mapping[str, Any], raw: Any, seen: frozenset[str]) -> bool:
+    """Whether a raw config value is a boolean: ``true``/``false``, a reference to one, or an expression that
+    yields one (a comparison, ``not``, ``and``/``or`` of booleans, a call annotated ``-> bool``). Decided from
+    the text alone: nothing is evaluated, so an expression with side effects (a run step) never runs here."""
+    import ast
+
+    if isinstance(raw, bool):
+        return True
+    if not isinstance(raw, str):
+        return False
+    if raw.startswith("@") and _REFERENCE.fullmatch(raw):
+        return _is_boolean_key(config, raw[1:], seen)
+    if not raw.startswith("$"):
+        return False
+    refs: dict[str, str] = {}
+
+    def placeholder(match: re.Match) -> str:
+        name = f"__ref{len(refs)}__"
+        refs[name] = match.group(1)
+        return name
+
+    try:
+        tree = ast.parse(_REFERENCE.sub(placeholder, raw[1:]).strip(), mode="eval")
+    except SyntaxError:
+        return False
+
+    def boolean(node: Any) -> bool:
+        if isinstance(node, ast.Constant):
+            return isinstance(node.value, bool)
+        if isinstance(node, ast.Compare) or (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)):
+            return True
+        if isinstance(node, ast.BoolOp):
+            return all(boolean(v) for v in node.values)
+        if isinstance(node, ast.IfExp):
+            return boolean(node.body) and boolean(node.orelse)
+        if isinstance(node, ast.Name) and node.id in refs:
+            return _is_boolean_key(config, refs[node.id], seen)
+        if isinstance(node, ast.Call):
+            dotted = _dotted_name(node.func)
+            return dotted is not None and _returns_bool(dotted)
+        return False
+
+    return boolean(tree.body)
+
+
+def _is_boolean_key(config: Mapping[str, Any], key: str, seen: frozenset[str] = frozenset()) -> bool:
+    """Whether the setting ``key`` (a ``#``-path) of a raw config takes a boolean: its value in the config
+    files is one (see :func:`_is_boolean_value`), or, absent there, the component's ``_target_`` has a
+    ``True``/``False`` default for it (e.g. ``StatsHandler``'s ``iteration_log``)."""
+    key = key.replace("::", _SEP)
+    if key in seen:
+        return False
+    parts = key.split(_SEP)
+    found, raw, parent = _raw_at(config, parts)
+    if found:
+        return _is_boolean_value(config, raw, seen | {key})
+    if not (isinstance(parent, Mapping) and "_target_" in parent):
+        return False
+    from monai.bundle import ComponentLocator, ConfigComponent
+
+    try:
+        name = ConfigComponent(config=dict(parent), locator=ComponentLocator()).resolve_module_name()
+        obj = pydoc.locate(str(name))
+        functions = [k.__init__ for k in inspect.getmro(obj) if "__init__" in vars(k)] if inspect.isclass(obj) else [obj]
+        for func in functions:
+            param = inspect.signature(func).parameters.get(parts[-1])
+            if param is not None:
+                return isinstance(param.default, bool)
+    except Exception:  # noqa: BLE001 - a target that cannot be located is MONAI's to report
+        return False
+    return False
+
+
+def _boolean_problem(key: str, given: Any) -> str:
+    """The refusal of a non-boolean ``given`` for the boolean setting ``key``, with the spelling that works."""
+    word = _BOOLEAN_WORDS.get(str(given).strip().lower()) if isinstance(given, (str, int)) else None
+    spelling = f" (write --{key} {word})" if word else ""
+    return f"must be True or False, got {given!r}{spelling}"
+
+
 def check_overrides(
     config: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any], extra_keys: Sequence[str] = ()
 ) -> None:
@@ -353,12 +480,14 @@ def check_overrides(
 
     A top-level key must exist (or be one of ``extra_keys``, keys MONAI adds); a ``#``-path may add
     a keyword that a component's ``_target_`` accepts, or a name to an open mapping. Given the
-    overrides' values too, a key whose default is ``true``/``false`` must be given a boolean: the
-    command line reads ``--overwrite true`` as the word ``'true'``, which Python would take as true
-    whatever it says (``'false'`` too), so the words are refused with the spelling that works.
+    overrides' values too, a boolean setting must be given a boolean, wherever it is: a top-level key
+    or a ``#``-path, whose default is ``true``/``false``, an expression that yields one (``amp``,
+    ``augment``), or a component's boolean keyword. The command line reads ``--overwrite true`` as the
+    word ``'true'`` (and ``1`` as a number), which Python takes as true whatever it says (``'false'``
+    too), so anything but ``True``/``False`` is refused with the spelling that works.
 
     Raises:
-        InputError: ``unknown key 'epoch'; did you mean 'epochs'?``, or a flag given a word.
+        InputError: ``unknown key 'epoch'; did you mean 'epochs'?``, or a boolean setting given a word.
     """
     known = set(config) | set(extra_keys) | {"_meta_"}
     values = overrides if isinstance(overrides, Mapping) else {}
@@ -370,10 +499,8 @@ def check_overrides(
             problem = _unknown_path(config, parts)
             if problem:
                 raise InputError(problem)
-        if len(parts) == 1 and isinstance(config.get(key), bool) and key in values and not isinstance(values[key], bool):
-            given = values[key]
-            spelling = f" (write --{key} {str(given).strip().capitalize()})" if str(given).strip().lower() in ("true", "false") else ""
-            raise InputError(f"must be True or False, got {given!r}{spelling}", key)
+        if key in values and not isinstance(values[key], bool) and _is_boolean_key(config, str(key)):
+            raise InputError(_boolean_problem(str(key), values[key]), key)
 
 
 # --------------------------------------------------------------------------- training settings
@@ -400,6 +527,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "stage": GENERATOR_MODES, "gan_mode": GAN_MODES, "upsampling": UPSAMPLINGS, "d_norm": D_NORMS,
     "local_d_norm": D_NORMS,
 }
+PREPARE_RUN_IDS = ("prepare", "prepare_if_needed")  # train.yaml's run ids that write data_dir alone
 _FLAGS = ("resume", "overwrite", "keep_effusion", "include_healthy", "fused_adam", "channels_last", "local_d")
 
 
@@ -514,6 +642,10 @@ def check_training(raw: Mapping[str, Any]) -> None:
 
     parser = parsed()
     values = _check_values(parser, set(raw))
+    command = current_command()
+    if "output_dir" in raw and command is not None and command.run_id not in PREPARE_RUN_IDS:
+        # before anything is prepared or built (a stage's TensorBoard handler creates its folder when built)
+        check_writable(_value(parser, "output_dir"))
     stages = values.get("stages") or [values.get("stage", "joint")]
     for stage in stages:
         stage_parser = parsed(stage=stage)
@@ -540,12 +672,86 @@ def check_training(raw: Mapping[str, Any]) -> None:
             )
 
 
+# --------------------------------------------------------------------------- the record of the networks built
+
+RECORD_KEY = "network_settings"  # train.yaml's record of what the weights depend on (saved with every checkpoint)
+
+
+def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """``(path, id)`` of every value inside ``node`` that is exactly a reference ``@id``."""
+    if isinstance(node, str):
+        if node.startswith("@") and _REFERENCE.fullmatch(node):
+            yield path, node[1:].replace("::", _SEP)
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _references(value, f"{path}{_SEP}{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _references(value, f"{path}{_SEP}{i}")
+
+
+def record_sources(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """For each entry of ``network_settings`` that refers to a setting (``ngf: "@ngf"``), the constructor
+    arguments of the config's components fed by the same setting (``network_def#ngf``).
+
+    Args:
+        config: the raw config of the config files (without the command's overrides).
+    """
+    record = config.get(RECORD_KEY)
+    if not isinstance(record, Mapping):
+        return {}
+    settings = {key: ref for path, ref in _references(record, RECORD_KEY) for key in [path.split(_SEP, 1)[1]]}
+    fed: dict[str, list[str]] = {}
+    for name, node in config.items():
+        if name == RECORD_KEY or not (isinstance(node, Mapping) and "_target_" in node):
+            continue
+        for path, ref in _references(node, name):
+            fed.setdefault(ref, []).append(path)
+    return {key: fed[ref] for key, ref in settings.items() if fed.get(ref)}
+
+
+def check_record(files: Mapping[str, Any], final: Mapping[str, Any]) -> None:
+    """Refuse a run whose ``network_settings`` would not describe the networks it builds.
+
+    The record (saved in every checkpoint and ``settings.json``, read back by inference and evaluation)
+    and the networks' constructors take the same settings in the config files (``ngf: "@ngf"`` in both);
+    an override of one side alone (``--network_def#ngf 32``, ``--network_settings#ngf 32``) would build
+    one network and record another.
+
+    Args:
+        files: the raw config of the config files alone.
+        final: the raw config with the command's overrides.
+
+    Raises:
+        InputError: naming the constructor argument, both values, and the setting to give instead.
+    """
+    sources = record_sources(files)
+    if not sources:
+        return
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(copy.deepcopy(dict(final)))
+    parser.parse(reset=True)
+    norm = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - tuples vs lists
+    for key, paths in sources.items():
+        recorded = norm(_value(parser, f"{RECORD_KEY}{_SEP}{key}"))
+        for path in paths:
+            built = norm(_value(parser, path))
+            if built != recorded:
+                raise InputError(
+                    f"builds with {built!r} while {RECORD_KEY}#{key}, recorded with every checkpoint and read back "
+                    f"by inference, says {recorded!r}; give --{key}, which sets both, instead of one of them",
+                    path,
+                )
+
+
 # --------------------------------------------------------------------------- the check each config runs
 
 
 @exit_on_input_error
 def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -> None:
-    """Check the current bundle command (``initialize`` of every config): unknown keys, then ``validate``.
+    """Check the current bundle command (``initialize`` of every config): unknown keys and booleans given words,
+    a network built otherwise than its record says (:func:`check_record`), then ``validate``.
 
     Nothing is checked when the run was not started as a command (``monai.bundle.run`` called from
     Python without :func:`run_bundle`: the caller passes its own overrides).
@@ -559,11 +765,14 @@ def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -
     command = current_command()
     if command is None:
         return
-    if command.base is None:
-        check_overrides(command.load(overrides=False, tracking=False), dict(command.overrides),
-                        sorted(_tracking_keys(command.tracking)))
+    files = command.load(overrides=False, tracking=False) if command.base is None else None
+    if files is not None:
+        check_overrides(files, dict(command.overrides), sorted(_tracking_keys(command.tracking)))
+    final = command.load(tracking=False) if validate is not None or record_sources(files or {}) else None
+    if files is not None and final is not None:
+        check_record(files, final)
     if validate is not None:
-        validate(command.load(tracking=False))
+        validate(final)
 
 
 # --------------------------------------------------------------------------- settings recorded with a stage

@@ -362,7 +362,7 @@ def test_prepare_if_needed_phantom_then_reuse(tmp_path, fake_phantom, capsys):
     again = prepare_if_needed(None, str(out), **kwargs)
     assert f"prepared data found at {out}" in capsys.readouterr().out
     assert again == json.loads(json.dumps(first)) and snapshot(out) == before and len(fake_phantom) == 1
-    with pytest.raises(InputError, match=r"other settings or data: data_seed was 0, now 5; pass overwrite=true"):
+    with pytest.raises(InputError, match=r"other settings or data: data_seed was 0, now 5; pass --overwrite True"):
         prepare_if_needed("", str(out), seed=5, **kwargs)
     assert snapshot(out) == before and len(fake_phantom) == 1  # refused before the phantom was touched
     prepare_if_needed("", str(out), seed=5, overwrite=True, **kwargs)
@@ -379,7 +379,7 @@ def test_prepare_if_needed_notices_changed_raw_files(tmp_path, builders):
         prepare_if_needed(str(raw), str(out))
     assert str(err.value) == (
         f"{out}: holds data prepared with other settings or data: the raw files in dataset_dir differ from those "
-        f"it was prepared from: {added}; pass overwrite=true to prepare it again"
+        f"it was prepared from: {added}; pass --overwrite True to prepare it again"
     )
 
 
@@ -414,7 +414,7 @@ def test_other_data_in_data_dir_refused_before_the_phantom(tmp_path, fake_phanto
         with pytest.raises((InputError, SystemExit)) as err:
             call()
         if err.type is InputError:
-            assert str(err.value).startswith(f"{work / 'data'}: holds other files and no datalist.json; pass overwrite=true")
+            assert str(err.value).startswith(f"{work / 'data'}: holds other files and no datalist.json; pass --overwrite True")
         else:
             assert err.value.code == 2
         assert tree(tmp_path) == before and fake_phantom == []  # nothing generated, nothing written
@@ -431,7 +431,7 @@ def test_phantom_overrides_then_defaults_name_the_setting_and_overwrite_forwards
         prepare_if_needed("", str(out), phantom_patients=3, **small)
     assert str(err.value) == (
         f"{out}: holds data prepared with other settings or data: phantom_patients was 4, now 3; "
-        "pass overwrite=true to prepare it again"
+        "pass --overwrite True to prepare it again"
     )
     assert tree(tmp_path) == before and fake_phantom == [(4, 24, 2, 0)]  # the phantom was not regenerated first
     prepare_if_needed("", str(out), phantom_patients=4, **small)  # back to the recorded settings: reused as is
@@ -454,7 +454,7 @@ def test_phantom_of_other_settings_needs_overwrite(tmp_path, fake_phantom):
         prepare_if_needed("", str(work / "data"), phantom_patients=3, phantom_size=24, phantom_slices=2)
     assert str(err.value) == (
         f"{work / 'phantom_raw'}: holds a phantom generated with other settings (phantom_patients was 4, now 3); "
-        "pass overwrite=true to generate it again"
+        "pass --overwrite True to generate it again"
     )
     assert tree(tmp_path) == before and len(fake_phantom) == 1
     prepare_if_needed("", str(work / "data"), phantom_patients=3, phantom_size=24, phantom_slices=2, overwrite=True)
@@ -487,7 +487,7 @@ def test_copied_work_folder_and_touched_files_are_the_same_data(tmp_path, builde
     data[-5] ^= 0xFF  # same size, other bytes
     victim.write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"raw files in dataset_dir differ from those it was prepared from: "
-                                         r"1 changed \(rp_msk/2.nii.gz\); pass overwrite=true"):
+                                         r"1 changed \(rp_msk/2.nii.gz\); pass --overwrite True"):
         prepare_if_needed(str(moved), str(out))
     assert tree(out) == before
 
@@ -496,9 +496,10 @@ def test_failed_runs_leave_no_empty_folders(tmp_path, builders, fake_phantom, mo
     raw = builders.write_radiopaedia(tmp_path / "raw", n_patients=3, nz=2, size=24)
     (raw / "rp_im" / "2.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     before = tree(tmp_path)
-    with pytest.raises(InputError, match="cannot read"):
-        prepare_if_needed(str(raw), str(tmp_path / "new_work" / "data"))
-    assert tree(tmp_path) == before  # no empty work folder, no lock file
+    for call in (prepare_if_needed, prep.run_prepare.__wrapped__):  # the prepare run id with a dataset folder too
+        with pytest.raises(InputError, match="cannot read"):
+            call(str(raw), str(tmp_path / "new_work" / "data"))
+        assert tree(tmp_path) == before  # no empty work folder, no lock file
 
     def failing_generator(**kwargs):
         (kwargs["out_dir"].parent).mkdir(parents=True, exist_ok=True)  # it got as far as the work folder
@@ -589,7 +590,7 @@ def test_train_yaml_forwards_patient_regex_and_overwrite(tmp_path, builders, rep
     errors = [line for line in second.stderr.splitlines() if line.startswith("ERROR")]
     assert second.returncode == 2 and errors == [
         f"ERROR: {work / 'data'}: holds data prepared with other settings or data: patient_regex was "
-        "'(p\\\\d+)_\\\\d+', now unset; pass overwrite=true to prepare it again"
+        "'(p\\\\d+)_\\\\d+', now unset; pass --overwrite True to prepare it again"
     ]
     third = subprocess.run(command + ["--overwrite", "True"], capture_output=True, text=True, env=env, cwd=repo_root,
                            timeout=300)

@@ -62,3 +62,46 @@ def test_dfm_weight_spread_without_values_publishes_nothing(tmp_path: Path) -> N
 def test_dfm_weight_spread_refuses_bad_settings(bounds: tuple, tolerance: float) -> None:
     with pytest.raises(ValueError, match="DfmWeightSpread"):
         DfmWeightSpread(bounds=bounds, tolerance=tolerance)
+
+
+def test_checkpoints_left_by_a_killed_run_are_removed_once_superseded(tmp_path: Path) -> None:
+    from covid_ct_cgan.engines.handlers import TrainingCheckpointSaver
+
+    # the killed run wrote these; the resumed run (iterations 11..16, 4 an epoch) knows nothing of them
+    for name in ("checkpoint_iteration=10.pt", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"):
+        (tmp_path / name).write_bytes(b"earlier run")
+    net = torch.nn.Linear(1, 1)
+    engine = Engine(lambda e, b: None)
+    for epoch_level, interval, n_saved in ((True, 1, 2), (False, 3, 1)):
+        TrainingCheckpointSaver(save_dir=str(tmp_path), save_dict={"net": net}, epoch_level=epoch_level,
+                                save_interval=interval, n_saved=n_saved).attach(engine)
+
+    @engine.on(Events.STARTED)
+    def resumed(e: Engine) -> None:
+        e.state.iteration, e.state.epoch = 10, 2
+
+    engine.run(range(4), max_epochs=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt", "checkpoint_iteration=15.pt"]
+
+
+def test_mlflow_keeps_iteration_losses_apart_from_the_epoch_means(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+    from monai.handlers import MLFlowHandler
+
+    from covid_ct_cgan.engines.handlers import EpochMeans, TrackingExtras
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    engine = Engine(lambda e, b: {"loss": torch.tensor(float(e.state.iteration))})
+    EpochMeans(keys=["loss"]).attach(engine)
+    TrackingExtras(params={"stage": "global"}).attach(engine)
+    # as MONAI's `--tracking mlflow` settings attach it (train.yaml's handlers first)
+    MLFlowHandler(tracking_uri=uri, experiment_name="e", iteration_log=True, epoch_log=True, tag_name="train_loss",
+                  output_transform=lambda out: out["loss"], close_on_complete=True).attach(engine)
+    engine.run(range(3), max_epochs=2)
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("e").experiment_id])[0]
+    epochs = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    iterations = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss_iteration")]
+    assert sorted(epochs) == [(1, 2.0), (2, 5.0)]
+    assert sorted(iterations) == [(i, float(i)) for i in range(1, 7)]

@@ -36,7 +36,7 @@ def tiny_cli(work_dir: Path, **extra: object) -> list[str]:
     args = {**TINY, "work_dir": str(work_dir), **extra}
     out: list[str] = []
     for key, value in args.items():
-        out += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+        out += [f"--{key}", str(value)]
     return out
 
 

@@ -96,7 +96,7 @@ def test_run_and_report_with_component_overrides(
                    **TINY_FID)
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"ERROR: {folder}: already exists and is not empty; pass overwrite=true to replace it")
+        f"ERROR: {folder}: already exists and is not empty; pass --overwrite True to replace it")
 
 
 def test_ablation_run_id_reaches_its_component(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -119,3 +119,21 @@ def test_command_line_model_names_reach_the_component(tmp_path: Path) -> None:
     assert errors == ["ERROR: model_names: no entry ['mine'] in models "
                       "(entries: ours, ours_int8, pix2pixhd, pix2pix, lesion_inpainting)"]
     assert not work.exists()
+
+
+def test_a_model_without_checkpoint_is_refused_before_the_fid_features_train(tmp_path: Path, capsys, monkeypatch) -> None:
+    # the FID feature network trains for minutes: a missing checkpoint is named first, with the command that
+    # trains it in this work folder
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the FID features were trained before the checkpoints were checked")
+
+    monkeypatch.setattr(FIDFeatures, "extractor", must_not_train)
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit) as stop:
+        run_bundle("run", config_file=EVALUATE, work_dir=str(work), model_names=["pix2pix"])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"ERROR: {work / 'output_pix2pix' / 'joint'}: no checkpoint for model 'pix2pix'; train it "
+                           "first (python -m monai.bundle run training --config_file \"[")
+    assert "pix2pix.yaml']\" " in line
+    assert line.endswith(f" --work_dir {work} --data_dir {work / 'data'}) or drop it from model_names")

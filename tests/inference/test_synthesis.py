@@ -336,7 +336,7 @@ def test_bundle_run(tmp_path: Path, builders, checkpoint_dir: Path, nifti_2d, re
     image, label = nifti_2d
     base = [sys.executable, "-m", "monai.bundle", "run", "run", "--config_file", "bundle/configs/inference.yaml",
             "--checkpoint_dir", str(checkpoint_dir), "--image_size", str(IMAGE_SIZE), "--ngf", "8",
-            "--n_downsampling", "1", "--n_blocks_global", "1", "--n_blocks_local", "1", "--amp", "false",
+            "--n_downsampling", "1", "--n_blocks_global", "1", "--n_blocks_local", "1", "--amp", "False",
             "--image", str(image), "--label", str(label)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     good = subprocess.run(base + ["--output_dir", str(tmp_path / "out"), "--num_variants", "2"],
@@ -361,9 +361,9 @@ def test_bundle_run_overrides_a_postprocessing_setting_and_a_handler(
     image, label = nifti_2d
     command = [sys.executable, "-m", "monai.bundle", "run", "run", "--config_file", "bundle/configs/inference.yaml",
                "--checkpoint_dir", str(checkpoint_dir), "--image_size", str(IMAGE_SIZE), "--ngf", "8",
-               "--n_downsampling", "1", "--n_blocks_global", "1", "--n_blocks_local", "1", "--amp", "false",
+               "--n_downsampling", "1", "--n_blocks_global", "1", "--n_blocks_local", "1", "--amp", "False",
                "--image", str(image), "--label", str(label), "--output_dir", str(tmp_path / "out"), "--num_variants", "2",
-               "--inference#postprocessing#transforms#2#min_size", "400", "--inference#handlers#1#iteration_log", "true"]
+               "--inference#postprocessing#transforms#2#min_size", "400", "--inference#handlers#1#iteration_log", "True"]
     done = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
@@ -403,3 +403,12 @@ def test_lesion_inpainting_of_an_augmented_map_redraws_the_own_lesions_too(tmp_p
     # every lesion pixel of the input (and of the new map) is redrawn, not kept from the real slice
     assert np.count_nonzero(changed & own) > 0.9 * np.count_nonzero(own)
     assert np.count_nonzero(changed & new) > 0.9 * np.count_nonzero(new)
+
+
+def test_compile_given_a_word_is_told_the_spelling_that_works() -> None:
+    from covid_ct_cgan.errors import InputError
+    from covid_ct_cgan.inference.synthesis import check_settings
+
+    with pytest.raises(InputError) as err:
+        check_settings(1, 1, 32, "map", "lung", torch.nn.Identity(), compile="false")
+    assert str(err.value) == "compile must be True, False or 'auto', got 'false' (write --compile False)"

@@ -13,6 +13,7 @@ written (a bad input leaves no partial output)::
         datalist.json                          MONAI datalist + "properties"
         summary.json, summary.md               slices, patients, class fractions
         raw_files.json                         size and SHA-256 of each raw file (provenance)
+        prepared_files.json                    size and SHA-256 of each file above, checked before the data is used
 
 Splits: ``training`` + ``validation`` (the synthesis-train part; validation
 is carved from it), ``test_synthesis`` and ``test_segmentation``, in the
@@ -42,7 +43,9 @@ import contextlib
 import hashlib
 import inspect
 import json
+import os
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +67,7 @@ SPLIT_MODES: tuple[str, ...] = ("patient", "paper", "predefined")
 PREDEFINED_FOLDERS: tuple[str, ...] = ("train", "test")
 DATALIST = "datalist.json"
 RAW_FILES = "raw_files.json"  # in data_dir: size, time and SHA-256 of every raw file read (see hash_raw_files)
+PREPARED_FILES = "prepared_files.json"  # in data_dir: size and SHA-256 of every file prepare wrote (verify_prepared_files)
 PHANTOM_KEYS: tuple[str, ...] = ("phantom_patients", "phantom_size", "phantom_slices")
 # the train.yaml key of a preparation option, where its name differs (messages name what the user sets)
 CONFIG_KEYS: dict[str, str] = {"seed": "data_seed"}
@@ -349,6 +353,35 @@ def hash_raw_files(
             sha = _sha256(path)
         records[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha}
     return records
+
+
+def verify_prepared_files(data_dir: str | Path) -> tuple[Path, str] | None:
+    """Compare the files of a prepared ``data_dir`` with the sizes and SHA-256 recorded when they were written.
+
+    Sizes are compared first (one ``stat`` a file), then contents; the first damaged file is reported.
+
+    Returns:
+        ``None`` when every recorded file is as prepared, else ``(file, what is wrong)``; ``(record, ...)``
+        when ``prepared_files.json`` is missing or unreadable (prepared by an older version, or damaged).
+    """
+    root = Path(data_dir)
+    record = root / PREPARED_FILES
+    try:
+        files = json.loads(record.read_text(encoding="utf-8"))
+        entries = [(name, int(e["size"]), str(e["sha256"])) for name, e in files.items()]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return record, "missing or unreadable, so the prepared files cannot be checked (prepared by an older version?)"
+    for name, size, _ in entries:
+        path = root / name
+        if not path.is_file():
+            return path, "missing (it was written when the data was prepared)"
+        found = path.stat().st_size
+        if found != size:
+            return path, f"damaged: {found} bytes, {size} when it was prepared"
+    for name, _, sha in entries:
+        if _sha256(root / name) != sha:
+            return root / name, "damaged: its contents differ from those it was prepared with (SHA-256)"
+    return None
 
 
 def dataset_fingerprint(records: Mapping[str, Mapping[str, Any]]) -> str:
@@ -643,11 +676,55 @@ def prepare_dataset(
         write_json(raw_files, stage / RAW_FILES)
         text = format_summary(summary)
         write_text(text, stage / "summary.md")
+        prepared = {name: {"size": r["size"], "sha256": r["sha256"]} for name, r in hash_raw_files(stage).items()}
+        write_json(prepared, stage / PREPARED_FILES)
     print(text, flush=True)
     return summary
 
 
 # --------------------------------------------------------------------------- entry points
+
+RETIRED_PREFIX = "retired-"  # output_dir/retired-<UTC time>/: stages trained on data prepared before
+
+
+def _read_datalist(data_dir: Path) -> str | None:
+    try:
+        return (data_dir / DATALIST).read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def retire_outputs(output_dir: str | Path | None, data_dir: Path, before: str | None) -> Path | None:
+    """Move the stages of ``output_dir`` aside when ``data_dir`` now holds other data than they were trained on.
+
+    A stage that resumed (or was skipped as complete) after the data changed would mix two datasets and
+    splits, and its weights would not be the ones ``datalist.json`` describes; its files are kept, in
+    ``output_dir/retired-<UTC time>/``, and the stages start over.
+
+    Args:
+        output_dir: the training output folder (``None``: nothing to retire).
+        data_dir: the prepared data folder, just written.
+        before: the text of its ``datalist.json`` before this preparation (``None``: there was none).
+
+    Returns:
+        The folder the stages were moved to, or ``None`` when nothing was moved (no output, or the same data).
+    """
+    if output_dir is None or not str(output_dir).strip() or before is None or before == _read_datalist(data_dir):
+        return None
+    out = Path(output_dir).expanduser()
+    entries = sorted(p for p in out.iterdir() if not p.name.startswith((".", RETIRED_PREFIX))) if out.is_dir() else []
+    if not entries:
+        return None
+    aside = out / f"{RETIRED_PREFIX}{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    while aside.exists():
+        aside = aside.with_name(aside.name + "_")
+    aside.mkdir()
+    for entry in entries:
+        os.replace(entry, aside / entry.name)
+    print(f"{out}: moved {', '.join(e.name for e in entries)} to {aside}: trained on the data prepared before "
+          f"(the data in {data_dir} changed); the stages start over", flush=True)
+    return aside
+
 
 
 @contextlib.contextmanager
@@ -709,7 +786,7 @@ def _phantom_needs_generating(folder: Path, params: Mapping[str, int], overwrite
         changes = _setting_differences(_phantom_settings(found), _phantom_settings(params))
         raise InputError(
             f"holds a phantom generated with other settings ({'; '.join(changes)}); "
-            "pass overwrite=true to generate it again",
+            "pass --overwrite True to generate it again",
             folder,
         )
     return True
@@ -781,7 +858,7 @@ def _check_data_dir(
     if not datalist.is_file():
         if target.exists() and any(target.iterdir()) and not overwrite:
             raise InputError(
-                "holds other files and no datalist.json; pass overwrite=true to replace it, or choose another data_dir",
+                "holds other files and no datalist.json; pass --overwrite True to replace it, or choose another data_dir",
                 target,
             )
         return False, {}
@@ -803,11 +880,19 @@ def _check_data_dir(
             if differ:
                 changes.append(f"the raw files in dataset_dir differ from those it was prepared from: {differ}")
     if not changes:
-        return True, properties
+        damaged = verify_prepared_files(target)
+        if damaged is None:
+            return True, properties
+        if not overwrite:
+            path, problem = damaged
+            restore = "" if path.name == PREPARED_FILES else " (or restore the file)"
+            raise InputError(f"{problem}; prepare the data again with --overwrite True{restore}", path)
+        print(f"{damaged[0]}: {damaged[1]}; preparing {target} again (overwrite)", flush=True)
+        return False, properties
     if not overwrite:
         raise InputError(
             f"holds data prepared with other settings or data: {'; '.join(changes)}; "
-            "pass overwrite=true to prepare it again",
+            "pass --overwrite True to prepare it again",
             target,
         )
     return False, properties
@@ -828,6 +913,7 @@ def prepare_if_needed(
     phantom_patients: int = 6,
     phantom_size: int = 256,
     phantom_slices: int = 12,
+    output_dir: str | None = None,
     **prepare_kwargs: Any,
 ) -> dict[str, Any]:
     """Prepare ``data_dir`` unless it already holds the same preparation of the same raw data.
@@ -852,6 +938,8 @@ def prepare_if_needed(
         phantom_patients: phantom patients (volumes).
         phantom_size: phantom slice size in pixels.
         phantom_slices: phantom slices per volume.
+        output_dir: the training output folder: when ``data_dir`` is prepared again with other data, its
+            stages are moved aside (:func:`retire_outputs`).
         prepare_kwargs: the other arguments of :func:`prepare_dataset`
             (``seed`` also seeds the phantom). ``overwrite=True`` prepares
             again when ``data_dir`` differs (and regenerates a phantom of other
@@ -890,12 +978,15 @@ def prepare_if_needed(
         print(f"prepared data found at {target}", flush=True)
         summary_file = target / "summary.json"
         return json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else properties
+    before = _read_datalist(target)
     with _removing_new_folders(target, source):
         if phantom and _phantom_needs_generating(source, params, overwrite):
             check_writable(source)
             check_writable(target)
             _generate_phantom(source, params)
-        return prepare_dataset(str(source), str(target), overwrite=overwrite, **options)
+        summary = prepare_dataset(str(source), str(target), overwrite=overwrite, **options)
+    retire_outputs(output_dir, target, before)
+    return summary
 
 
 @exit_on_input_error
@@ -915,6 +1006,7 @@ def run_prepare(
     phantom_patients: int = 6,
     phantom_size: int = 256,
     phantom_slices: int = 12,
+    output_dir: str | None = None,
 ) -> dict[str, Any]:
     """Bundle entry point of the ``prepare`` run id: :func:`prepare_dataset`, phantom when no dataset.
 
@@ -929,7 +1021,7 @@ def run_prepare(
         data_dir: output folder.
         split, split_ratios, validation_fraction, keep_effusion, min_lesion_pixels, seed,
         overwrite, patient_regex, include_healthy: as :func:`prepare_dataset`.
-        phantom_dir, phantom_patients, phantom_size, phantom_slices: as :func:`prepare_if_needed`.
+        phantom_dir, phantom_patients, phantom_size, phantom_slices, output_dir: as :func:`prepare_if_needed`.
 
     Returns:
         The summary.
@@ -943,8 +1035,12 @@ def run_prepare(
     if data_dir is None or str(data_dir).strip() == "":
         raise InputError("no data_dir given")
     target = Path(data_dir).expanduser()
+    before = _read_datalist(target)
     if dataset_dir is not None and str(dataset_dir).strip() != "":
-        return prepare_dataset(str(dataset_dir), str(target), overwrite=overwrite, **options)
+        with _removing_new_folders(target):  # a failed run leaves no empty work folder
+            summary = prepare_dataset(str(dataset_dir), str(target), overwrite=overwrite, **options)
+        retire_outputs(output_dir, target, before)
+        return summary
     if options["split"] == "predefined":
         raise InputError("split=predefined needs a dataset with its own train/ and test/ folders; "
                          "the phantom has none: use split=patient")
@@ -954,7 +1050,7 @@ def run_prepare(
     if target.exists() and not target.is_dir():
         raise InputError("exists and is not a folder", target)
     if target.exists() and any(target.iterdir()) and not overwrite:
-        raise InputError("already exists and is not empty; pass overwrite=true to replace it", target)
+        raise InputError("already exists and is not empty; pass --overwrite True to replace it", target)
     with _removing_new_folders(target, source):
         if _phantom_needs_generating(source, params, overwrite):
             check_writable(source)
@@ -962,7 +1058,9 @@ def run_prepare(
             _generate_phantom(source, params)
         else:
             print(f"phantom data found at {source}", flush=True)
-        return prepare_dataset(str(source), str(target), overwrite=overwrite, **options)
+        summary = prepare_dataset(str(source), str(target), overwrite=overwrite, **options)
+    retire_outputs(output_dir, target, before)
+    return summary
 
 
 run_prepare_if_needed = exit_on_input_error(prepare_if_needed)

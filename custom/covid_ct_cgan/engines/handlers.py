@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
+import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -412,15 +414,36 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().__init__(*args, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
-                checkpoint.save_handler._atomic = True  # noqa: SLF001 - Ignite's DiskSaver option
-                checkpoint.save_handler = _RemoveAfterSave(checkpoint.save_handler)
+                disk = checkpoint.save_handler
+                disk._save_func = types.MethodType(_save_atomically, disk)  # noqa: SLF001 - Ignite's DiskSaver
+                checkpoint.save_handler = _RemoveAfterSave(disk, checkpoint.n_saved)
+
+
+def _save_atomically(disk: Any, checkpoint: Any, path: Path, func: Any) -> None:
+    """Ignite ``DiskSaver._save_func`` through :func:`covid_ct_cgan.fileio.atomic_path`.
+
+    Ignite's own atomic mode leaves its ``tmpXXXXXXXX`` file behind when closing it fails (a full disk)
+    and lets the ``OSError`` through; here the temporary file (``.<name>.XXXXXXXX.tmp``, never matched
+    by ``*.pt``) is removed on any failure and a full or read-only disk is a
+    :class:`~covid_ct_cgan.fileio.WriteError` naming the checkpoint.
+    """
+    with atomic_path(path, overwrite=True, keep_suffix=False) as tmp:
+        func(checkpoint, tmp, **disk.kwargs)
+
+
+_NUMBERED = re.compile(r"(?P<kind>.+=)(?P<n>\d+)\.pt")  # checkpoint_epoch=3.pt, checkpoint_iteration=10.pt
 
 
 class _RemoveAfterSave(BaseSaveHandler):
-    """Ignite removes the oldest checkpoint before writing the new one; remove it after, so a kill keeps one."""
+    """Ignite removes the oldest checkpoint before writing the new one; remove it after, so a kill keeps one.
 
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.pending = inner, []
+    Ignite only knows the files its own process wrote: those of the same kind that an earlier (killed,
+    then resumed) run left, at lower numbers, are removed too once this run has saved past them, so a stage
+    keeps ``n_saved`` of each kind.
+    """
+
+    def __init__(self, inner: Any, n_saved: int | None = None) -> None:
+        self.inner, self.pending, self.n_saved = inner, [], n_saved
 
     def __call__(self, checkpoint: Any, filename: str, metadata: Any = None) -> None:
         self.inner(checkpoint, filename, metadata)
@@ -429,6 +452,22 @@ class _RemoveAfterSave(BaseSaveHandler):
             if fixed is None and old != filename:
                 self.inner.remove(old)
         self.pending = []
+        if fixed is None:
+            self._remove_earlier_runs(filename)
+
+    def _remove_earlier_runs(self, filename: str) -> None:
+        saved = _NUMBERED.fullmatch(filename)
+        folder = getattr(self.inner, "dirname", None)
+        if saved is None or folder is None or not self.n_saved:
+            return
+        earlier = []
+        for path in Path(folder).iterdir():
+            found = _NUMBERED.fullmatch(path.name)
+            if found and found["kind"] == saved["kind"] and int(found["n"]) < int(saved["n"]):
+                earlier.append((int(found["n"]), path))
+        for _, path in sorted(earlier, reverse=True)[self.n_saved - 1 :]:
+            path.unlink(missing_ok=True)
+            logger.info(f"removed {path}: superseded by {filename}")
 
     def remove(self, filename: str) -> None:
         self.pending.append(filename)
@@ -471,6 +510,20 @@ def attached_mlflow_handler(engine: Engine) -> Any:
             if isinstance(owner, MLFlowHandler):
                 return owner
     return None
+
+
+ITERATION_SUFFIX = "_iteration"  # MLflow: each iteration's value, beside the epoch mean of the same name
+
+
+def _attached(engine: Engine, kind: type) -> list[Any]:
+    """The handlers of class ``kind`` attached to ``engine`` (through a bound method)."""
+    found = []
+    for handlers in engine._event_handlers.values():  # noqa: SLF001 - Ignite keeps no public registry
+        for handler, _, _ in handlers:
+            owner = getattr(handler, "__self__", handler)
+            if isinstance(owner, kind) and owner not in found:
+                found.append(owner)
+    return found
 
 
 class TrackingExtras:
@@ -517,7 +570,14 @@ class TrackingExtras:
 
     def _log_params(self, engine: Engine) -> None:
         tracker = attached_mlflow_handler(engine)
-        if tracker is None or tracker.cur_run is None:
+        if tracker is None:
+            return
+        epoch_means = {f"train_{key}" for means in _attached(engine, EpochMeans) for key in means.keys}
+        if tracker.tag_name in epoch_means:
+            # MONAI's tracking settings log each iteration's loss as `train_loss`, the name of EpochMeans' epoch
+            # mean: two series in one history, at overlapping steps (iterations and epochs)
+            tracker.tag_name = f"{tracker.tag_name}{ITERATION_SUFFIX}"
+        if tracker.cur_run is None:
             return
         tracker._log_params(self.params)  # noqa: SLF001 - MONAI's own param logging (skips logged ones)
         if self.config is not None and self.config_file is not None:

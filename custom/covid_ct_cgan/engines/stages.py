@@ -36,8 +36,8 @@ from ..checkpoints import (
     read_checkpoint,
     read_stage_settings,
 )
-from ..errors import InputError, exit_on_input_error, interrupt_note
-from ..fileio import check_writable, write_json
+from ..errors import InputError, exit_on_input_error, interrupt_note, resume_command
+from ..fileio import as_write_error, check_writable, is_write_error, remove_stale_temporaries, write_json
 from ..locking import output_lock
 from ..networks.handover import load_generator_part
 from ..networks.wrapping import unwrap
@@ -169,6 +169,22 @@ def _stopped_at(trainer: Any, checkpoint_dir: Path) -> str:
     return f"in stage '{checkpoint_dir.name}' at epoch {trainer.state.epoch}, iteration {trainer.state.iteration} ({start})"
 
 
+@contextlib.contextmanager
+def _write_errors_reported(trainer: Any, checkpoint_dir: Path) -> Any:
+    """A file of the stage that cannot be written (disk full, read-only) stops training with one line: the file,
+    what to do, and where the run resumes (the checkpoints already written are complete)."""
+    try:
+        yield
+    except (OSError, InputError) as err:
+        if not is_write_error(err):
+            raise
+        error = as_write_error(err, checkpoint_dir) if isinstance(err, OSError) else err
+        newest = next(iter(checkpoint_candidates(checkpoint_dir)), None)
+        resumes = f"it resumes from {newest.name}" if newest else "no checkpoint was written yet"
+        raise InputError(f"{error}, then resume with: {resume_command()} (training stopped at epoch "
+                         f"{trainer.state.epoch}, iteration {trainer.state.iteration}; {resumes})") from None
+
+
 @exit_on_input_error
 def run_stage(
     trainer: Any,
@@ -205,6 +221,7 @@ def run_stage(
     with output_lock(checkpoint_dir) if rank0 else contextlib.nullcontext():
         if rank0:
             check_writable(checkpoint_dir, min_free_bytes=_checkpoint_space(save_dict))
+            remove_stale_temporaries(checkpoint_dir)  # of a run killed (or failed) while writing; the lock is held
         if settings is not None:
             if resume_training and checkpoint_candidates(checkpoint_dir):
                 check_stage_settings(checkpoint_dir, settings, "resume")
@@ -220,7 +237,7 @@ def run_stage(
                       getattr(trainer, "local_discriminator", None))
         if settings is not None and rank0:
             record_stage_settings(checkpoint_dir, settings)
-        with interrupt_note(lambda: _stopped_at(trainer, checkpoint_dir)):
+        with interrupt_note(lambda: _stopped_at(trainer, checkpoint_dir)), _write_errors_reported(trainer, checkpoint_dir):
             trainer.run()
     reason = getattr(trainer.state, "stop_reason", None)
     if reason:

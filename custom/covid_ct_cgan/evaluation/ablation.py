@@ -143,7 +143,7 @@ class AblationStudy:
         ablations, seed, device, ratio = list(self.ablations), self.seed, self.device, self.ratio
         target = output_dir / FOLDER
         if target.is_dir() and any(target.iterdir()) and not self.overwrite:
-            raise InputError("already exists and is not empty; pass overwrite=true to replace it", target)
+            raise InputError("already exists and is not empty; pass --overwrite True to replace it", target)
         unknown = [a for a in ablations if not (config_dir / FOLDER / f"{a}.yaml").is_file()]
         if unknown:
             raise InputError(f"no ablation overlay for {unknown} (expected {config_dir / FOLDER}/<name>.yaml)")

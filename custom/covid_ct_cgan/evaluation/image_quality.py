@@ -383,13 +383,15 @@ def evaluate_image_quality(
     output_dir = Path(output_dir)
     target = output_dir / FOLDER
     if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise InputError("already exists and is not empty; pass overwrite=true to replace it", target)
+        raise InputError("already exists and is not empty; pass --overwrite True to replace it", target)
     names = ([m.name for m in models] + ([MEAN_LUNG] if mean_lung_baseline else [])
              + ([RESAMPLED_REAL] if resampled_real_baseline and models else []))
     if len(set(names)) != len(names):
         raise InputError(f"model names must be unique, got {names}")
     if not models and not mean_lung_baseline:
         raise InputError("no model to evaluate")
+    for model in models:  # before the FID features are trained (minutes)
+        model.check_trained()
     realism_settings = RealismSettings.from_config(realism)
     test_items = load_datalist(datalist, test_key)
     train_items = load_datalist(datalist, train_key)

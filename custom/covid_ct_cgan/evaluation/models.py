@@ -85,6 +85,30 @@ class TrainedModel:
     seed: int = 0
     configs: list[str] = field(default_factory=list)
     precision: str = "float"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def training_command(self) -> str:
+        """The command that trains this model: its config files and the training overrides (``work_dir`` ...)."""
+        from ..errors import _quote
+
+        args = ["python", "-m", "monai.bundle", "run", "training", "--config_file", str(list(self.configs))]
+        for key, value in self.overrides.items():
+            if value is not None:
+                args += [f"--{key}", str(value)]
+        return " ".join(_quote(a) for a in args)
+
+    def check_trained(self) -> None:
+        """Refuse a model whose checkpoint is missing, with the command that trains it.
+
+        Raises:
+            InputError: naming the checkpoint folder or file.
+        """
+        if not Path(self.checkpoint).exists():
+            raise InputError(
+                f"no checkpoint for model {self.name!r}; train it first ({self.training_command()}) "
+                "or drop it from model_names",
+                self.checkpoint,
+            )
 
     def precision_label(self, amp: bool) -> str:
         """What the generator computes in when synthesised with ``amp``: ``int8``, ``int8_onnxruntime``,
@@ -221,6 +245,7 @@ def trained_model(
     return TrainedModel(
         name=name, network=network.to(device), checkpoint=folder, settings=settings,
         epochs=stage_epochs(runs_dir, stages), seed=seed, configs=[str(c) for c in config_files], precision=precision,
+        overrides=dict(overrides or {}),
     )
 
 
@@ -262,12 +287,7 @@ def synthesise(
         InputError: a missing or mismatched checkpoint, bad inputs, or an ``int8`` model without
             ``calibration_input``.
     """
-    if not Path(model.checkpoint).exists():
-        raise InputError(
-            f"no checkpoint for model {model.name!r}; train it first "
-            f"(python -m monai.bundle run training --config_file \"{model.configs}\") or drop it from the models",
-            model.checkpoint,
-        )
+    model.check_trained()
     if model.precision in INT8_PRECISIONS and not calibration_input:
         raise InputError(f"model {model.name!r} runs in {model.precision} and needs calibration_input: a datalist.json with "
                          f"training label maps")

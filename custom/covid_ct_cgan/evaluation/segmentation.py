@@ -558,11 +558,11 @@ def _seeds_done(target: Path, resume: Mapping[str, Any]) -> list[int]:
     stored = settings.get("resume") if isinstance(settings, dict) else None
     if not isinstance(stored, dict):
         raise InputError("already exists and is not empty (and holds no seeds to resume); "
-                         "pass overwrite=true to replace it", target)
+                         "pass --overwrite True to replace it", target)
     differ = sorted(k for k in set(stored) | set(resume) if stored.get(k) != resume.get(k))
     if differ:
         raise InputError(f"already holds results made with other settings ({', '.join(differ)}); "
-                         "pass overwrite=true to replace them", target)
+                         "pass --overwrite True to replace them", target)
     return [int(s) for s in settings.get("seeds", [])]
 
 
@@ -671,7 +671,7 @@ def run_experiments(
         done = _seeds_done(target, resume)
     todo = [s for s in wanted if s not in done]
     if not todo:
-        print(f"segmentation: seeds {wanted} already in {target}, kept (overwrite=true trains them again)", flush=True)
+        print(f"segmentation: seeds {wanted} already in {target}, kept (--overwrite True trains them again)", flush=True)
         return read_csv(target / "summary.csv")
     test = test_datalist(datalist, test_key, include_infection_free)  # refuses a missing datalist
     check_disjoint(datalist, train_key, test_key)

@@ -368,7 +368,7 @@ def check_output_dir(output_dir: Path, folders: list[Path], inputs: list[Synthes
         raise InputError("output_dir exists and is not a folder", output_dir)
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise InputError("output_dir already exists and is not empty; pass overwrite=true to replace it", output_dir)
+            raise InputError("output_dir already exists and is not empty; pass --overwrite True to replace it", output_dir)
         if not (out / MANIFEST).is_file():
             raise InputError(
                 f"output_dir is not empty and is not a synthesis output (no {MANIFEST}); "
@@ -397,7 +397,8 @@ def check_settings(
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not isinstance(compile, bool) and compile != tuning.AUTO:
-        raise InputError(f"compile must be true, false or {tuning.AUTO!r}, got {compile!r}")
+        word = {"true": " (write --compile True)", "false": " (write --compile False)"}.get(str(compile).strip().lower(), "")
+        raise InputError(f"compile must be True, False or {tuning.AUTO!r}, got {compile!r}{word}")
     pixels = cpu_pixels_per_call
     if not (pixels is None or pixels == tuning.AUTO or (isinstance(pixels, int) and not isinstance(pixels, bool) and pixels > 0)):
         raise InputError(f"cpu_pixels_per_call must be a positive whole number, null or {tuning.AUTO!r}, got {pixels!r}")

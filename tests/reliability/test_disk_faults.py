@@ -1,0 +1,129 @@
+"""A read-only or full disk under a training run: one ``ERROR:`` line naming the file and what to do, exit 2,
+no temporary file left, and a resume that goes on from the last complete checkpoint.
+
+The faults are simulated in the process: the checkpoint writer (``torch.save`` of a training checkpoint)
+raises ``OSError(ENOSPC)`` / ``OSError(EROFS)`` after writing part of its bytes, and a read-only
+``output_dir`` refuses the probe file of :func:`covid_ct_cgan.fileio.check_writable`. (By hand, on a
+small ``tmpfs`` as ``output_dir`` filled once the first checkpoint exists, the same line is printed:
+bundle/docs/README.md, "Reliability".)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from covid_ct_cgan.settings import run_bundle
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAIN_YAML = str(REPO_ROOT / "bundle" / "configs" / "train.yaml")
+TINY = {
+    "image_size": 32, "epochs": 2, "batch_size": 2, "ngf": 8, "n_downsampling": 1, "n_blocks_global": 1,
+    "n_blocks_local": 1, "ndf": 8, "n_layers_d": 2, "sample_count": 1, "phantom_patients": 3, "phantom_slices": 4,
+    "phantom_size": 64, "amp": False, "checkpoint_every": 100,
+}
+TEMPORARY = re.compile(r"^(tmp[a-z0-9_]{8}|\..+\.[a-z0-9_]{8}\.tmp(\..+)?)$")
+
+
+def _errors(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("ERROR")]
+
+
+def _tracebacks(text: str) -> int:
+    """Tracebacks in ``text``, less those of a log handler whose stream an earlier test's capsys closed."""
+    return text.count("Traceback") - text.count("--- Logging error ---\nTraceback")
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if TEMPORARY.match(p.name))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A work folder with the tiny phantom prepared."""
+    from covid_ct_cgan.data.prepare import prepare_if_needed
+
+    root = tmp_path_factory.mktemp("disk_faults")
+    prepare_if_needed("", str(root / "data"), phantom_dir=str(root / "phantom_raw"), phantom_size=TINY["phantom_size"],
+                      phantom_patients=TINY["phantom_patients"], phantom_slices=TINY["phantom_slices"], seed=0)
+    return root
+
+
+def test_read_only_output_dir_is_one_line_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    read_only = tmp_path / "mounted_read_only"
+    read_only.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        if str(kwargs.get("dir", "")).startswith(str(read_only)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit) as stop:
+        run_bundle("training", config_file=TRAIN_YAML, **TINY, work_dir=str(work), output_dir=str(read_only / "out"))
+    assert stop.value.code == 2
+    assert _errors(capsys.readouterr().err) == [
+        f"ERROR: {read_only / 'out'}: cannot write here (checked {read_only}, where it would be created): "
+        "Read-only file system; check its permissions or choose another folder"
+    ]
+    assert not work.exists()  # refused before the data was prepared
+    assert not any(read_only.iterdir())
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_disk_refusing_the_first_checkpoint_is_one_line_and_leaves_no_temporary(
+    prepared: Path, tmp_path: Path, monkeypatch, capsys, code: int
+) -> None:
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save(obj, f, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - torch.save's signature
+        if isinstance(obj, dict) and "trainer" in obj:
+            calls["n"] += 1
+            with open(f, "wb") as handle:  # part of the bytes reach the disk, then it is full
+                handle.write(b"\0" * 1024)
+            raise OSError(code, os.strerror(code))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    output = tmp_path / "output"
+    overrides = {**TINY, "work_dir": str(prepared), "output_dir": str(output)}
+    with pytest.raises(SystemExit) as stop:
+        run_bundle("train_global", config_file=TRAIN_YAML, **overrides)
+    assert stop.value.code == 2 and calls["n"] == 1
+    err = capsys.readouterr().err
+    assert _tracebacks(err) == 0
+    [line] = _errors(err)
+    stage = output / "global"
+    assert line.startswith(f"ERROR: {stage / 'checkpoint_epoch=1.pt'}: cannot write here ({os.strerror(code)}); ")
+    assert "then resume with: " in line and "no checkpoint was written yet" in line
+    assert _temporaries(output) == []
+    assert not list(stage.glob("checkpoint_*.pt"))  # nothing partial
+
+    # a temporary file that a killed writer left is removed when the stage starts again; the resume ends the stage
+    monkeypatch.setattr(torch, "save", real_save)
+    (stage / "tmpab12cd34").write_bytes(b"")
+    (stage / ".checkpoint_epoch=1.pt.ab12cd34.tmp").write_bytes(b"\0" * 10)
+    run_bundle("train_global", config_file=TRAIN_YAML, **overrides)
+    assert _temporaries(output) == []
+    assert sorted(p.name for p in stage.glob("checkpoint_*.pt")) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
+
+
+def test_stale_temporaries_only_are_removed(tmp_path: Path) -> None:
+    from covid_ct_cgan.fileio import remove_stale_temporaries
+
+    keep = ["checkpoint_epoch=1.pt", "tmp_notes.txt", ".hidden", "samples/latest.png", ".x.tmp"]
+    stale = ["tmpab12cd34", ".checkpoint_epoch=2.pt.ab12cd34.tmp", "samples/.latest.png.z9y8x7w6.tmp.png"]
+    for name in keep + stale:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(str(p.relative_to(tmp_path)) for p in remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert all((tmp_path / name).exists() for name in keep)
