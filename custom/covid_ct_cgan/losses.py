@@ -14,7 +14,7 @@ How the paper's objective is put together by the trainer
 ``lsgan_loss`` unless ``gan_mode="vanilla"``)::
 
     # discriminator step (real_f = d(map, real), fake_f = d(map, fake.detach()), one forward)
-    loss_d = 0.5 * (gan_loss(real_f, True) + gan_loss(fake_f, False))
+    loss_d = 0.5 * (gan_loss(real_f, True) + gan_loss(fake_f, False))  # d_target "region": targets=region_fake_targets(...)
     b = dfm_net(fake_f)                                      # (B,), looks at D1's features of the fake pair
     loss_dfm_net = dfm_weight_objective(feature_matching(real_f, fake_f), b)   # only the DFM net learns
     # d's optimizer steps; generator step with the updated d, both pairs through the same state:
@@ -34,6 +34,9 @@ from torch import Tensor
 Features = Sequence[Sequence[Tensor]]
 EPS = 1e-8
 GAN_MODES = ("lsgan", "vanilla")
+# the discriminator's target for the fake pair: 0 everywhere, or 0 only where pixels were synthesised
+# (:func:`region_fake_targets`, for composites)
+D_TARGETS = ("uniform", "region")
 
 
 def _weighted_mean(values: Tensor, weight: Tensor, dims: tuple[int, ...]) -> Tensor:
@@ -44,7 +47,39 @@ def _weighted_mean(values: Tensor, weight: Tensor, dims: tuple[int, ...]) -> Ten
     return total / count.clamp_min(EPS)
 
 
-def lsgan_loss(predictions: Features, target_is_real: bool, weights: Features | None = None) -> Tensor:
+def _scale_target(target_is_real: bool, targets: Sequence[Tensor] | None, i: int) -> Tensor | float:
+    """Scale ``i``'s target: its map from ``targets`` if given, else 1 (real) or 0 (fake)."""
+    if targets is None:
+        return 1.0 if target_is_real else 0.0
+    return targets[i]
+
+
+def region_fake_targets(region: Tensor, discriminator: torch.nn.Module) -> list[Tensor]:
+    """Per-patch targets of a composited fake: 0 where the patch's view is centred on synthesised pixels, 1 where
+    it sees only untouched real ones (AOT-GAN's soft-mask PatchGAN, SM-PatchGAN, Zeng et al. 2022).
+
+    A composite (``map+context`` conditioning) is real outside the region the generator filled; with the
+    uniform fake target 0 the discriminator is asked to call patches fake that are pixel for pixel the real
+    slice, and it settles between the two targets. Here each scale's target is ``1 - soft mask``, the soft
+    mask from the discriminator's own geometry
+    (:meth:`~covid_ct_cgan.networks.MultiResolutionDiscriminator.soft_region_masks`). The real pair's target
+    stays 1 and the generator's too.
+
+    Args:
+        region: ``(B, 1, H, W)`` the pixels that were synthesised (values in ``[0, 1]``), at the
+            discriminator's input size; no gradient flows through it.
+        discriminator: a discriminator with ``soft_region_masks`` (the multi-resolution or the local one).
+
+    Returns:
+        one ``(B, 1, h, w)`` target map per scale, shaped like that scale's patch prediction; pass it as
+        ``targets`` to :func:`gan_loss`. A region covering the whole image gives 0 everywhere (the uniform target).
+    """
+    return [1.0 - m for m in discriminator.soft_region_masks(region)]
+
+
+def lsgan_loss(
+    predictions: Features, target_is_real: bool, weights: Features | None = None, targets: Sequence[Tensor] | None = None
+) -> Tensor:
     """Least-squares GAN loss, summed over the scales (pix2pixHD's ``GANLoss`` with ``use_lsgan``).
 
     For each scale the mean squared error of the patch prediction (last
@@ -58,20 +93,25 @@ def lsgan_loss(predictions: Features, target_is_real: bool, weights: Features | 
         weights: optional region weights shaped like ``predictions``; each
             scale's error is then averaged over the weighted patches only (a
             scale whose weights are all zero contributes 0).
+        targets: optional per-scale target maps shaped like the patch predictions (from
+            :func:`region_fake_targets`), used instead of ``target_is_real``'s constant.
 
     Returns:
         scalar loss.
     """
-    target = 1.0 if target_is_real else 0.0
     loss = predictions[0][-1].new_zeros(())
     for i, scale in enumerate(predictions):
-        err = (scale[-1] - target) ** 2
+        err = (scale[-1] - _scale_target(target_is_real, targets, i)) ** 2
         loss = loss + (err.mean() if weights is None else _weighted_mean(err, weights[i][-1], (0, 1, 2, 3)))
     return loss
 
 
 def gan_loss(
-    predictions: Features, target_is_real: bool, weights: Features | None = None, mode: str = "lsgan"
+    predictions: Features,
+    target_is_real: bool,
+    weights: Features | None = None,
+    mode: str = "lsgan",
+    targets: Sequence[Tensor] | None = None,
 ) -> Tensor:
     """GAN loss summed over the scales: least squares (``"lsgan"``) or cross-entropy on logits (``"vanilla"``).
 
@@ -86,21 +126,26 @@ def gan_loss(
         weights: optional region weights shaped like ``predictions``: each scale's
             loss is then averaged over the weighted patches only.
         mode: ``"lsgan"`` or ``"vanilla"``.
+        targets: optional per-scale target maps in ``[0, 1]`` (from :func:`region_fake_targets`) instead of
+            ``target_is_real``'s constant; soft targets are valid for the cross-entropy too.
 
     Returns:
         scalar loss.
 
     Raises:
-        ValueError: unknown ``mode``.
+        ValueError: unknown ``mode``, or ``targets`` with another number of scales than ``predictions``.
     """
+    if targets is not None and len(targets) != len(predictions):
+        raise ValueError(f"targets must hold one map per scale ({len(predictions)}), got {len(targets)}")
     if mode == "lsgan":
-        return lsgan_loss(predictions, target_is_real, weights)
+        return lsgan_loss(predictions, target_is_real, weights, targets)
     if mode != "vanilla":
         raise ValueError(f"GAN loss mode must be one of {GAN_MODES}, got {mode!r}")
     loss = predictions[0][-1].new_zeros((), dtype=torch.float32)
     for i, scale in enumerate(predictions):
         logits = scale[-1].float()
-        target = torch.ones_like(logits) if target_is_real else torch.zeros_like(logits)
+        target = torch.broadcast_to(torch.as_tensor(_scale_target(target_is_real, targets, i), dtype=logits.dtype,
+                                                    device=logits.device), logits.shape)
         err = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
         loss = loss + (err.mean() if weights is None else _weighted_mean(err, weights[i][-1], (0, 1, 2, 3)))
     return loss

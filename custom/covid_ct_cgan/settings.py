@@ -41,7 +41,8 @@ import torch
 
 from .errors import InputError, exit_on_input_error
 from .fileio import check_writable
-from .losses import GAN_MODES
+from .losses import D_TARGETS, GAN_MODES
+from .networks.diffaugment import parse_policy
 from .networks.discriminator import D_NORMS, DFM_MODES
 from .networks.blocks import UPSAMPLINGS
 from .networks.generator import DESUM_MODES, GENERATOR_MODES
@@ -525,7 +526,7 @@ _WHOLE_NUMBERS: dict[str, int] = {
 _CHOICES: dict[str, tuple[str, ...]] = {
     "condition": CONDITIONS, "context_region": CONTEXT_REGIONS, "desum": DESUM_MODES, "dfm": DFM_MODES,
     "stage": GENERATOR_MODES, "gan_mode": GAN_MODES, "upsampling": UPSAMPLINGS, "d_norm": D_NORMS,
-    "local_d_norm": D_NORMS,
+    "local_d_norm": D_NORMS, "d_target": D_TARGETS,
 }
 PREPARE_RUN_IDS = ("prepare", "prepare_if_needed")  # train.yaml's run ids that write data_dir alone
 _FLAGS = ("resume", "overwrite", "keep_effusion", "include_healthy", "fused_adam", "channels_last", "local_d")
@@ -575,6 +576,11 @@ def _check_values(parser: Any, keys: set[str]) -> dict[str, Any]:
             weight = _value(parser, key)
             if not _is_number(weight) or weight < 0:  # NaN passes: the non-finite guard stops such a run
                 raise InputError(f"must be a number of at least 0, got {weight!r}", key)
+    if "d_augment" in keys:
+        try:
+            parse_policy(_value(parser, "d_augment"))
+        except (TypeError, ValueError) as err:
+            raise InputError(str(err).removeprefix("d_augment: "), "d_augment") from None
     if "augment_prob" in keys:
         prob = _value(parser, "augment_prob")
         if not _is_number(prob) or not 0 <= prob <= 1:

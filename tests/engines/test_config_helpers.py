@@ -25,8 +25,8 @@ SAVE_DICT_KEYS = {
 }
 TRACKING_KEYS = [
     "stage", "image_size", "epochs", "batch_size", "learning_rate", "betas", "lambda_fm", "lambda_l1", "gan_mode",
-    "freeze_global_epochs", "local_d", "local_crop", "lambda_local", "lambda_texture", "d_learning_rate", "condition", "context_region", "ngf",
-    "n_downsampling", "n_blocks_global", "n_blocks_local", "desum", "upsampling", "ndf", "n_layers_d", "num_d", "d_norm", "local_d_norm", "dfm", "amp", "seed",
+    "freeze_global_epochs", "local_d", "local_crop", "lambda_local", "lambda_texture", "d_target", "d_augment", "d_learning_rate", "condition", "context_region", "ngf",
+    "n_downsampling", "n_blocks_global", "n_blocks_local", "desum", "upsampling", "crop_size", "ndf", "n_layers_d", "num_d", "d_norm", "local_d_norm", "dfm", "amp", "seed",
     "data_dir",
 ]
 

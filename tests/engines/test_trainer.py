@@ -183,9 +183,9 @@ def test_gan_mode_reaches_every_gan_loss(prepared_tiny: Path, monkeypatch: pytes
     calls: list[tuple[bool, str]] = []
     real_gan_loss = losses.gan_loss
 
-    def spy(predictions, target_is_real, weights=None, mode="lsgan"):
+    def spy(predictions, target_is_real, weights=None, mode="lsgan", targets=None):
         calls.append((target_is_real, mode))
-        return real_gan_loss(predictions, target_is_real, weights, mode)
+        return real_gan_loss(predictions, target_is_real, weights, mode, targets)
 
     monkeypatch.setattr(losses, "gan_loss", spy)
     parser = tiny_parser(prepared_tiny, "local", gan_mode=gan_mode, epochs=1)
@@ -404,3 +404,111 @@ def test_local_discriminator_under_ddp(tmp_path: Path, subprocess_env: dict) -> 
     assert ranks[0].keys() == ranks[1].keys() == saved.keys()
     for key in saved:
         assert torch.equal(ranks[0][key], ranks[1][key]) and torch.equal(ranks[0][key], saved[key]), key
+
+
+# ---- what the discriminators are shown: region targets (d_target) and DiffAugment (d_augment)
+
+AUGMENT = "translation,cutout"
+
+
+def test_d_target_and_d_augment_are_checked() -> None:
+    from covid_ct_cgan.engines import ConditionalGanTrainer
+
+    g, d = torch.nn.Conv2d(5, 1, 1), torch.nn.Conv2d(1, 1, 1)
+    g_opt, d_opt = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    with pytest.raises(ValueError, match=r"d_target must be one of \('uniform', 'region'\), got 'soft'"):
+        ConditionalGanTrainer("cpu", 1, [], g, d, g_opt, d_opt, d_target="soft")
+    with pytest.raises(ValueError, match=r"d_augment: unknown augmentation 'color'"):
+        ConditionalGanTrainer("cpu", 1, [], g, d, g_opt, d_opt, d_augment="translation,color")
+    plain = ConditionalGanTrainer("cpu", 1, [], g, d, g_opt, d_opt)
+    assert plain.d_target == "uniform" and not plain.d_augment.enabled
+
+
+@pytest.mark.parametrize("options", [{"d_target": "region"}, {"d_augment": AUGMENT},
+                                     {"d_target": "region", "d_augment": AUGMENT}])
+def test_lesion_inpainting_trains_with_region_targets_and_diffaugment(work_dir: Path, options: dict) -> None:
+    """A few iterations of the lesion-inpainting trainer with each option: finite losses, both discriminators and
+    the generator move, the options reach the trainer from train.yaml's keys."""
+    parser = tiny_parser(work_dir, "local", epochs=2, **INPAINTING, **options)
+    parser["train#trainer#train_handlers"] = []
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.d_target == options.get("d_target", "uniform")
+    assert trainer.d_augment.policy == (("translation", "cutout") if "d_augment" in options else ())
+    nets = {"generator": trainer.generator, "discriminator": trainer.discriminator, "local": trainer.local_discriminator}
+    before = {k: [p.detach().clone() for p in n.parameters()] for k, n in nets.items()}
+    values = _collect(trainer, ("loss", "d_loss", "g_gan", "g_fm", *LOCAL_KEYS))
+    trainer.run()
+    assert trainer.state.iteration == 4
+    assert all(math.isfinite(v) for vs in values.values() for v in vs), values
+    for name, net in nets.items():
+        assert any((p.detach() - q).abs().max() > 0 for p, q in zip(net.parameters(), before[name])), name
+
+
+def test_perfect_generator_has_zero_feature_matching_loss_under_diffaugment(prepared_tiny: Path) -> None:
+    """The generator step gives the real pair of feature matching the fake pair's draw (global and local D)."""
+    oracle = OracleGenerator()
+    parser = tiny_parser(prepared_tiny, "joint", network=oracle, epochs=1, d_augment=AUGMENT, **INPAINTING)
+    parser["train#trainer#train_handlers"] = []
+    trainer = parser.get_parsed_content("train#trainer")
+    oracle.attach(trainer)
+    values = _collect(trainer, ("g_fm", "g_local_fm", "d_loss"))
+    trainer.run()
+    assert trainer.state.iteration == 2
+    assert all(abs(v) < 1e-6 for v in values["g_fm"] + values["g_local_fm"]), values
+
+
+def _one_iteration(prepared_tiny: Path, condition: str, **options: object) -> tuple[dict, dict, dict]:
+    """Generator and discriminator weights after one seeded iteration, and the trainer's logged values."""
+    torch.manual_seed(0)
+    parser = tiny_parser(prepared_tiny, "local", epochs=1, condition=condition, **options)
+    parser["train#trainer#train_handlers"] = []
+    parser["train#trainer#epoch_length"] = 1
+    parser["train#dataloader#shuffle"] = False
+    trainer = parser.get_parsed_content("train#trainer")
+    values = _collect(trainer, ("d_loss", "loss"))
+    trainer.run()
+    clone = lambda m: {k: v.detach().clone() for k, v in m.state_dict().items()}  # noqa: E731
+    return clone(trainer.generator), clone(trainer.discriminator), {k: v[0] for k, v in values.items()}
+
+
+def test_region_targets_change_only_the_discriminator_step_of_composites(prepared_tiny: Path) -> None:
+    """map+context: the region target changes the discriminator's loss and update; map conditioning (every pixel
+    synthesised, so the region target is 0 everywhere): exactly the uniform run."""
+    g_uni, d_uni, v_uni = _one_iteration(prepared_tiny, "map+context")
+    g_reg, d_reg, v_reg = _one_iteration(prepared_tiny, "map+context", d_target="region")
+    assert v_reg["d_loss"] != v_uni["d_loss"] and _changed(d_uni, d_reg)
+    g_uni, d_uni, v_uni = _one_iteration(prepared_tiny, "map")
+    g_reg, d_reg, v_reg = _one_iteration(prepared_tiny, "map", d_target="region")
+    assert v_reg == v_uni and not _changed(d_uni, d_reg) and not _changed(g_uni, g_reg)
+
+
+def test_diffaugment_shifts_no_other_random_draw(prepared_tiny: Path) -> None:
+    """DiffAugment draws from its own stream: the local D's crops and torch's global stream are where they are
+    without it."""
+    states = {}
+    for policy in ("", AUGMENT):
+        torch.manual_seed(0)
+        parser = tiny_parser(prepared_tiny, "local", epochs=1, d_augment=policy, **INPAINTING)
+        parser["train#trainer#train_handlers"] = []
+        parser["train#dataloader#shuffle"] = False
+        trainer = parser.get_parsed_content("train#trainer")
+        trainer.run()
+        states[policy] = (trainer._crop_rng.get_state(), torch.get_rng_state())
+    assert all(torch.equal(a, b) for a, b in zip(states[""], states[AUGMENT]))
+
+
+def test_d_target_and_d_augment_settings_are_checked() -> None:
+    from covid_ct_cgan.errors import InputError
+    from covid_ct_cgan.settings import BundleCommand, check_training, load_config
+
+    command = BundleCommand(config_files=(TRAIN_YAML, str(LESION_OVERLAY)))
+    for ok in ({"d_target": "region"}, {"d_augment": "cutout"}, {"d_augment": ["translation", "cutout"]}):
+        check_training(load_config(command, **ok))
+    for override, message in [
+        ({"d_target": "soft"}, "d_target: must be one of uniform, region; got 'soft'"),
+        ({"d_augment": "color"}, "d_augment: unknown augmentation 'color'; expected names from ('translation', 'cutout')"),
+        ({"d_augment": 3}, "d_augment: must be a string or a list of strings, got 3"),
+    ]:
+        with pytest.raises(InputError) as err:
+            check_training(load_config(command, **override))
+        assert str(err.value) == message

@@ -386,3 +386,34 @@ def test_spectral_norm_discriminator(maps, cls):
             torch.testing.assert_close(a[-1], b[-1])
     with pytest.raises(ValueError, match="norm must be one of"):
         build("spectrum")
+
+
+def test_gaussian_dilation_is_the_gaussian_of_the_distance() -> None:
+    from covid_ct_cgan.networks.discriminator import gaussian_dilation
+
+    mask = torch.zeros(1, 1, 21, 21)
+    mask[0, 0, 10, 10] = 1
+    out = gaussian_dilation(mask, 3.0, 6)
+    ys, xs = torch.meshgrid(torch.arange(21.0), torch.arange(21.0), indexing="ij")
+    expected = torch.exp(-((ys - 10) ** 2 + (xs - 10) ** 2) / 18)
+    within = ((ys - 10).abs() <= 6) & ((xs - 10).abs() <= 6)
+    torch.testing.assert_close(out[0, 0][within], expected[within])
+    assert bool((out[0, 0][~within] == 0).all())
+    with pytest.raises(ValueError, match="sigma must be positive, got 0"):
+        gaussian_dilation(mask, 0.0, 3)
+
+
+@pytest.mark.parametrize("padding", [2, 1])
+def test_soft_region_masks_peak_at_the_patch_centred_on_the_region(padding: int) -> None:
+    """A one-pixel region: the soft mask is largest at the patch whose view is centred nearest to it, and 0 (up
+    to interpolation) for every patch whose view does not reach it."""
+    d = MultiResolutionDiscriminator(5, ndf=4, n_layers=2, num_d=1, padding=padding)
+    region = torch.zeros(1, 1, 48, 48)
+    region[0, 0, 20, 29] = 1
+    soft = d.soft_region_masks(region)[0][0, 0]
+    hard = d.region_masks(region)[0][-1][0, 0]
+    ys, xs = d.discriminators[0].patch_centres(48, 48)
+    assert soft.shape == hard.shape == (len(ys), len(xs))
+    row, col = divmod(int(soft.argmax()), soft.shape[-1])
+    assert int((ys - 20).abs().argmin()) == row and int((xs - 29).abs().argmin()) == col
+    assert float(soft[hard == 0].max()) < 0.02

@@ -240,3 +240,59 @@ def test_texture_loss_asks_for_texture_not_layout() -> None:
     assert losses.texture_loss(real, [[outside, real[0][1]]], weights).max() < 1e-6
     with pytest.raises(ValueError, match="real and fake features have 1 and 2 scales"):
         losses.texture_loss(real, real + real)
+
+
+# ---- region-aware targets of a composited fake (d_target: region)
+
+
+def _square_region(batch: int = 2, size: int = 64) -> torch.Tensor:
+    region = torch.zeros(batch, 1, size, size)
+    region[0, :, 16:48, 16:48] = 1  # sample 1 has no region
+    return region
+
+
+@pytest.mark.parametrize("n_layers", [2, 3])
+def test_region_fake_targets_are_fake_on_the_region_and_real_far_from_it(n_layers: int) -> None:
+    torch.manual_seed(0)
+    d = MultiResolutionDiscriminator(5, ndf=4, n_layers=n_layers, num_d=2)
+    region = _square_region()
+    preds = d(torch.randn(2, 5, 64, 64))
+    targets = losses.region_fake_targets(region, d)
+    hard = d.region_masks(region)
+    for k, (t, scale) in enumerate(zip(targets, preds)):
+        assert t.shape == scale[-1].shape
+        assert float(t.min()) >= 0 and float(t.max()) <= 1
+        assert float(t[0].min()) < 1e-6  # patches centred on the drawn square: fake
+        seen = hard[k][-1][0] > 0
+        assert bool((t[0][~seen] > 0.99).all())  # views that never reach it: real
+        assert 0.0 < float(t[0][seen].mean()) < 1.0  # soft in between
+        assert torch.equal(t[1], torch.ones_like(t[1]))  # nothing drawn: real everywhere
+
+
+def test_region_fake_targets_equal_the_uniform_target_when_everything_or_nothing_counts() -> None:
+    """A region covering the slice (every pixel drawn) is the uniform target 0; a sample without region has no
+    region weight, so its loss is the uniform one too (zero)."""
+    torch.manual_seed(0)
+    d = MultiResolutionDiscriminator(5, ndf=4, n_layers=2, num_d=2)
+    preds = d(torch.randn(2, 5, 32, 32))
+    everything = losses.region_fake_targets(torch.ones(2, 1, 32, 32), d)
+    assert all(torch.equal(t, torch.zeros_like(t)) for t in everything)
+    for mode in losses.GAN_MODES:
+        torch.testing.assert_close(gan_loss(preds, False, mode=mode, targets=everything), gan_loss(preds, False, mode=mode))
+    nothing = torch.zeros(2, 1, 32, 32)
+    weights = d.region_masks(nothing)
+    for mode in losses.GAN_MODES:
+        region_loss = gan_loss(preds, False, weights, mode, targets=losses.region_fake_targets(nothing, d))
+        assert region_loss == gan_loss(preds, False, weights, mode) == 0
+
+
+def test_gan_loss_targets_replace_the_constant_and_are_checked() -> None:
+    preds = [[torch.full((1, 1, 2, 2), 0.5)], [torch.full((1, 1, 1, 1), 0.5)]]
+    half = [torch.full((1, 1, 2, 2), 0.5), torch.full((1, 1, 1, 1), 0.5)]
+    assert lsgan_loss(preds, False, targets=half) == 0
+    torch.testing.assert_close(lsgan_loss(preds, False, targets=[torch.ones(1, 1, 2, 2), torch.ones(1, 1, 1, 1)]),
+                               lsgan_loss(preds, True))
+    bce = gan_loss(preds, False, mode="vanilla", targets=[torch.ones(1, 1, 2, 2), torch.ones(1, 1, 1, 1)])
+    torch.testing.assert_close(bce, gan_loss(preds, True, mode="vanilla"))
+    with pytest.raises(ValueError, match=r"targets must hold one map per scale \(2\), got 1"):
+        gan_loss(preds, False, targets=half[:1])

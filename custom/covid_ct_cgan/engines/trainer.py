@@ -35,6 +35,22 @@ With ``lambda_texture > 0`` the generator's local terms also get ``lambda_textur
 and the fake crop inside the region (:func:`~covid_ct_cgan.losses.texture_loss`),
 which asks for the real region's texture but not its exact layout.
 
+Two options of what the discriminators are shown (both off by default, see ``train.yaml``):
+
+- ``d_target="region"``: in the discriminator step the composited fake pair's
+  target is per patch, ``1 - soft mask`` of the synthesised region
+  (:func:`~covid_ct_cgan.losses.region_fake_targets`, AOT-GAN's SM-PatchGAN):
+  0 where a patch's view is centred on drawn pixels, 1 where it sees only the
+  real slice. Global discriminator only (the local D's crops are centred on the
+  region). Without ``composite_fake`` (``map`` conditioning) every pixel is
+  synthesised, so the region target is the uniform 0: the option changes nothing.
+- ``d_augment="translation,cutout"``: DiffAugment
+  (:class:`~covid_ct_cgan.networks.diffaugment.DiffAugment`) on every input of
+  the global and the local discriminator. The discriminator step draws one
+  transform per sample for its real and fake pair; the generator step draws
+  afresh and gives the real pair of feature matching the fake pair's transform.
+  The region (weights and targets) moves with the image.
+
 With ``freeze_global_epochs = N`` the global generator G1 gets no update in the
 first N epochs (pix2pixHD's ``niter_fix_global``): its gradients are dropped
 before the generator's optimizer step, so Adam (fused or not) skips its
@@ -63,6 +79,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from .. import losses
+from ..networks.diffaugment import AugmentDraw, DiffAugment
 from ..networks.discriminator import crop_patches, region_crop_boxes
 from ..networks.wrapping import unwrap
 from ..precision import autocast_context
@@ -109,6 +126,12 @@ class ConditionalGanTrainer(Trainer):
             resolution (at most the image size: a larger value is cut to it).
         lambda_local: weight of the local discriminator's GAN and feature-matching terms.
         lambda_texture: weight of the texture (Gram) term on the local discriminator's features (0: none).
+        d_target: the global discriminator's target for the fake pair in its own step: ``"uniform"`` (0
+            everywhere, pix2pixHD) or ``"region"`` (0 only where the composite was synthesised, soft, see
+            :func:`~covid_ct_cgan.losses.region_fake_targets`; the same as ``"uniform"`` without ``composite_fake``).
+        d_augment: DiffAugment policy of both discriminators' inputs: ``""`` (off), ``"translation"``,
+            ``"cutout"`` or both (a comma-separated string or a list), see
+            :class:`~covid_ct_cgan.networks.diffaugment.DiffAugment`.
         amp: mixed precision (bf16 autocast on CPU, AMP with a grad scaler on CUDA).
         grad_scaler: the loss scaler of the optimizer steps; default: a CUDA ``GradScaler``
             when ``amp`` runs on CUDA, none otherwise.
@@ -123,7 +146,7 @@ class ConditionalGanTrainer(Trainer):
         additional_metrics, postprocessing, decollate: as in MONAI's ``Trainer``.
 
     Raises:
-        ValueError: unknown ``gan_mode``, negative ``freeze_global_epochs``,
+        ValueError: unknown ``gan_mode`` or ``d_target``, an unknown ``d_augment`` name, negative ``freeze_global_epochs``,
             ``freeze_global_epochs > 0`` with a generator that has no ``global_net``,
             ``local_crop < 1``, negative ``lambda_local``, negative ``lambda_texture``,
             or a local discriminator whose parameters are not in ``d_optimizer``.
@@ -152,6 +175,8 @@ class ConditionalGanTrainer(Trainer):
         local_crop: int = 64,
         lambda_local: float = 1.0,
         lambda_texture: float = 0.0,
+        d_target: str = "uniform",
+        d_augment: str | Sequence[str] = "",
         amp: bool = False,
         grad_scaler: torch.amp.GradScaler | None = None,
         compile: bool = False,
@@ -219,6 +244,14 @@ class ConditionalGanTrainer(Trainer):
         # crop positions from their own random stream (seeded by set_determinism's seed): turning the
         # local discriminator on does not shift any other random draw
         self._crop_rng = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+        if d_target not in losses.D_TARGETS:
+            raise ValueError(f"d_target must be one of {losses.D_TARGETS}, got {d_target!r}")
+        self.d_target = d_target
+        # the region target differs from the uniform one only where the fake is a composite
+        self._region_targets = d_target == "region" and self.composite_fake
+        # DiffAugment's draws from a stream of their own too (not the crop stream's seed: the two would draw the
+        # same numbers), so turning it on shifts no other draw either
+        self.d_augment = DiffAugment(d_augment, seed=torch.initial_seed() % 2**63 + 1)
         self._global_frozen = False
         self.grad_scaler = grad_scaler
         self.scaler: torch.amp.GradScaler | None = None
@@ -296,8 +329,8 @@ class ConditionalGanTrainer(Trainer):
             for p in self.local_discriminator.parameters():
                 p.requires_grad_(flag)
 
-    def local_crops(self, batchdata: dict[str, Any], region: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], list]:
-        """Where this batch's local crops are, as a crop function, and the local discriminator's patch weights.
+    def local_crops(self, batchdata: dict[str, Any], region: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+        """Where this batch's local crops are, as a crop function, and which samples have a region.
 
         The boxes come from the batch's region as the data loader gave it (on the host: no device
         synchronisation), see :func:`~covid_ct_cgan.networks.discriminator.region_crop_boxes`.
@@ -307,21 +340,65 @@ class ConditionalGanTrainer(Trainer):
             region: the region on the training device.
 
         Returns:
-            ``(crop, weights)``: ``crop(x)`` cuts every sample's box out of ``x`` (B, C, H, W);
-            ``weights`` are the local discriminator's region masks of the cropped region, zero for
-            samples without region.
+            ``(crop, has_region)``: ``crop(x)`` cuts every sample's box out of ``x`` (B, C, H, W);
+            ``has_region`` is ``(B, 1, 1, 1)``, 1 for samples with a region, 0 for the others (their
+            local terms get zero weight, see :meth:`local_weights`).
         """
         source = batchdata["region"]
         size = min(self.local_crop, int(region.shape[-2]), int(region.shape[-1]))
         boxes, has_region = region_crop_boxes(torch.as_tensor(source), size, self._crop_rng)
-        has_region = has_region.to(region.device)
 
         def crop(x: torch.Tensor) -> torch.Tensor:
             return crop_patches(x, boxes, size)
 
-        masks = unwrap(self.local_discriminator).region_masks(crop(region))
-        keep = has_region.to(region.dtype)[:, None, None, None]
-        return crop, [[m * keep for m in scale] for scale in masks]
+        return crop, has_region.to(region.device, region.dtype)[:, None, None, None]
+
+    def local_weights(self, region_crop: torch.Tensor, has_region: torch.Tensor) -> list:
+        """The local discriminator's patch weights: region masks of the (cropped, possibly augmented) region,
+        zero for samples without region.
+
+        Args:
+            region_crop: ``(B, 1, s, s)`` the region as the local discriminator sees it.
+            has_region: ``(B, 1, 1, 1)`` from :meth:`local_crops`.
+
+        Returns:
+            weights nested like the local discriminator's output.
+        """
+        masks = unwrap(self.local_discriminator).region_masks(region_crop)
+        return [[m * has_region for m in scale] for scale in masks]
+
+    def _augment_draw(self, like: torch.Tensor) -> AugmentDraw | None:
+        """A fresh DiffAugment draw for a batch shaped like ``like`` (B, C, H, W); ``None`` when it is off."""
+        if not self.d_augment.enabled:
+            return None
+        return self.d_augment.draw(like.shape[0], like.shape[-2], like.shape[-1])
+
+    def _local_view(
+        self, inputs: torch.Tensor, region_crop: torch.Tensor, has_region: torch.Tensor
+    ) -> tuple[torch.Tensor, list, AugmentDraw | None]:
+        """What the local discriminator sees of ``inputs`` (stacked crops of one batch): ``(inputs, weights, draw)``,
+        the inputs and the cropped region through a fresh DiffAugment draw (``None`` when it is off)."""
+        draw = self._augment_draw(region_crop)
+        if draw is not None:
+            inputs, region_crop = draw(inputs), draw.mask(region_crop)
+        return inputs, self.local_weights(region_crop, has_region), draw
+
+    def _d_view(
+        self, draw: AugmentDraw | None, inputs: torch.Tensor, region: torch.Tensor, targets: bool = False
+    ) -> tuple[torch.Tensor, list | None, list | None]:
+        """What the global discriminator sees of ``inputs`` (stacked pairs of one batch) under ``draw``.
+
+        Returns ``(inputs, weight, fake_targets)``: the inputs augmented by ``draw`` (unchanged if ``None``),
+        the region weights of the region moved the same way (``None`` unless ``region_weighted``) and, if
+        ``targets``, the fake pair's region targets (``None`` unless ``d_target="region"`` with composites).
+        """
+        if draw is not None:
+            inputs, region = draw(inputs), draw.mask(region)
+        weight = unwrap(self.discriminator).region_masks(region) if self.region_weighted else None
+        fake_targets = None
+        if targets and self._region_targets:
+            fake_targets = losses.region_fake_targets(region, unwrap(self.discriminator))
+        return inputs, weight, fake_targets
 
     def _iteration(self, engine: ConditionalGanTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
         if batchdata is None:
@@ -333,7 +410,6 @@ class ConditionalGanTrainer(Trainer):
         if engine.channels_last:
             cond, real, region = (t.contiguous(memory_format=torch.channels_last) for t in (cond, real, region))
         label_map = cond[:, : engine.num_map_channels]
-        weight = unwrap(engine.discriminator).region_masks(region) if engine.region_weighted else None
         autocast = autocast_context(torch.device(device), engine.amp)
         batch = real.shape[0]
         stepped = False  # whether an optimizer step ran (the grad scaler has inf checks to update from)
@@ -342,7 +418,8 @@ class ConditionalGanTrainer(Trainer):
 
         local = engine.local_discriminator is not None
         if local:
-            crop, local_weight = engine.local_crops(batchdata, region)
+            crop, has_region = engine.local_crops(batchdata, region)
+            local_region = crop(region)
 
         # 1. generator forward
         with autocast:
@@ -355,20 +432,24 @@ class ConditionalGanTrainer(Trainer):
 
         # 2. discriminator step: real and fake through D in one batched forward. Each network's
         #    backward follows its forward before the next forward (DistributedDataParallel needs it).
+        #    With DiffAugment, a sample's real and fake pair get the same transform (one draw per D).
         engine._set_d_grad(True)
         engine.d_optimizer.zero_grad(set_to_none=True)
         with autocast:
             both = torch.cat([torch.cat([label_map, real], 1), torch.cat([label_map, fake.detach()], 1)], 0)
-            feats = engine._d_forward(both)
+            d_in, weight, fake_targets = engine._d_view(engine._augment_draw(real), both, region, targets=True)
+            feats = engine._d_forward(d_in)
             real_feats = [[f[:batch] for f in scale] for scale in feats]
             fake_feats = [[f[batch:] for f in scale] for scale in feats]
             d_loss = 0.5 * (
                 losses.gan_loss(real_feats, True, weight, engine.gan_mode)
-                + losses.gan_loss(fake_feats, False, weight, engine.gan_mode)
+                + losses.gan_loss(fake_feats, False, weight, engine.gan_mode, targets=fake_targets)
             )
             d_total = d_loss
             if local:  # the same crops of the real and the fake pair, one batched forward of the local D
-                local_feats = engine._ld_forward(torch.cat([crop(both[:batch]), crop(both[batch:])], 0))
+                local_in, local_weight, _ = engine._local_view(
+                    torch.cat([crop(both[:batch]), crop(both[batch:])], 0), local_region, has_region)
+                local_feats = engine._ld_forward(local_in)
                 d_local = 0.5 * (
                     losses.gan_loss([[f[:batch] for f in s] for s in local_feats], True, local_weight, engine.gan_mode)
                     + losses.gan_loss([[f[batch:] for f in s] for s in local_feats], False, local_weight, engine.gan_mode)
@@ -396,32 +477,41 @@ class ConditionalGanTrainer(Trainer):
             dfm_weight = dfm_weight.detach()
 
         # 4. generator step: GAN + lambda_fm * DFM feature matching (+ lambda_l1 * L1 for pix2pix),
-        #    the real pair's features from the discriminator as it is now (the fake pair's state)
+        #    the real pair's features from the discriminator as it is now (the fake pair's state).
+        #    With DiffAugment, a fresh draw for the fake pair; the real pair of feature matching gets the same.
         engine._set_d_grad(False)
         engine.g_optimizer.zero_grad(set_to_none=True)
         with autocast:
-            g_feats = engine._d_forward(torch.cat([label_map, fake], 1))
-            g_gan = losses.gan_loss(g_feats, True, weight, engine.gan_mode)
+            g_draw = engine._augment_draw(real)
+            g_in, g_weight, _ = engine._d_view(g_draw, torch.cat([label_map, fake], 1), region)
+            g_feats = engine._d_forward(g_in)
+            g_gan = losses.gan_loss(g_feats, True, g_weight, engine.gan_mode)
             g_fm = torch.zeros((), device=fake.device)
             if engine.lambda_fm > 0:
                 with torch.no_grad():
-                    real_now = engine._d_forward(torch.cat([label_map, real], 1))
-                fm = losses.feature_matching(real_now, g_feats, engine.n_layers_d, weight)
+                    real_in = torch.cat([label_map, real], 1)
+                    real_now = engine._d_forward(g_draw(real_in) if g_draw is not None else real_in)
+                fm = losses.feature_matching(real_now, g_feats, engine.n_layers_d, g_weight)
                 g_fm = losses.dfm_loss(fm, dfm_weight if dfm_weight is not None else 0.5)
             g_l1 = losses.l1_loss(fake, real) if engine.lambda_l1 > 0 else torch.zeros((), device=fake.device)
             g_loss = g_gan + engine.lambda_fm * g_fm + engine.lambda_l1 * g_l1
             if local:  # the local D as updated in step 2, the real crop through that same state
-                g_local_feats = engine._ld_forward(crop(torch.cat([label_map, fake], 1)))
-                g_local = losses.gan_loss(g_local_feats, True, local_weight, engine.gan_mode)
+                g_local_in, g_local_weight, g_local_draw = engine._local_view(
+                    crop(torch.cat([label_map, fake], 1)), local_region, has_region)
+                g_local_feats = engine._ld_forward(g_local_in)
+                g_local = losses.gan_loss(g_local_feats, True, g_local_weight, engine.gan_mode)
                 g_local_fm = torch.zeros((), device=fake.device)
                 g_local_texture = torch.zeros((), device=fake.device)
                 if engine.lambda_fm > 0 or engine.lambda_texture > 0:
                     with torch.no_grad():
-                        real_local = engine._ld_forward(crop(torch.cat([label_map, real], 1)))
+                        real_local_in = crop(torch.cat([label_map, real], 1))
+                        if g_local_draw is not None:
+                            real_local_in = g_local_draw(real_local_in)
+                        real_local = engine._ld_forward(real_local_in)
                 if engine.lambda_fm > 0:
-                    g_local_fm = losses.feature_matching(real_local, g_local_feats, engine.n_layers_d, local_weight).mean()
+                    g_local_fm = losses.feature_matching(real_local, g_local_feats, engine.n_layers_d, g_local_weight).mean()
                 if engine.lambda_texture > 0:
-                    g_local_texture = losses.texture_loss(real_local, g_local_feats, local_weight).mean()
+                    g_local_texture = losses.texture_loss(real_local, g_local_feats, g_local_weight).mean()
                 g_loss = g_loss + engine.lambda_local * (
                     g_local + engine.lambda_fm * g_local_fm + engine.lambda_texture * g_local_texture)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)

@@ -180,6 +180,97 @@ class NLayerDiscriminator(nn.Module):
             masks.append(mask)
         return masks
 
+    @torch.jit.unused
+    def patch_centres(self, height: int, width: int) -> tuple[Tensor, Tensor]:
+        """Input coordinates (pixels, may lie just outside the image) of the centre of every patch score's view.
+
+        Each convolution moves the centre of output ``i`` to ``i * stride - padding + (kernel - 1) / 2`` of its
+        input; chained over the layers this is ``start + i * jump``.
+
+        Args:
+            height: input height.
+            width: input width.
+
+        Returns:
+            ``(ys, xs)``: 1-D float tensors, one entry per row / column of the patch prediction.
+        """
+        start, jump, h, w = 0.0, 1, height, width
+        for stride in self.strides:
+            start += (-self.padding + (KERNEL - 1) / 2) * jump
+            jump *= stride
+            h, w = (h + 2 * self.padding - KERNEL) // stride + 1, (w + 2 * self.padding - KERNEL) // stride + 1
+        return start + jump * torch.arange(h, dtype=torch.float32), start + jump * torch.arange(w, dtype=torch.float32)
+
+    @torch.jit.unused
+    def soft_region_mask(self, mask: Tensor) -> Tensor:
+        """How much of a region each patch score sees: 1 when its view is centred on the region, 0 when it
+        does not reach it (the soft mask of AOT-GAN's SM-PatchGAN, with this network's own geometry).
+
+        The region is grey-dilated with a Gaussian of ``sigma = receptive_field / 6`` cut off at half the
+        receptive field (:func:`gaussian_dilation`: ``exp(-d^2 / (2 sigma^2))`` at distance ``d`` from the
+        nearest region pixel, so a region pixel at the edge of the view weighs ``exp(-4.5)``), then read at the
+        centre of every patch's view (:meth:`patch_centres`, bilinear). AOT-GAN blurs its masks with a
+        Gaussian of sigma 10 for its 70-pixel PatchGAN, about the same width; a dilation, unlike its blur,
+        keeps a lesion much smaller than the view fully "synthesised" at its centre.
+
+        Args:
+            mask: ``(B, 1, H, W)`` region (values in ``[0, 1]``) at this discriminator's input size.
+
+        Returns:
+            ``(B, 1, h, w)`` values in ``[0, 1]``, shaped like the patch prediction.
+        """
+        field = self.receptive_field
+        height, width = mask.shape[-2:]
+        ys, xs = self.patch_centres(height, width)
+        # the views of the border patches are centred past the image, on the convolutions' zero padding, which
+        # is the same in the real and the fake pair: dilate on a canvas that holds every centre, the region's
+        # border pixels repeated into it (a view centred there sees the image's nearest pixels, not padding)
+        margin = int(np.ceil(max(-float(ys[0]), -float(xs[0]), float(ys[-1]) - height + 1, float(xs[-1]) - width + 1, 0))) + 1
+        canvas = nn.functional.pad(mask.detach().float(), (margin, margin, margin, margin), mode="replicate")
+        with torch.no_grad():
+            soft = gaussian_dilation(canvas, field / 6.0, field // 2)
+        ys, xs = ys + margin, xs + margin
+        # grid_sample's normalised coordinates (align_corners: -1 and 1 are the centres of the corner pixels)
+        gy = (2 * ys / (height + 2 * margin - 1) - 1).to(soft.device)
+        gx = (2 * xs / (width + 2 * margin - 1) - 1).to(soft.device)
+        grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)
+        grid = grid.expand(mask.shape[0], *grid.shape)
+        return nn.functional.grid_sample(soft, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def gaussian_dilation(mask: Tensor, sigma: float, radius: int) -> Tensor:
+    """Grey dilation of a mask by a Gaussian: ``max over q of mask(q) * exp(-|p - q|^2 / (2 sigma^2))``.
+
+    For a 0/1 mask this is ``exp(-d^2 / (2 sigma^2))`` with ``d`` the distance from ``p`` to the nearest
+    mask pixel, 0 beyond ``radius`` pixels along either axis. The Gaussian is a product of one-dimensional
+    ones, so the maximum is taken along the columns, then the rows.
+
+    Args:
+        mask: ``(B, C, H, W)`` values in ``[0, 1]``.
+        sigma: width of the Gaussian in pixels (positive).
+        radius: largest offset considered, in pixels (at least 0).
+
+    Returns:
+        tensor shaped like ``mask``.
+
+    Raises:
+        ValueError: ``sigma`` not positive or ``radius`` negative.
+    """
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    if radius < 0:
+        raise ValueError(f"radius must be at least 0, got {radius}")
+    weights = [float(np.exp(-(k**2) / (2 * sigma**2))) for k in range(-radius, radius + 1)]
+    out = mask
+    for dim, pad in ((-1, (radius, radius, 0, 0)), (-2, (0, 0, radius, radius))):
+        padded = nn.functional.pad(out, pad)
+        size = out.shape[dim]
+        dilated = padded.narrow(dim, 0, size) * weights[0]
+        for k in range(1, len(weights)):  # a running maximum: no stack of 2 * radius + 1 shifted copies
+            dilated = torch.maximum(dilated, padded.narrow(dim, k, size) * weights[k])
+        out = dilated
+    return out
+
 
 class MultiResolutionDiscriminator(nn.Module):
     """D1 on the full-resolution input, D2 (and D3) on the input average-pooled once (twice), as pix2pixHD.
@@ -249,6 +340,26 @@ class MultiResolutionDiscriminator(nn.Module):
             if i > 0:
                 mask = nn.functional.max_pool2d(mask, 3, 2, 1)
             masks.append(disc.region_masks(mask))
+        return masks
+
+    @torch.jit.unused
+    def soft_region_masks(self, mask: Tensor) -> list[Tensor]:
+        """Per scale, how much of a region each patch score sees (:meth:`NLayerDiscriminator.soft_region_mask`).
+
+        The mask is halved for each further scale as in :meth:`region_masks` (max pooling: a half-resolution
+        pixel belongs to the region if one of the pixels averaged into it does).
+
+        Args:
+            mask: ``(B, 1, H, W)`` region, values in ``[0, 1]``.
+
+        Returns:
+            one ``(B, 1, h, w)`` map per scale, shaped like that scale's patch prediction, values in ``[0, 1]``.
+        """
+        masks = []
+        for i, disc in enumerate(self.discriminators):
+            if i > 0:
+                mask = nn.functional.max_pool2d(mask, 3, 2, 1)
+            masks.append(disc.soft_region_mask(mask))
         return masks
 
 
