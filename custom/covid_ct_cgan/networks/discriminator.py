@@ -1,7 +1,7 @@
 """Discriminators: pix2pixHD's N-layer PatchGAN, the multi-resolution discriminator, the local discriminator on
 crops around the synthesised region (with its crop geometry) and the DFM weighting net."""
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -335,12 +335,7 @@ class MultiResolutionDiscriminator(nn.Module):
             nested list shaped like :meth:`forward`'s output, each ``(B, 1, h, w)``;
             pass it as ``weights`` to the losses in :mod:`covid_ct_cgan.losses`.
         """
-        masks = []
-        for i, disc in enumerate(self.discriminators):
-            if i > 0:
-                mask = nn.functional.max_pool2d(mask, 3, 2, 1)
-            masks.append(disc.region_masks(mask))
-        return masks
+        return self._at_each_scale(mask, lambda disc, scaled: disc.region_masks(scaled))
 
     @torch.jit.unused
     def soft_region_masks(self, mask: Tensor) -> list[Tensor]:
@@ -355,12 +350,17 @@ class MultiResolutionDiscriminator(nn.Module):
         Returns:
             one ``(B, 1, h, w)`` map per scale, shaped like that scale's patch prediction, values in ``[0, 1]``.
         """
-        masks = []
+        return self._at_each_scale(mask, lambda disc, scaled: disc.soft_region_mask(scaled))
+
+    @torch.jit.unused
+    def _at_each_scale(self, mask: Tensor, read: Callable[[NLayerDiscriminator, Tensor], Any]) -> list[Any]:
+        """``read(D_k, mask_k)`` for every scale, the mask halved by max pooling before each further scale."""
+        out = []
         for i, disc in enumerate(self.discriminators):
             if i > 0:
                 mask = nn.functional.max_pool2d(mask, 3, 2, 1)
-            masks.append(disc.soft_region_mask(mask))
-        return masks
+            out.append(read(disc, mask))
+        return out
 
 
 class LocalDiscriminator(MultiResolutionDiscriminator):
