@@ -676,7 +676,9 @@ def prepare_dataset(
         write_json(raw_files, stage / RAW_FILES)
         text = format_summary(summary)
         write_text(text, stage / "summary.md")
-        prepared = {name: {"size": r["size"], "sha256": r["sha256"]} for name, r in hash_raw_files(stage).items()}
+        # the summaries are for people and name the folder they were written in: not part of what training reads
+        prepared = {name: {"size": r["size"], "sha256": r["sha256"]} for name, r in hash_raw_files(stage).items()
+                    if name not in ("summary.json", "summary.md")}
         write_json(prepared, stage / PREPARED_FILES)
     print(text, flush=True)
     return summary
