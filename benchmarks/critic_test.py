@@ -6,8 +6,10 @@ Usage, from the repository root::
 
 The package's own preparation (``covid_ct_cgan.data.prepare.run_prepare``, ``split=predefined``: training and
 validation carved from the dataset's ``train/``, the ``test/`` slices never read here) writes the slices into a
-temporary folder; they go through ``train.yaml``'s deterministic pipeline at ``medseg.yaml``'s size (256 px). For
-every row a FRESH discriminator (``medseg.yaml``: ndf 32, 3 layers, 2 scales; local crops of 64 px) is trained
+temporary folder; they go through ``train.yaml``'s deterministic pipeline with ``medseg.yaml``'s settings (since
+0.12 the slices at their own pixel size on a 512-px grid, local crops of 128 px; the 0.11 settings resized them to
+256 px with 64-px local crops: the table says which). For
+every row a FRESH discriminator (``medseg.yaml``: ndf 32, 3 layers, 2 scales) is trained
 alone on the ``training`` slices, real vs the same slice with its region degraded, with the trainer's
 region-weighted least-squares loss (Adam 2e-4, betas (0.5, 0.999), batch 2), and its paired ranking accuracy
 (share of region patches where ``D(real) > D(fake)``) is measured on the ``validation`` slices every few steps
