@@ -313,7 +313,7 @@ def test_real_medseg_slices_masks_are_plausible(medseg_slices_dir, caplog):
 
 
 def test_phantom_lung_masks_match():
-    phantom = pytest.importorskip("covid_ct_cgan.data.phantom")
+    from covid_ct_cgan.data import phantom
     import tempfile
     from pathlib import Path
 
