@@ -268,7 +268,9 @@ def test_image_size_follows_each_overlays_generator() -> None:
 
 
 def test_nan_loss_weight_is_left_to_the_non_finite_guard() -> None:
-    check_training(load_config(BundleCommand(config_files=(TRAIN,)), lambda_fm="$float('nan')"))
+    # not refused before the run (no InputError): NonFiniteLossGuard stops it at the first non-finite loss
+    raw = load_config(BundleCommand(config_files=(TRAIN,)), lambda_fm="$float('nan')")
+    assert check_training(raw) is None and raw["lambda_fm"] == "$float('nan')"
 
 
 # --------------------------------------------------------------------------- the command a run re-reads
