@@ -60,6 +60,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..logs import progress
 from .statistics import fold_interval
 
 # --------------------------------------------------------------------------- KID
@@ -384,7 +385,8 @@ def classifier_two_sample_test(
     labels = torch.cat([torch.ones(len(real), 1), torch.zeros(len(generated), 1)])
     pair_fold = np.concatenate([fold_ids, fold_ids])
     accuracies = []
-    for fold in range(int(fold_ids.max()) + 1):
+    folds_run = int(fold_ids.max()) + 1
+    for fold in progress(range(folds_run), desc="two-sample test", total=folds_run, unit="fold", leave=False):
         held = torch.from_numpy(pair_fold == fold)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + fold)
