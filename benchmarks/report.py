@@ -8,7 +8,7 @@ from typing import Any
 GB = 1024.0  # MB per GB
 TRAINING_TARGET = 2.0
 SYNTHESIS_TARGET = 5.0
-INT8_TARGET = 10.0  # issue 16: int8 synthesis at 512 px on a native-bf16/AMX CPU
+INT8_TARGET = 10.0  # the target of int8 synthesis at 512 px on a native-bf16/AMX CPU
 PSNR_TARGET_DB = 40.0
 DATA_WAIT_TARGET = 0.05
 MEMORY_TARGET_GB = 5.0

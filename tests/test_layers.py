@@ -1,4 +1,4 @@
-"""The package's layers point one way (issue 17, item 4).
+"""The package's layers point one way.
 
 Every import in every module under ``custom/covid_ct_cgan`` (top-level and inside
 functions) is read with :mod:`ast` and checked against the layers:

@@ -217,7 +217,7 @@ def test_same_seed_same_files(tmp_path, builders):
     assert {s: a[s] for s in SPLITS} == {s: b[s] for s in SPLITS}
 
 
-# --------------------------------------------------------------------------- bad input (issue item 7)
+# --------------------------------------------------------------------------- bad input
 
 
 def _corrupt(raw, builders):
@@ -402,7 +402,7 @@ def test_real_phantom_prepares(tmp_path):
     assert datalist["properties"]["settings"]["phantom_patients"] == 5
 
 
-# --------------------------------------------------------------------------- a work folder that never traps you (issues 13.7, 15.3)
+# --------------------------------------------------------------------------- a work folder that never traps you
 
 
 def test_other_data_in_data_dir_refused_before_the_phantom(tmp_path, fake_phantom):
@@ -512,7 +512,7 @@ def test_failed_runs_leave_no_empty_folders(tmp_path, builders, fake_phantom, mo
         assert tree(tmp_path) == before
 
 
-# --------------------------------------------------------------------------- split: predefined (issue 14.1)
+# --------------------------------------------------------------------------- split: predefined
 
 
 def _predefined_dataset(root, builders, train=("t1", "t2", "t3", "t4", "t5"), test=("s1", "s2", "s3")):

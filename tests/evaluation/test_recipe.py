@@ -1,4 +1,4 @@
-"""The real-data recipe (``medseg.yaml``, run id ``recipe``, issue 14): one command, every step, one report.
+"""The real-data recipe (``medseg.yaml``, run id ``recipe``): one command, every step, one report.
 
 The end-to-end test runs the whole recipe at tiny scale (64 px, one epoch, small networks) on a subset of the
 real MedSeg slices with the dataset's own train/test split, through the same bundle command a user types.

@@ -1,4 +1,4 @@
-"""The docs' parameter-count table is the one the code builds (issue 13 item 6): it cannot drift."""
+"""The docs' parameter-count table is the one the code builds: it cannot drift."""
 
 from __future__ import annotations
 

@@ -114,7 +114,7 @@ class ConditionalGanTrainer(Trainer):
         composite_fake: show the discriminator the generated region composited
             into the real slice (``map+context`` conditioning).
         region_weighted: weight GAN and feature-matching losses by the region
-            (``map+context`` conditioning, SPEC 2).
+            (``map+context`` conditioning).
         gan_mode: ``"lsgan"`` (least squares, pix2pixHD and the paper) or ``"vanilla"``
             (pix2pix's cross-entropy on logits), for the discriminator and generator losses.
         freeze_global_epochs: the first epochs in which the generator's ``global_net`` (G1)

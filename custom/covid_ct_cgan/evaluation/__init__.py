@@ -1,4 +1,4 @@
-"""Evaluation (SPEC 5): image quality, segmentation experiments, ablations and reports.
+"""Evaluation: image quality, segmentation experiments, ablations and reports.
 
 - :mod:`.image_metrics`: PSNR, SSIM, RMSE of a slice pair, whole slice or lung only (MONAI metrics);
 - :mod:`.fid_features`: FID feature networks (the project's, or a local Inception-v3);

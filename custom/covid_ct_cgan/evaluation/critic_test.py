@@ -16,7 +16,7 @@ region: texture energy gone, shapes kept). :func:`generator_fakes` gives a third
 composited output of a trained generator.
 
 An instance-norm PatchGAN standardises each channel per image and so discards the texture
-energy that tells these apart (SPEC 2); ``benchmarks/critic_test.py`` runs the test on the
+energy that tells these apart; ``benchmarks/critic_test.py`` runs the test on the
 MedSeg slices for every normalisation.
 """
 

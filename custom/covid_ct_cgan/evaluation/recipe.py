@@ -595,7 +595,7 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
             "",
             "![discriminator losses of lesion inpainting](discriminator_losses.png)",
             "",
-            "## Targets (issue 14)",
+            "## Targets",
             "",
             markdown_table(["target", "measured", "met"], [[t["target"], t["measured"], t["met"]] for t in targets]),
             "",

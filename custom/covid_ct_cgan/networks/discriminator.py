@@ -89,7 +89,7 @@ class NLayerDiscriminator(nn.Module):
             ``"none"``, or ``"spectral"`` (every convolution spectrally normalised with
             ``torch.nn.utils.parametrizations.spectral_norm``, no norm layer). Instance norm standardises
             each channel per image and so discards the texture energy that tells a flat or blurred region
-            from real lung (SPEC 2; ``benchmarks/critic_test.py`` measures it).
+            from real lung (``benchmarks/critic_test.py`` measures it).
         padding: zero padding of every convolution (pix2pixHD 2, pix2pix 1); at most 2.
         use_bias: bias of the convolutions followed by a norm layer (pix2pix: ``False``
             with batch norm, whose shift makes it redundant); the first and last convolutions
