@@ -237,19 +237,8 @@ def test_local_term_moves_the_generator(prepared_tiny: Path) -> None:
     """One iteration with lambda_local 1 or 0 (same seed, same crops): the generator's update differs, so the
     local GAN and feature-matching terms reach it; the global D's update is the same."""
 
-    def one_iteration(lambda_local: float) -> tuple[dict, dict]:
-        torch.manual_seed(0)
-        parser = tiny_parser(prepared_tiny, "local", epochs=1, lambda_local=lambda_local, **INPAINTING)
-        parser["train#trainer#train_handlers"] = []
-        parser["train#trainer#epoch_length"] = 1
-        parser["train#dataloader#shuffle"] = False
-        trainer = parser.get_parsed_content("train#trainer")
-        trainer.run()
-        clone = lambda m: {k: v.detach().clone() for k, v in m.state_dict().items()}  # noqa: E731
-        return clone(trainer.generator), clone(trainer.discriminator)
-
-    g_on, d_on = one_iteration(1.0)
-    g_off, d_off = one_iteration(0.0)
+    g_on, d_on, _ = _one_iteration(prepared_tiny, **INPAINTING, lambda_local=1.0)
+    g_off, d_off, _ = _one_iteration(prepared_tiny, **INPAINTING, lambda_local=0.0)
     assert all(torch.equal(d_on[k], d_off[k]) for k in d_on)
     assert _changed(g_on, g_off)
 
