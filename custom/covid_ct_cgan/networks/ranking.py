@@ -31,7 +31,7 @@ class RankingCounts:
         self.wins = float(wins)
         self.total = float(total)
 
-    def add(self, other: "RankingCounts") -> "RankingCounts":
+    def add(self, other: RankingCounts) -> RankingCounts:
         """Add another count in place and return ``self``."""
         self.wins += other.wins
         self.total += other.total
