@@ -6,7 +6,7 @@ field. For each validation slice this draws the region three ways with the same 
 
 * ``whole``: the whole padded slice (what synthesis does);
 * ``crop``: a ``crop_size`` window centred on the region (what training saw);
-* ``sliding``: MONAI's ``SlidingWindowInferer`` with ``crop_size`` windows (overlap 0.5, Gaussian blending).
+* ``sliding``: ``crop_size`` windows as synthesis runs them (:func:`covid_ct_cgan.networks.windows.generate`).
 
 and prints, inside the region, the mean and mean absolute difference of ``whole`` and ``sliding`` from ``crop``
 in Hounsfield units (the model's [-1, 1] is the 1500-HU lung window) and the region's texture energy (standard
@@ -26,8 +26,9 @@ import sys
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
-from monai.inferers import SlidingWindowInferer
 from scipy import ndimage
+
+from covid_ct_cgan.networks.windows import generate
 
 HU_PER_UNIT = 750.0  # [-1, 1] spans the 1500-HU window
 
@@ -56,7 +57,6 @@ def main() -> int:
     dataset = config.get_parsed_content("validate#dataset")
     composite = config.get_parsed_content("condition") == "map+context"
     size = args.crop_size
-    inferer = SlidingWindowInferer(roi_size=(size, size), sw_batch_size=4, overlap=0.5, mode="gaussian")
     print(f"# generator instance norm: whole slice vs {size}-px crops ({platform.processor() or platform.machine()})")
     print(f"checkpoint {checkpoint}, {len(dataset)} validation slices, grid {args.image_size} px\n")
     print("| slice | region px | whole - crop mean (HU) | abs (HU) | sliding - crop abs (HU) | "
@@ -76,7 +76,7 @@ def main() -> int:
         with torch.no_grad():
             whole = network(cond)[0, 0].numpy()
             crop = network(cond[..., window[0], window[1]])[0, 0].numpy()
-            sliding = inferer(cond, network)[0, 0].numpy()
+            sliding = generate(network, cond, size, batch_size=4)[0, 0].numpy()  # what synthesis runs
         inside = mask[window]
         if not inside.any():
             continue

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from monai.inferers import Inferer, SlidingWindowInferer
+from monai.inferers import Inferer
+
+from ..networks.windows import generate
 
 
 def prepare_condition_batch(
@@ -20,14 +22,6 @@ def prepare_condition_batch(
     real = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
     region = batchdata["region"].to(device=device, non_blocking=non_blocking, **kwargs)
     return cond, real, (), {"region": region, "real": real}
-
-
-def generate(network: torch.nn.Module, condition: torch.Tensor, window: int = 0) -> torch.Tensor:
-    """The generator's output for ``condition``: one call, or with ``window`` > 0 (a generator trained on crops
-    of that size) MONAI's ``SlidingWindowInferer`` with windows of that size, overlap 0.5 and Gaussian blending."""
-    if 0 < window < max(condition.shape[-2:]):
-        return SlidingWindowInferer((window, window), overlap=0.5, mode="gaussian")(condition, network)
-    return network(condition)
 
 
 class CompositeInferer(Inferer):

@@ -21,8 +21,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..networks.discriminator import crop_patches, region_crop_boxes
-from .batch import generate
 from ..networks.ranking import RankingCounts, scale_ranking_counts
+from ..networks.windows import generate
 from ..networks.wrapping import unwrap
 from ..precision import autocast_context
 
@@ -49,7 +49,7 @@ class CriticRanking:
         amp: run the networks with mixed precision, as training does.
         interval: epochs between measurements.
         window: generate through windows of this size (a generator trained on crops), see
-            :func:`~covid_ct_cgan.engines.batch.generate`; ``0``: the whole slice.
+            :func:`~covid_ct_cgan.networks.windows.generate`; ``0``: the whole slice.
     """
 
     def __init__(self, dataset: Any, num_samples: int = 8, amp: bool = False, interval: int = 1,

@@ -21,9 +21,9 @@ from PIL import Image
 
 from ..fileio import atomic_path
 from ..figures import label_picture, pyplot, to_uint8_picture, write_figure
+from ..networks.windows import generate
 from ..networks.wrapping import unwrap
 from ..precision import autocast_context
-from .batch import generate
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class SampleGridSaver:
         interval: epochs between grids.
         amp: generate with mixed precision.
         window: generate through windows of this size (a generator trained on crops), see
-            :func:`~covid_ct_cgan.engines.batch.generate`; ``0``: the whole slice.
+            :func:`~covid_ct_cgan.networks.windows.generate`; ``0``: the whole slice.
     """
 
     def __init__(

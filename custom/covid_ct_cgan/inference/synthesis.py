@@ -56,13 +56,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.inferers import SlidingWindowInferer
 from monai.transforms import Resize, SpatialPad
 from monai.utils import convert_to_tensor
 
 from ..checkpoints import load_latest_checkpoint, read_checkpoint, state_dict_of
 from ..errors import InputError
 from ..labels import GGO
+from ..networks.windows import generate
 from ..precision import autocast_context
 from ..transforms import CONDITIONS, CONTEXT_REGIONS
 from . import tuning
@@ -261,12 +261,8 @@ class GeneratorRunner:
 
     def __call__(self, conditions: torch.Tensor) -> torch.Tensor:
         """``(B, C, S, S)`` conditions -> ``(B, 1, S, S)`` float32 images in [-1, 1] on the CPU."""
-        if 0 < self.window < max(conditions.shape[-2:]):
-            windows = SlidingWindowInferer((self.window, self.window), sw_batch_size=self.batch_size, overlap=0.5,
-                                           mode="gaussian")
-            with torch.inference_mode():  # the windows' outputs are inference tensors; blend them in that mode too
-                return windows(conditions.cpu(), self._whole).float()
-        return self._whole(conditions)
+        with torch.inference_mode():  # windows' outputs are inference tensors: blend them in that mode too
+            return generate(self._whole, conditions.cpu(), self.window, self.batch_size).float()
 
     def _whole(self, conditions: torch.Tensor) -> torch.Tensor:
         if self.engine is not None:
