@@ -18,6 +18,12 @@ region-weighted least-squares loss (Adam 2e-4, betas (0.5, 0.999), batch 2), and
 on the lesion-inpainting region (lesions dilated 3 px), plus the global D on the whole lung (the map-only
 generator's region). Steps: local 100, global 300 (``--quick``: 40 / 100, mean fill and the lesion region only).
 
+``--generator NAME=OUTPUT_DIR`` (``NAME``: ``map_only`` or ``lesion_inpainting``; e.g.
+``lesion_inpainting=work_medseg/output_lesion_inpainting`` after the recipe) adds the third degradation: that
+trained generator's own output (composited into the real slice where its training composites; run in windows of
+its crop size), on its synthesis region, for each critic with the config's default norm (``d_norm``,
+``local_d_norm``). The rows measure how well a fresh critic can still tell that generator's output from real.
+
 It prints a Markdown table (a line per row while it runs) and writes ``critic_test.md`` (``critic_test_quick.md``)
 and the accuracy traces as ``critic_test.json`` to ``benchmarks/results/<machine kind>/`` (named as
 ``benchmarks/run.py`` names it) or ``--out``.
@@ -98,6 +104,43 @@ def load_slices(dataset_dir: Path, work: Path) -> dict[str, Any]:
     return out
 
 
+GENERATOR_CONFIGS = {
+    "map_only": ["train.yaml", "medseg.yaml"],
+    "lesion_inpainting": ["train.yaml", "medseg.yaml", "lesion_inpainting.yaml"],
+}
+
+
+def generator_pairs(name: str, output_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The training and validation pairs of real vs a trained generator's output (its last stage's weights)."""
+    from covid_ct_cgan.evaluation.critic_test import generator_fakes
+    from covid_ct_cgan.evaluation.models import trained_model
+    from covid_ct_cgan.inference.synthesis import load_generator
+
+    configs = [CONFIGS / f for f in GENERATOR_CONFIGS[name]]
+    model = trained_model(name, configs, {"work_dir": str(output_dir.parent), "output_dir": str(output_dir)})
+    model.check_trained()
+    loaded = load_generator(model.network, model.checkpoint)
+    model.network.eval()
+    st = model.settings
+    print(f"generator {name}: {loaded} (crop_size {st.get('crop_size') or 0}, condition {st['condition']})", flush=True)
+    out: dict[str, Any] = {"region": st["context_region"] if st["condition"] == "map+context" else "lung"}
+    for key in ("training", "validation"):
+        labels, images = data[key]
+        out[key] = generator_fakes(
+            model.network, labels, images, data["settings"]["num_classes"], st["condition"], st["context_region"],
+            st["context_dilation"], composite=st["condition"] == "map+context", window=int(st.get("crop_size") or 0))
+    return out
+
+
+def default_norms() -> dict[str, str]:
+    """The norms ``medseg.yaml`` gives the two discriminators (``d_norm``, ``local_d_norm``)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "medseg.yaml")])
+    return {"global": parser.get_parsed_content("d_norm"), "local": parser.get_parsed_content("local_d_norm")}
+
+
 def pairs_for(labels: torch.Tensor, images: torch.Tensor, region: str, kind: str, num_classes: int, dilation: int):
     from covid_ct_cgan.evaluation.critic_test import critic_pairs
     from covid_ct_cgan.transforms import synthesis_region
@@ -112,8 +155,12 @@ def run_row(row: Row, data: dict[str, Any], seed: int, log) -> Row:
     from covid_ct_cgan.networks.discriminator import LocalDiscriminator
 
     s = data["settings"]
-    train = pairs_for(*data["training"], row.region, row.degradation, s["num_classes"], s["context_dilation"])
-    heldout = pairs_for(*data["validation"], row.region, row.degradation, s["num_classes"], s["context_dilation"])
+    if row.degradation.startswith("generator:"):
+        made = data["generators"][row.degradation.split(":", 1)[1]]
+        train, heldout = made["training"], made["validation"]
+    else:
+        train = pairs_for(*data["training"], row.region, row.degradation, s["num_classes"], s["context_dilation"])
+        heldout = pairs_for(*data["validation"], row.region, row.degradation, s["num_classes"], s["context_dilation"])
     torch.manual_seed(seed)
     in_channels = s["num_classes"] + 1
     if row.critic == "global":
@@ -161,6 +208,10 @@ def plan(args: argparse.Namespace) -> list[Row]:
         if args.regions and region not in args.regions.split(","):
             continue
         rows += [Row(critic, region, n, kind, steps, args.lr) for n in norms]
+    for name, _ in args.generator:
+        region = "lesion" if name == "lesion_inpainting" else "lung"
+        rows += [Row("local", region, args.default_norms["local"], f"generator:{name}", local_steps, args.lr),
+                 Row("global", region, args.default_norms["global"], f"generator:{name}", global_steps, args.lr)]
     return rows
 
 
@@ -212,7 +263,19 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--global-steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (the trainer's 2e-4)")
     parser.add_argument("--name", default=None, help="file name stem (default critic_test[_quick])")
+    parser.add_argument("--generator", action="append", default=[], metavar="NAME=OUTPUT_DIR",
+                        help=f"add rows for a trained generator's output; NAME one of {sorted(GENERATOR_CONFIGS)}")
+    parser.add_argument("--generator-only", action="store_true", help="only the --generator rows")
     args = parser.parse_args(argv)
+    generators = []
+    for spec in args.generator:
+        name, _, folder = spec.partition("=")
+        if name not in GENERATOR_CONFIGS or not folder:
+            parser.error(f"--generator takes NAME=OUTPUT_DIR with NAME one of {sorted(GENERATOR_CONFIGS)}, got {spec!r}")
+        if not Path(folder).is_dir():
+            parser.error(f"--generator {spec}: {folder} is not a folder (the generator's training output_dir)")
+        generators.append((name, Path(folder)))
+    args.generator = generators
     args.extra = [a for a in argv if a not in ("--quick",) and not a.startswith("--seed")
                   and a != str(args.seed)]
     return args
@@ -228,7 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {env['cpu']}; preparing {args.dataset_dir} ...", flush=True)
     with tempfile.TemporaryDirectory(prefix="critic_test_") as tmp:
         data = load_slices(args.dataset_dir, Path(tmp))
+    args.default_norms = default_norms()
+    if args.generator:
+        data["generators"] = {name: generator_pairs(name, folder, data) for name, folder in args.generator}
     rows = plan(args)
+    if args.generator_only:
+        rows = [r for r in rows if r.degradation.startswith("generator:")]
     print(HEADER, flush=True)
     done: list[Row] = []
     for row in rows:

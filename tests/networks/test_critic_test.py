@@ -113,3 +113,30 @@ def test_generator_fakes_composite_the_output_into_the_region():
     assert region.sum() == 2 * 36  # the 4x4 lesion dilated by 1 px
     assert torch.all(pairs.fake[region] == 0.7) and torch.equal(pairs.fake[~region], images[~region])
     assert pairs.maps.shape == (2, 4, 16, 16) and torch.equal(pairs.real, images)
+
+
+def test_generator_fakes_run_a_crop_trained_generator_in_windows_of_its_crop_size():
+    from covid_ct_cgan.evaluation.critic_test import generator_fakes
+    from covid_ct_cgan.networks.windows import generate
+    from covid_ct_cgan.transforms import make_condition
+
+    class FieldMean(torch.nn.Module):  # a "generator" whose output depends on the field it sees, as instance norm does
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            context = x[:, -1:]
+            return self.scale * (context - context.mean(dim=(2, 3), keepdim=True))
+
+    labels = torch.ones(1, 1, 32, 32, dtype=torch.long)
+    labels[:, :, 4:12, 4:12] = 2
+    images = torch.linspace(-1, 1, 32 * 32).view(1, 1, 32, 32) ** 2
+    generator = FieldMean()
+    whole = generator_fakes(generator, labels, images, 4, "map+context", "lesion", dilation=1)
+    windows = generator_fakes(generator, labels, images, 4, "map+context", "lesion", dilation=1, window=16)
+    region = whole.region.bool()
+    assert not torch.allclose(whole.fake[region], windows.fake[region])  # the field matters to this generator
+    cond, _ = make_condition(labels, images, 4, "map+context", "lesion", 1)
+    expected = generate(generator, cond, 16)
+    assert torch.allclose(windows.fake[region], expected[region])

@@ -382,6 +382,7 @@ def generator_fakes(
     dilation: int = 3,
     composite: bool = True,
     chunk: int = 4,
+    window: int = 0,
 ) -> CriticPairs:
     """Real vs generated pairs: the third degradation, a trained generator's output.
 
@@ -399,10 +400,13 @@ def generator_fakes(
         dilation: its ``context_dilation``.
         composite: paste the output into the real slice inside the region.
         chunk: slices per generator call.
+        window: the generator's ``crop_size`` when it was trained on crops: it then runs in windows of that size
+            (:func:`covid_ct_cgan.networks.windows.generate`, as synthesis runs it); ``0``: the whole slice.
 
     Returns:
         the pairs (region: the generator's synthesis region).
     """
+    from ..networks.windows import generate
     from ..transforms import make_condition
 
     param = next(generator.parameters())
@@ -410,7 +414,7 @@ def generator_fakes(
     for start in range(0, labels.shape[0], chunk):
         lab, img = labels[start : start + chunk], images[start : start + chunk].float()
         cond, region = make_condition(lab, img, num_classes, condition, context_region, dilation)
-        out = generator(cond.to(param.device, param.dtype)).float().cpu()
+        out = generate(generator, cond.to(param.device, param.dtype), window).float().cpu()
         fakes.append(region * out + (1.0 - region) * img if composite else out)
         maps.append(cond[:, :num_classes])
         regions.append(region)
