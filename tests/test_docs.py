@@ -1,0 +1,755 @@
+"""The docs cannot drift: links resolve, quoted numbers equal the result files, versions agree.
+
+Pages: the top-level ``README.md`` and ``bundle/docs/*.md`` (the guide ``README.md`` and its pages).
+
+Numbers, two mechanisms, both declared below:
+
+* ``TABLES``: a results table in a page is *generated* from the result files. The line
+  ``<!-- numbers: <id> -->`` above the table names its spec; the test rebuilds the table and compares it line
+  by line. After a new run (new CSVs), rewrite every generated table with ``python tests/test_docs.py --write``.
+* ``FACTS``: a number quoted in prose is a fragment with ``{expression:format}`` placeholders computed from the
+  result files; the formatted fragment must appear in its page, white space aside (so a changed CSV or an
+  edited sentence fails, naming the page and the expected text).
+
+Every other Markdown table with decimal numbers in a page must say where its numbers come from with a line
+``<!-- numbers: source: ... -->`` above it (code, tests, a run whose files were not kept), so an unchecked
+table is a visible, deliberate exception. Negative numbers are written with the minus sign U+2212.
+"""
+
+from __future__ import annotations
+
+import configparser
+import csv
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "bundle" / "docs"
+RESULTS = DOCS / "results"
+BENCH = REPO / "benchmarks" / "results"
+PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+MINUS = "\u2212"
+MARKER = re.compile(r"^<!-- numbers: (.+?) -->$")
+
+
+# ---- reading the result files -----------------------------------------------------------------------------
+
+
+def _value(text: str) -> Any:
+    """A CSV cell as a float where it is one (``nan`` included), else the text."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+class Row(SimpleNamespace):
+    """One result row; columns are attributes (``row.infection_dice``), numbers as floats."""
+
+
+@cache
+def csv_rows(path: str) -> tuple[Row, ...]:
+    """Rows of a CSV under ``bundle/docs/results`` (or a path from the repository root)."""
+    file = RESULTS / path if (RESULTS / path).is_file() else REPO / path
+    with file.open(newline="", encoding="utf-8") as f:
+        return tuple(Row(**{k: _value(v) for k, v in r.items()}) for r in csv.DictReader(f))
+
+
+def one(rows: tuple[Row, ...], **where: Any) -> Row:
+    """The one row whose columns equal ``where``."""
+    found = [r for r in rows if all(getattr(r, k) == v for k, v in where.items())]
+    assert len(found) == 1, f"{len(found)} rows match {where}"
+    return found[0]
+
+
+def by(rows: tuple[Row, ...], column: str) -> dict[Any, Row]:
+    """Rows keyed by one column."""
+    return {getattr(r, column): r for r in rows}
+
+
+def key_values(path: str) -> Row:
+    """A two-column CSV (name, value) as one row: ``key_values('medseg_recipe/timings.csv').image_quality``."""
+    file = RESULTS / path
+    with file.open(newline="", encoding="utf-8") as f:
+        return Row(**{name: _value(value) for name, value in list(csv.reader(f))[1:]})
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
+
+
+@cache
+def md_tables(path: str, heading: str) -> tuple[tuple[Row, ...], ...]:
+    """The Markdown tables between the heading line that starts with ``heading`` and the next heading of its level.
+
+    Columns are the header cells as identifiers (``Infection Dice, patient bootstrap`` ->
+    ``infection_dice_patient_bootstrap``); cells are kept as text (use ``num``).
+    """
+    file = RESULTS / path if (RESULTS / path).is_file() else REPO / path
+    lines = file.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    level = len(heading) - len(heading.lstrip("#"))
+    tables: list[tuple[Row, ...]] = []
+    i = start + 1
+    while i < len(lines) and not (lines[i].startswith("#" * level + " ") and level):
+        if lines[i].startswith("|") and i + 1 < len(lines) and set(lines[i + 1].replace("|", "").strip()) <= set("-: "):
+            header = [_key(c) for c in _cells(lines[i])]
+            body = []
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                body.append(Row(**dict(zip(header, _cells(lines[i])))))
+                i += 1
+            tables.append(tuple(body))
+        i += 1
+    return tuple(tables)
+
+
+def md_row(path: str, heading: str, index: int = 0, **where: str) -> Row:
+    """One row of the ``index``-th table under ``heading`` whose cells start with the given texts."""
+    found = [r for r in md_tables(path, heading)[index] if all(getattr(r, k).startswith(v) for k, v in where.items())]
+    assert len(found) == 1, f"{path}, {heading}: {len(found)} rows match {where}"
+    return found[0]
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def num(text: str, index: int = 0) -> float:
+    """The ``index``-th unsigned number in a text cell (``"6.65x (5.46-8.26)"`` -> 6.65, 5.46, 8.26)."""
+    return float(re.findall(r"\d+(?:\.\d+)?", text)[index])
+
+
+def last(path: str) -> Row:
+    """The last row of a CSV (the last epoch of a ``training.csv``)."""
+    return csv_rows(path)[-1]
+
+
+# ---- formatting -------------------------------------------------------------------------------------------
+
+_FIELD = re.compile(r"\{([^{}]+?)(?::([^{}:]*))?\}")
+
+
+def signed(value: float, decimals: int = 1) -> str:
+    """``+0.9`` / ``−0.8``: a difference with its sign."""
+    return format(value, f"+.{decimals}f").replace("-", MINUS)
+
+
+_BUILTINS = {"min": min, "max": max, "abs": abs, "sum": sum, "len": len, "round": round, "num": num, "signed": signed}
+
+
+def fill(template: str, names: dict[str, Any]) -> str:
+    """``template`` with each ``{expression:format}`` replaced; negative numbers get the minus sign U+2212."""
+
+    def one_field(match: re.Match[str]) -> str:
+        value = eval(match.group(1), {"__builtins__": _BUILTINS}, names)  # noqa: S307 - expressions of this file
+        text = format(value, match.group(2) or "")
+        if isinstance(value, (int, float)):
+            assert not (isinstance(value, float) and math.isnan(value)), f"{match.group(1)} is nan"
+            text = text.replace("-", MINUS)
+        return text
+
+    return _FIELD.sub(one_field, template)
+
+
+# ---- the generated tables ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table generated from result files: header lines, one row template, the rows' names, literal rows."""
+
+    pages: tuple[str, ...]
+    header: str
+    row: str
+    rows: Callable[[], list[dict[str, Any]]]
+    extra: tuple[str, ...] = ()
+
+    def text(self) -> list[str]:
+        return [*self.header.splitlines(), *(fill(self.row, names) for names in self.rows()), *self.extra]
+
+
+def _recipe_segmentation() -> list[dict[str, Any]]:
+    return [{"r": r} for r in csv_rows("medseg_recipe/segmentation.csv")]
+
+
+REALISM_LABELS = {
+    "ours": "map-only (ours)",
+    "lesion_inpainting": "lesion inpainting (joint stage 90 epochs)",
+    "mean_lung": "mean lung (trivial)",
+    "resampled_real": "resampled real (the real slice through the 256-px grid: a perfect 256-px generator)",
+}
+
+
+def _recipe_realism() -> list[dict[str, Any]]:
+    rows = [r for r in csv_rows("medseg_recipe/image_quality.csv") if r.region == "complemented"]
+    return [{"r": r, "label": REALISM_LABELS[r.model]} for r in rows]
+
+
+def _critics() -> list[dict[str, Any]]:
+    names = {"instance_norm": "instance norm (0.11)", "no_norm": "no norm (0.12)"}
+    return [
+        {"label": label, **{s[0]: last(f"critics_0_12/{run}_{s}_training.csv") for s in ("global", "local", "joint")}}
+        for run, label in names.items()
+    ]
+
+
+SLICE_LABELS = {"ours": "ours", "pix2pixhd": "pix2pixHD", "pix2pix": "pix2pix (as published)", "mean_lung": "mean lung (trivial)"}
+PHANTOM_LABELS = {
+    "ours": "ours",
+    "pix2pixhd": "pix2pixHD",
+    "pix2pix": "pix2pix (as published: BCE loss, batch norm, 70x70 PatchGAN)",
+    "mean_lung": "mean lung (trivial)",
+}
+SMALLEST_LABELS = {"ours": "ours", "pix2pixhd": "pix2pixHD", "pix2pix": "pix2pix (as published)", "mean_lung": "mean_lung (trivial)"}
+
+
+def _slice_table_ii() -> list[dict[str, Any]]:
+    realism = by(csv_rows("medseg_slice_split/table_realism.csv"), "model")
+    return [
+        {"q": q, "r": realism[q.model], "label": SLICE_LABELS[q.model]}
+        for q in csv_rows("medseg_slice_split/table_ii_image_quality.csv")
+    ]
+
+
+def _slice_tables_iii_iv() -> list[dict[str, Any]]:
+    a_rows = csv_rows("medseg_slice_split/table_iii_replace.csv")
+    b_rows = csv_rows("medseg_slice_split/table_iv_add.csv")
+    a_boot = md_tables("medseg_slice_split/report.md", "## Table III")[1]
+    b_boot = md_tables("medseg_slice_split/report.md", "## Table IV")[1]
+    return [{"a": a, "b": b, "ab": ab, "bb": bb} for a, b, ab, bb in zip(a_rows, b_rows, a_boot, b_boot, strict=True)]
+
+
+def _phantom_table_ii() -> list[dict[str, Any]]:
+    return [{"q": q, "label": PHANTOM_LABELS[q.model]} for q in csv_rows("phantom_demo/table_ii_image_quality.csv")]
+
+
+def _smallest_table_ii() -> list[dict[str, Any]]:
+    return [{"q": q, "label": SMALLEST_LABELS[q.model]} for q in csv_rows("phantom_smallest/table_ii_image_quality.csv")]
+
+
+def _recipe_time() -> list[dict[str, Any]]:
+    t = key_values("medseg_recipe/timings.csv")
+    return [{"step": k, "s": v} for k, v in vars(t).items()] + [{"step": "**all**", "s": sum(vars(t).values())}]
+
+
+def _critic_test() -> list[dict[str, Any]]:
+    runs = {"critic_test": 256, "critic_test_global_lung": 512, "critic_test_global_lesion_blur": 512}
+    return [
+        {"r": r, "px": px}
+        for name, px in runs.items()
+        for r in md_tables(f"benchmarks/results/amd-epyc-avx512-bf16/{name}.md", "# Critic test")[0]
+    ]
+
+
+DICE = "{r.%s_dice:.1f} [{r.%s_boot_low:.1f}, {r.%s_boot_high:.1f}]"
+TABLES: dict[str, Table] = {
+    "recipe-segmentation": Table(
+        pages=("README.md", "results.md"),
+        header="| run | generator | real + synthetic | infection | GGO | consolidation | infection vs real only |\n"
+        "|---|---|---|---|---|---|---|",
+        row="| {r.run} | {'–' if r.generator == '-' else r.generator} | {r.train_real:.0f} + {r.train_synthetic:.0f} | "
+        + DICE % (("infection",) * 3)
+        + "; {r.infection_fold_mean:.1f} ± {r.infection_fold_half_width:.1f} | "
+        + DICE % (("ggo",) * 3)
+        + " | "
+        + DICE % (("consolidation",) * 3)
+        + " | {'–' if r.infection_diff == '' else signed(r.infection_diff) + ' [' + signed(r.infection_diff_low) + ', '"
+        " + signed(r.infection_diff_high) + ']'} |",
+        rows=_recipe_segmentation,
+    ),
+    "recipe-realism": Table(
+        pages=("README.md", "results.md"),
+        header="| model | region redrawn | PSNR (dB) | SSIM | FID | KID | vesselness ratio | two-sample acc. |\n"
+        "|---|---|---|---|---|---|---|---|",
+        row="| {label} | {r.realism_region} | {r.psnr:.2f} | {r.ssim:.3f} | {r.fid:.3f} | {r.kid:.4f} | "
+        "{r.vesselness_ratio:.2f} | {r.two_sample_accuracy:.2f} [{r.two_sample_low:.2f}, {r.two_sample_high:.2f}] |",
+        rows=_recipe_realism,
+    ),
+    "recipe-time": Table(
+        pages=("results.md",),
+        header="| step (`timings.csv`) | minutes |\n|---|---|",
+        row="| {step} | {s / 60:.1f} |",
+        rows=_recipe_time,
+    ),
+    "critics-0-12": Table(
+        pages=("results.md",),
+        header="| critics | `d1_ranking` | `d2_ranking` | `local_d_ranking` | `d_loss` / `d_local` (joint) | `g_fm` (joint) |\n"
+        "|---|---|---|---|---|---|",
+        row="| {label} | {g.d1_ranking:.2f} / {l.d1_ranking:.2f} / {j.d1_ranking:.2f} | "
+        "{g.d2_ranking:.2f} / {l.d2_ranking:.2f} / {j.d2_ranking:.2f} | "
+        "{g.local_d_ranking:.2f} / {l.local_d_ranking:.2f} / {j.local_d_ranking:.2f} | "
+        "{j.d_loss:.3f} / {j.d_local:.3f} | {j.g_fm:.3f} |",
+        rows=_critics,
+    ),
+    "critic-test": Table(
+        pages=("results.md",),
+        header="| critic | region | norm | degradation | px | steps | paired accuracy (per scale) | first step ≥ 0.9 | D loss (last 10 steps) |\n"
+        "|---|---|---|---|---|---|---|---|---|",
+        row="| {r.critic} | {r.region} | {r.norm} | {r.degradation} | {px} | {r.steps} | "
+        "{r.held_out_paired_accuracy_per_scale} | {r.first_step_0_9} | {r.d_loss_last_10_steps} |",
+        rows=_critic_test,
+    ),
+    "slice-split-table-ii": Table(
+        pages=("results.md",),
+        header="| model | FID | PSNR (dB) | SSIM | RMSE | FID lung | PSNR lung | SSIM lung | vesselness ratio | two-sample acc. |\n"
+        "|---|---|---|---|---|---|---|---|---|---|",
+        row="| {label} | {q.fid_complemented:.3f} | {q.psnr_complemented:.2f} | {q.ssim_complemented:.3f} | "
+        "{q.rmse_complemented:.3f} | {q.fid_lung_only:.3f} | {q.psnr_lung_only:.2f} | {q.ssim_lung_only:.3f} | "
+        "{r.vesselness_ratio:.2f} | {r.two_sample_accuracy:.2f} [{r.two_sample_low:.2f}, {r.two_sample_high:.2f}] |",
+        rows=_slice_table_ii,
+        extra=("| *paper (their data, 512 px, 20 epochs a stage)* | – | 26.89 | 0.894 | 0.081 | | | | | |",),
+    ),
+    "slice-split-tables-iii-iv": Table(
+        pages=("results.md",),
+        header="| synthetic | A: replaced, folds | A: bootstrap | B: added, folds | B: bootstrap |\n|---|---|---|---|---|",
+        row="| {a.ratio * 100:.0f}% | {a.infection_dice_mean:.2f} ± {(a.infection_dice_fold_high - a.infection_dice_fold_low) / 2:.2f} | "
+        "{num(ab.infection_dice_patient_bootstrap):.1f} [{a.infection_dice_boot_low:.1f}, {a.infection_dice_boot_high:.1f}] | "
+        "{b.infection_dice_mean:.2f} ± {(b.infection_dice_fold_high - b.infection_dice_fold_low) / 2:.2f} | "
+        "{num(bb.infection_dice_patient_bootstrap):.1f} [{b.infection_dice_boot_low:.1f}, {b.infection_dice_boot_high:.1f}] |",
+        rows=_slice_tables_iii_iv,
+        extra=("| *paper* | *89.57 (0%) → 89.19 (50%)* | | *90.19 (40%)* | |",),
+    ),
+    "phantom-table-ii": Table(
+        pages=("results.md",),
+        header="| model | FID | PSNR (dB) | SSIM | RMSE (HU) | FID lung | PSNR lung | SSIM lung |\n|---|---|---|---|---|---|---|---|",
+        row="| {label} | {q.fid_complemented:.3f} | {q.psnr_complemented:.2f} | {q.ssim_complemented:.3f} | "
+        "{q.rmse_hu_complemented:.1f} | {q.fid_lung_only:.3f} | {q.psnr_lung_only:.2f} | {q.ssim_lung_only:.3f} |",
+        rows=_phantom_table_ii,
+    ),
+    "smallest-table-ii": Table(
+        pages=("results.md",),
+        header="| Model | FID | PSNR | SSIM | PSNR lung | FID lung |\n|---|---|---|---|---|---|",
+        row="| {label} | {q.fid_complemented:.3f} | {q.psnr_complemented:.2f} | {q.ssim_complemented:.3f} | "
+        "{q.psnr_lung_only:.2f} | {q.fid_lung_only:.2f} |",
+        rows=_smallest_table_ii,
+    ),
+}
+
+
+# ---- the prose numbers ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A prose fragment with ``{expression:format}`` placeholders; its filled text must be in every page named."""
+
+    pages: tuple[str, ...]
+    text: str
+    names: Callable[[], dict[str, Any]]
+
+
+def _recipe() -> dict[str, Any]:
+    seg = csv_rows("medseg_recipe/segmentation.csv")
+    iq = {r.model: r for r in csv_rows("medseg_recipe/image_quality.csv") if r.region == "complemented"}
+    t = key_values("medseg_recipe/timings.csv")
+    published = lambda method: md_row("medseg_recipe/report.md", "## Published results", method=method)  # noqa: E731
+    # "Semi-Inf-Net" also starts "Semi-Inf-Net + multi-class U-Net": match the whole cell there
+    semi = next(r for r in md_tables("medseg_recipe/report.md", "## Published results")[0] if r.method == "Semi-Inf-Net")
+    return {
+        "real": one(seg, run="real slices only"),
+        "a": one(seg, run="A: 50 % replaced"),
+        "bm": one(seg, run="B: 50 % added", generator="map-only"),
+        "bl": one(seg, run="B: 50 % added", generator="lesion inpainting"),
+        "ours": iq["ours"],
+        "li": iq["lesion_inpainting"],
+        "rr": iq["resampled_real"],
+        "t": t,
+        "total": sum(vars(t).values()),
+        "joint": md_row("medseg_recipe/report.md", "## Lesion inpainting", stage="joint"),
+        "infnet": published("Inf-Net"),
+        "semi": semi,
+        "semi_mc": published("Semi-Inf-Net + multi-class"),
+        "unet": next(r for r in md_tables("medseg_recipe/report.md", "## Published results")[0] if r.method == "U-Net"),
+        "unetpp": published("U-Net++"),
+    }
+
+
+def _slice_split() -> dict[str, Any]:
+    a = csv_rows("medseg_slice_split/table_iii_replace.csv")
+    b = csv_rows("medseg_slice_split/table_iv_add.csv")
+    realism = by(csv_rows("medseg_slice_split/table_realism.csv"), "model")
+    gains = [r.infection_dice_mean - b[0].infection_dice_mean for r in b[1:]]
+    return {"a": a, "b": b, "gains": gains, "re": realism}
+
+
+def _phantom() -> dict[str, Any]:
+    return {"re": by(csv_rows("phantom_demo/table_realism.csv"), "model")}
+
+
+def _smallest() -> dict[str, Any]:
+    a = by(csv_rows("phantom_smallest/table_iii_replace.csv"), "ratio")
+    b = by(csv_rows("phantom_smallest/table_iv_add.csv"), "ratio")
+    half = lambda r: (r.infection_dice_fold_high - r.infection_dice_fold_low) / 2  # noqa: E731
+    return {"a": a, "b": b, "half": half, "ab": csv_rows("phantom_smallest/table_v_ablation.csv")}
+
+
+def _critic_runs() -> dict[str, Any]:
+    return {
+        "i": last("critics_0_12/instance_norm_joint_training.csv"),
+        "n": last("critics_0_12/no_norm_joint_training.csv"),
+    }
+
+
+def _critic_test_rows() -> dict[str, Any]:
+    base = "benchmarks/results/amd-epyc-avx512-bf16/"
+    main = md_tables(base + "critic_test.md", "# Critic test")[0]
+    lung = md_tables(base + "critic_test_global_lung.md", "# Critic test")[0]
+    blur = md_tables(base + "critic_test_global_lesion_blur.md", "# Critic test")[0]
+
+    def row(table: tuple[Row, ...], critic: str, norm: str, degradation: str) -> Row:
+        found = [r for r in table if (r.critic, r.norm, r.degradation) == (critic, norm, degradation)]
+        assert len(found) == 1
+        return found[0]
+
+    return {"row": row, "main": main, "lung": lung, "blur": blur}
+
+
+def _bench() -> dict[str, Any]:
+    quick = "benchmarks/results/intel-xeon-amx/quick.md"
+    full = "benchmarks/results/amd-epyc-avx2/full.md"
+    synth = md_tables(quick, "## Synthesis")[0]
+    train = md_tables(quick, "## Training step")[0]
+    variant = lambda table, name: next(r for r in table if r.variant.startswith(name))  # noqa: E731
+    ceiling = md_tables(full, "## fp32 compute ceiling")[0]
+    shares = [num(r.share_of_peak) for r in ceiling]
+    train_shares = [num(r.share_of_peak) for r in ceiling if r.case.startswith("training")]
+    return {
+        "int8": variant(synth, "int8_inductor"),
+        "cbf16": variant(synth, "compiled_amp"),
+        "ort": variant(synth, "int8_onnxruntime"),
+        "amp": variant(synth, "amp"),
+        "fp32": variant(synth, "fp32_eager"),
+        "fast": variant(train, "fast"),
+        "train_shares": train_shares,
+        "shares": shares,
+    }
+
+
+def _metadata() -> dict[str, Any]:
+    return {"meta": json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text(encoding="utf-8"))}
+
+
+RECIPE_TIME = (
+    "map-only generator {t.generator_map / 60:.1f} min, lesion-inpainting generator {t.generator_lesion_inpainting / 60:.1f}"
+)
+FACTS: list[Fact] = [
+    # the recipe's time (timings.csv)
+    Fact(("results.md",), RECIPE_TIME, _recipe),
+    Fact(("results.md",), "image quality and realism {t.image_quality / 60:.1f}", _recipe),
+    Fact(("results.md",), "segmentation real-only/A/B {t.segmentation_map / 60:.1f}, segmentation\nB with inpainting "
+         "{t.segmentation_lesion_inpainting / 60:.1f}; **{total / 60:.0f} min in all as measured** ({total / 60:.1f})", _recipe),
+    Fact(("README.md",), "Time: **{total / 60:.0f} min in all**", _recipe),
+    Fact(("results.md",), "about {(t.segmentation_map + t.segmentation_lesion_inpainting) / 60:.0f} min a seed", _recipe),
+    Fact(("../../README.md",), "0.11's one-seed, 256-px recipe took {total / 60:.0f} min", _recipe),
+    # the recipe's segmentation and realism (segmentation.csv, image_quality.csv, report.md)
+    Fact(("README.md",), "changed infection Dice by\n  {bm.infection_diff:+.1f} points (paired interval {bm.infection_diff_low:.1f} to "
+         "{bm.infection_diff_high:+.1f}), less than the real-only fold half-width of {real.infection_fold_half_width:.1f}", _recipe),
+    Fact(("README.md",), "with the lesion-inpainting generator {bl.infection_diff:.1f}. Replacing half the real slices (A) cost "
+         "{-a.infection_diff:.1f} points", _recipe),
+    Fact(("README.md",), "reaches {real.infection_dice:.1f}, Inf-Net's {num(infnet.infection):.1f}", _recipe),
+    Fact(("README.md",), "vesselness ratio is {li.vesselness_ratio:.2f} (target", _recipe),
+    Fact(("README.md",), "scores {rr.vesselness_ratio:.2f} and\n  two-sample accuracy {rr.two_sample_accuracy:.2f}", _recipe),
+    Fact(("results.md",), "raised infection Dice by {bm.infection_diff:.1f} points (paired interval {bm.infection_diff_low:.1f} to "
+         "{bm.infection_diff_high:+.1f}), less than the\nreal-only fold half-width of {real.infection_fold_half_width:.1f}", _recipe),
+    Fact(("results.md",), "GGO and\nconsolidation Dice went down by {real.ggo_dice - bm.ggo_dice:.1f} and "
+         "{real.consolidation_dice - bm.consolidation_dice:.1f}", _recipe),
+    Fact(("results.md",), "B changed infection Dice by\n{bl.infection_diff:.1f} ({bl.infection_diff_low:.1f} to {bl.infection_diff_high:+.1f}; "
+         "−0.5 with the 0.9.0 generator), GGO by {bl.ggo_dice - real.ggo_dice:.1f} and consolidation by "
+         "{bl.consolidation_dice - real.consolidation_dice:+.1f}", _recipe),
+    Fact(("results.md",), "Replacing half the real slices (A) cost {-a.infection_diff:.1f} points", _recipe),
+    Fact(("results.md",), "(≥ {num(infnet.infection):.1f}) is **met** ({real.infection_dice:.1f} real-only, "
+         "{max(real.infection_dice, a.infection_dice, bm.infection_dice, bl.infection_dice):.1f} best)", _recipe),
+    Fact(("results.md",), "(whole-slice FID\n{li.fid:.3f} against {ours.fid:.3f} for map-only", _recipe),
+    Fact(("results.md",), "**{li.vesselness_ratio:.2f}** of real (0.58 with a 60-epoch and 0.47 with a 30-epoch joint stage; "
+         "target 0.8–1.2: missed by {0.8 - li.vesselness_ratio:.2f})", _recipe),
+    Fact(("results.md",), "**{100 * li.two_sample_accuracy:.1f} %** of the time [{100 * li.two_sample_low:.1f}, "
+         "{100 * li.two_sample_high:.1f}]", _recipe),
+    Fact(("results.md",), "target < 70 %: missed by {100 * li.two_sample_accuracy - 70:.1f} points", _recipe),
+    Fact(("results.md",), "`d_local` ended the joint stage at {num(joint.local_d_loss):.3f} (chance\n0.25), the global `d_loss` "
+         "at {num(joint.d_loss):.3f}", _recipe),
+    Fact(("results.md",), "vesselness ratio of only **{rr.vesselness_ratio:.2f}**", _recipe),
+    Fact(("results.md",), "**{100 * rr.two_sample_accuracy:.0f} %** of the time ([{rr.two_sample_low:.2f}, {rr.two_sample_high:.2f}] in the lung", _recipe),
+    Fact(("results.md",), "lesion inpainting's {li.two_sample_accuracy:.3f} [{li.two_sample_low:.3f}, {li.two_sample_high:.3f}]", _recipe),
+    Fact(("results.md",), "would need {100 * 0.8 / rr.vesselness_ratio:.0f} % of that ceiling; lesion inpainting reaches "
+         "{li.vesselness_ratio:.2f}, {100 * li.vesselness_ratio / rr.vesselness_ratio:.0f} % of it", _recipe),
+    Fact(("results.md",), "binary infection U-Net {num(unet.infection):.1f}, U-Net++ {num(unetpp.infection):.1f}, Inf-Net "
+         "{num(infnet.infection):.1f}, Semi-Inf-Net {num(semi.infection):.1f}", _recipe),
+    Fact(("results.md",), "GGO {num(semi_mc.ggo):.1f}, consolidation {num(semi_mc.consolidation):.1f}", _recipe),
+    Fact(("results.md",), "reaches {real.infection_dice:.1f} (Inf-Net's level; below Semi-Inf-Net by "
+         "{num(semi.infection) - real.infection_dice:.1f} points), GGO {real.ggo_dice:.1f}\n({num(semi_mc.ggo) - real.ggo_dice:.1f} below) "
+         "and consolidation {real.consolidation_dice:.1f} ({real.consolidation_dice - num(semi_mc.consolidation):.1f} above)", _recipe),
+    # 0.12 measurements (critics_0_12/, critic test benchmarks)
+    Fact(("results.md",), "The feature-matching term fell {i.g_fm / n.g_fm:.1f}x at the same `lambda_fm`", _critic_runs),
+    Fact(("results.md",), "Local D (64-px crops, 100 steps): no norm {num(row(main, 'local', 'none', 'mean_fill').held_out_paired_accuracy_per_scale):.2f} "
+         "(0.9 at step {row(main, 'local', 'none', 'mean_fill').first_step_0_9}) on mean fill and "
+         "{num(row(main, 'local', 'none', 'blur').held_out_paired_accuracy_per_scale):.2f} (step "
+         "{row(main, 'local', 'none', 'blur').first_step_0_9}) on blur", _critic_test_rows),
+    Fact(("results.md",), "0.92 on mean fill (0.9 at step {row(lung, 'global', 'none', 'mean_fill').first_step_0_9}), "
+         "{num(row(lung, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale):.2f} on blur (step "
+         "{row(lung, 'global', 'none', 'blur').first_step_0_9})", _critic_test_rows),
+    Fact(("results.md",), "{num(row(blur, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale):.2f} after 300 steps "
+         "(D1 {num(row(blur, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale, 1):.2f}, D2 at half resolution "
+         "{num(row(blur, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale, 2):.2f}", _critic_test_rows),
+    # the slice-level split (tables III, IV, realism)
+    Fact(("results.md",), "(as in the paper: {a[0].infection_dice_mean:.1f} -> {a[-1].infection_dice_mean:.1f} at 50 %), and adding "
+         "synthetic slices raised it by {min(gains):.1f}–{max(gains):.1f} points", _slice_split),
+    Fact(("results.md",), "from {b[0].consolidation_dice_mean:.1f} % with real slices only", _slice_split),
+    Fact(("results.md",), "(vesselness {re['ours'].vesselness_ratio:.2f}–{re['pix2pixhd'].vesselness_ratio:.2f}) and a\n"
+         "classifier tells their crops from real ones {100 * re['pix2pixhd'].two_sample_accuracy:.0f}–"
+         "{100 * re['pix2pix'].two_sample_accuracy:.0f} % of the time", _slice_split),
+    # the phantom (realism)
+    Fact(("results.md",), "{re['ours'].vesselness_ratio:.2f} (ours), {re['pix2pixhd'].vesselness_ratio:.2f} (pix2pixHD), "
+         "{re['pix2pix'].vesselness_ratio:.2f} (pix2pix) and {re['mean_lung'].vesselness_ratio:.2f} (fill)", _phantom),
+    Fact(("results.md",), "accuracy {re['ours'].two_sample_accuracy:.2f}, {re['pix2pixhd'].two_sample_accuracy:.2f}, "
+         "{re['pix2pix'].two_sample_accuracy:.2f} and {re['mean_lung'].two_sample_accuracy:.2f}", _phantom),
+    # the smallest scale (tables III, IV, V)
+    Fact(("results.md",), "{a[0.0].infection_dice_mean:.1f} ± {half(a[0.0]):.1f} % with real slices only, "
+         "{a[0.5].infection_dice_mean:.1f} ± {half(a[0.5]):.1f} % with 50 %\nreplaced (A), "
+         "{b[0.5].infection_dice_mean:.1f} ± {half(b[0.5]):.1f} % with 50 % added (B)", _smallest),
+    Fact(("results.md",), "FID {min(r.fid for r in ab):.3f}-{max(r.fid for r in ab):.3f}, PSNR {min(r.psnr for r in ab):.1f}-"
+         "{max(r.psnr for r in ab):.1f}, Dice {min(r.dice_infection for r in ab):.1f}-{max(r.dice_infection for r in ab):.1f} %", _smallest),
+    # speed (benchmarks/results)
+    Fact(("README.md",), "joint training step at 256 px {num(fast.speed_up):.2f}× faster than fp32", _bench),
+    Fact(("README.md",), "int8 synthesis at 512 px runs {num(int8.speed_up):.2f}× fp32 eager", _bench),
+    Fact(("README.md",), "runs at {min(train_shares):.0f}–{max(train_shares):.0f} % of the CPU's peak", _bench),
+    Fact(("performance.md",), "**{num(int8.speed_up):.2f}×** ({num(int8.speed_up, 1):.2f}–{num(int8.speed_up, 2):.2f}) fp32 eager, "
+         "against {num(cbf16.speed_up):.2f}× for compiled bf16 and {num(ort.speed_up):.2f}×\nfor ONNX Runtime's int8", _bench),
+    Fact(("performance.md",), "| {num(fp32.slices_s):.2f} slices/s | int8 (inductor, bf16 between) {num(int8.speed_up):.2f}× "
+         "({num(int8.speed_up, 1):.2f}–{num(int8.speed_up, 2):.2f})", _bench),
+    Fact(("performance.md",), "fp32 eager at {min(train_shares):.0f}–{max(train_shares):.0f} % of the machine's measured fp32 peak", _bench),
+    # the metadata's output description
+    Fact(("README.md",), "| output (`pred`) | one channel, H × W | [{meta['network_data_format']['outputs']['pred']['value_range'][0]}, "
+         "{meta['network_data_format']['outputs']['pred']['value_range'][1]}] (tanh)", _metadata),
+]
+
+
+# ---- the checks -------------------------------------------------------------------------------------------
+
+
+def _words(text: str) -> str:
+    """Text with every run of white space (line breaks, indentation) as one space: prose may be re-wrapped."""
+    return " ".join(text.split())
+
+
+def _page(name: str) -> Path:
+    return (DOCS / name).resolve()
+
+
+def _tables_after_markers(text: str) -> dict[str, list[str]]:
+    """Each marker's id (or ``source: ...``) -> the table lines right after it."""
+    lines = text.splitlines()
+    found: dict[str, list[str]] = {}
+    for i, line in enumerate(lines):
+        match = MARKER.match(line.strip())
+        if match:
+            j = i + 1
+            table = []
+            while j < len(lines) and lines[j].startswith("|"):
+                table.append(lines[j])
+                j += 1
+            assert match.group(1) not in found, f"marker {match.group(1)!r} twice"
+            found[match.group(1)] = table
+    return found
+
+
+@pytest.mark.parametrize("table_id", sorted(TABLES))
+def test_generated_tables_equal_the_result_files(table_id: str) -> None:
+    spec = TABLES[table_id]
+    expected = spec.text()
+    assert len(expected) > 2, f"{table_id}: no rows from the result files"
+    for page in spec.pages:
+        tables = _tables_after_markers(_page(page).read_text(encoding="utf-8"))
+        assert table_id in tables, f"{page}: no '<!-- numbers: {table_id} -->' table"
+        assert tables[table_id] == expected, (
+            f"{page}: table {table_id} differs from the result files; run `python tests/test_docs.py --write`.\n"
+            + "\n".join(expected)
+        )
+
+
+@pytest.mark.parametrize("index", range(len(FACTS)))
+def test_prose_numbers_equal_the_result_files(index: int) -> None:
+    fact = FACTS[index]
+    expected = fill(fact.text, fact.names())
+    for page in fact.pages:
+        text = _page(page).read_text(encoding="utf-8")
+        assert _words(expected) in _words(text), f"{page} does not say (from the result files):\n{expected}"
+
+
+def _tables(text: str) -> list[tuple[int, list[str]]]:
+    """(line index of the header, table lines) for every Markdown table outside code blocks."""
+    lines = text.splitlines()
+    out = []
+    fence = False
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("```"):
+            fence = not fence
+        if not fence and lines[i].startswith("|") and (i == 0 or not lines[i - 1].startswith("|")):
+            j = i
+            while j < len(lines) and lines[j].startswith("|"):
+                j += 1
+            out.append((i, lines[i:j]))
+            i = j
+            continue
+        i += 1
+    return out
+
+
+@pytest.mark.parametrize("page", [p.name for p in DOCS.glob("*.md")])
+def test_every_table_with_numbers_says_where_they_come_from(page: str) -> None:
+    lines = _page(page).read_text(encoding="utf-8").splitlines()
+    unmarked = []
+    for start, table in _tables("\n".join(lines)):
+        if not any(re.search(r"\d\.\d", row) for row in table[2:]):
+            continue
+        above = next((lines[k].strip() for k in range(start - 1, -1, -1) if lines[k].strip()), "")
+        match = MARKER.match(above)
+        if not match:
+            unmarked.append(table[0])
+            continue
+        ref = match.group(1)
+        assert ref in TABLES or (ref.startswith("source: ") and len(ref) > 20), f"{page}: marker {ref!r}"
+        assert ref not in TABLES or page in TABLES[ref].pages, f"{page}: table {ref} is not declared for this page"
+    assert not unmarked, f"{page}: tables with numbers and no '<!-- numbers: ... -->' line above:\n" + "\n".join(unmarked)
+
+
+# ---- links ------------------------------------------------------------------------------------------------
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped (hyphens and underscores kept), spaces -> '-'."""
+    text = re.sub(r"<[^>]+>", "", heading).strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    fence = False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        match = re.match(r"^(#{1,6}) (.+?)\s*#*$", line)
+        if match and not fence:
+            base = slug(match.group(2))
+            n = seen.get(base, 0)
+            out.add(base if n == 0 else f"{base}-{n}")
+            seen[base] = n + 1
+    return out
+
+
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def _links(path: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return LINK.findall(text)
+
+
+@pytest.mark.parametrize("page", [str(p.relative_to(REPO)) for p in PAGES])
+def test_relative_links_and_anchors_resolve(page: str) -> None:
+    path = REPO / page
+    broken = []
+    links = _links(path)
+    for link in links:
+        if re.match(r"^[a-z]+:", link):
+            continue  # http(s), mailto: not checked here
+        target, _, anchor = link.partition("#")
+        file = (path.parent / target).resolve() if target else path
+        if not file.exists():
+            broken.append(f"{link}: no {file.relative_to(REPO) if file.is_relative_to(REPO) else file}")
+        elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+            broken.append(f"{link}: no heading with anchor #{anchor} in {file.name}")
+    assert not broken, f"{page}: broken links:\n" + "\n".join(broken)
+
+
+def test_the_guide_links_every_page_and_stays_a_guide() -> None:
+    guide = DOCS / "README.md"
+    lines = guide.read_text(encoding="utf-8").splitlines()
+    assert len(lines) < 300, f"bundle/docs/README.md has {len(lines)} lines; move details into a page"
+    linked = {link.partition("#")[0] for link in _links(guide)}
+    pages = {p.name for p in DOCS.glob("*.md")} - {"README.md"}
+    assert pages <= linked, f"pages the guide does not link: {sorted(pages - linked)}"
+    for section in ("## Model overview", "## Data", "## Commands", "## Main results", "## Limitations", "## References", "## License"):
+        assert section in lines, f"the guide has no '{section}' section"
+
+
+def test_top_level_readme_links_the_guide() -> None:
+    links = _links(REPO / "README.md")
+    assert "bundle/docs/README.md" in links
+
+
+# ---- versions ---------------------------------------------------------------------------------------------
+
+
+def test_versions_agree() -> None:
+    meta = json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg", encoding="utf-8")
+    version = meta["version"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+    assert cfg["metadata"]["version"] == version, "setup.cfg and metadata.json name different versions"
+    newest = max(meta["changelog"], key=lambda v: tuple(int(x) for x in v.split(".")))
+    assert newest == version, f"metadata.json's newest changelog entry is {newest}, its version {version}"
+    assert next(iter(meta["changelog"])) == version, "the changelog lists the newest version first"
+    guide = (DOCS / "README.md").read_text(encoding="utf-8")
+    assert re.findall(r"Bundle version \*\*(\d+\.\d+\.\d+)\*\*", guide) == [version], "the guide's 'Bundle version' line"
+    # versions the pages' headings name ("0.12: critics ...", "(0.11)"): none newer than the bundle, each in the changelog
+    headings = [line for p in PAGES for line in p.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+    named = {m for line in headings for m in re.findall(r"\b0\.\d+(?:\.\d+)?\b", line)}
+    assert named, "no heading names a version"
+    releases = {v.rsplit(".", 1)[0] for v in meta["changelog"]} | set(meta["changelog"])
+    assert named <= releases, f"headings name versions the changelog does not have: {sorted(named - releases)}"
+
+
+def test_metadata_describes_the_output_as_the_network_writes_it() -> None:
+    meta = json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    # tanh output on the model scale, not Hounsfield units: HU only after the inverse intensity transform
+    assert pred["value_range"] == [-1, 1]
+    assert pred["format"] == "magnitude", "a [-1, 1] output is not in Hounsfield units"
+    image = meta["network_data_format"]["inputs"]["image"]
+    assert image["format"] == "segmentation" and image["value_range"] == [0, 1]
+    assert len(image["channel_def"]) == image["num_channels"] == 4
+
+
+# ---- rewriting the generated tables -----------------------------------------------------------------------
+
+
+def write_tables() -> list[str]:
+    """Replace every generated table in the pages with the one built from the result files; return what changed."""
+    changed = []
+    for table_id, spec in TABLES.items():
+        for page in spec.pages:
+            path = _page(page)
+            lines = path.read_text(encoding="utf-8").splitlines()
+            at = next((i for i, line in enumerate(lines) if line.strip() == f"<!-- numbers: {table_id} -->"), None)
+            if at is None:
+                raise SystemExit(f"{page}: add a line '<!-- numbers: {table_id} -->' where the table goes")
+            end = at + 1
+            while end < len(lines) and lines[end].startswith("|"):
+                end += 1
+            new = spec.text()
+            if lines[at + 1 : end] != new:
+                lines[at + 1 : end] = new
+                path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+                changed.append(f"{page}: {table_id}")
+    return changed
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        raise SystemExit("usage: python tests/test_docs.py --write   (rewrites the generated tables of the docs)")
+    print("\n".join(write_tables()) or "every generated table is up to date")
