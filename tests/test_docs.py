@@ -361,6 +361,7 @@ def _recipe() -> dict[str, Any]:
         "bm": one(seg, run="B: 50 % added", generator="map-only"),
         "bl": one(seg, run="B: 50 % added", generator="lesion inpainting"),
         "ours": iq["ours"],
+        "ours_lung": one(csv_rows("medseg_recipe/image_quality.csv"), model="ours", region="lung_only"),
         "li": iq["lesion_inpainting"],
         "rr": iq["resampled_real"],
         "t": t,
@@ -411,7 +412,27 @@ def _critic_test_rows() -> dict[str, Any]:
         assert len(found) == 1
         return found[0]
 
-    return {"row": row, "main": main, "lung": lung, "blur": blur}
+    instance = [num(r.held_out_paired_accuracy_per_scale) for r in main if r.norm == "instance"]
+    local_loss = [float(r.d_loss_last_10_steps) for r in main if r.critic == "local"]
+    global_loss = [float(r.d_loss_last_10_steps) for r in (*main, *lung, *blur) if r.critic == "global"]
+    global_256 = [float(r.d_loss_last_10_steps) for r in main if r.critic == "global"]
+    return {"row": row, "main": main, "lung": lung, "blur": blur, "instance": instance, "local_loss": local_loss,
+            "global_loss": global_loss, "global_256": global_256}
+
+
+def _norm_probe() -> dict[str, Any]:
+    path = "benchmarks/results/amd-epyc-avx512-bf16/generator_norm_on_crops.md"
+    text = (REPO / path).read_text(encoding="utf-8")
+    mean, absolute = map(float, re.search(r"whole - crop (-?[\d.]+) HU \(abs ([\d.]+) HU\)", text).groups())
+    rows = md_tables(path, "# Generator instance norm")[0]
+    bias = [[float(x) for x in r.bias_from_real_crop_whole_sliding_hu.split(" / ")] for r in rows]
+    return {"g": Row(mean=mean, abs=absolute, whole=sum(abs(b[1]) for b in bias) / len(bias),
+                     sliding=sum(abs(b[2]) for b in bias) / len(bias))}
+
+
+def _unet_budget() -> dict[str, Any]:
+    rows = md_tables("benchmarks/results/amd-epyc-avx512-bf16/unet_budget.md", "# Segmentation UNet budget")[0]
+    return {"old": next(r for r in rows if "0.11 recipe" in r.unet), "new": next(r for r in rows if "0.12 recipe" in r.unet)}
 
 
 def _bench() -> dict[str, Any]:
@@ -420,6 +441,10 @@ def _bench() -> dict[str, Any]:
     synth = md_tables(quick, "## Synthesis")[0]
     train = md_tables(quick, "## Training step")[0]
     variant = lambda table, name: next(r for r in table if r.variant.startswith(name))  # noqa: E731
+    amd = md_tables(full, "## Synthesis")[0]
+    amd_row = lambda size, batch, name: next(  # noqa: E731
+        r for r in amd if (r.image_size, r.batch) == (size, batch) and r.variant.startswith(name)
+    )
     ceiling = md_tables(full, "## fp32 compute ceiling")[0]
     shares = [num(r.share_of_peak) for r in ceiling]
     train_shares = [num(r.share_of_peak) for r in ceiling if r.case.startswith("training")]
@@ -431,8 +456,19 @@ def _bench() -> dict[str, Any]:
         "fp32": variant(synth, "fp32_eager"),
         "fast": variant(train, "fast"),
         "train_shares": train_shares,
+        "amd": amd_row,
         "shares": shares,
     }
+
+
+def _demo() -> dict[str, Any]:
+    """The demo's settings (train.yaml) and its training-slice count (the phantom runs' FID feature-net record)."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "bundle" / "configs" / "train.yaml").read_text(encoding="utf-8"))
+    feature_net = csv_rows("phantom_smallest/image_quality.csv")[0].feature_net
+    slices = int(re.search(r"on (\d+) real training slices", feature_net).group(1))
+    return {"epochs": config["epochs"], "batch": config["batch_size"], "slices": slices, "ceil": math.ceil}
 
 
 def _metadata() -> dict[str, Any]:
@@ -488,6 +524,12 @@ FACTS: list[Fact] = [
     Fact(("results.md",), "reaches {real.infection_dice:.1f} (Inf-Net's level; below Semi-Inf-Net by "
          "{num(semi.infection) - real.infection_dice:.1f} points), GGO {real.ggo_dice:.1f}\n({num(semi_mc.ggo) - real.ggo_dice:.1f} below) "
          "and consolidation {real.consolidation_dice:.1f} ({real.consolidation_dice - num(semi_mc.consolidation):.1f} above)", _recipe),
+    Fact(("evaluation.md",), "vesselness {rr.vesselness_ratio:.2f} and two-sample accuracy {rr.two_sample_accuracy:.2f} "
+         "[{rr.two_sample_low:.2f}, {rr.two_sample_high:.2f}] in the lung", _recipe),
+    # int8 against bf16 (the bf16 side is the recipe's map-only row; the int8 run's files were not kept)
+    Fact(("results.md",), "lung FID 0.2248 vs\n{ours_lung.fid:.4f}, lung KID 0.00411 vs {ours_lung.kid:.5f}, whole-slice PSNR against the real "
+         "slices 17.77 vs {ours.psnr:.2f} dB, vesselness ratio\n0.679 vs {ours.vesselness_ratio:.3f}, two-sample accuracy 0.76 [0.71, 0.81] "
+         "vs {ours.two_sample_accuracy:.2f} [{ours.two_sample_low:.2f}, {ours.two_sample_high:.2f}]", _recipe),
     # 0.12 measurements (critics_0_12/, critic test benchmarks)
     Fact(("results.md",), "The feature-matching term fell {i.g_fm / n.g_fm:.1f}x at the same `lambda_fm`", _critic_runs),
     Fact(("results.md",), "Local D (64-px crops, 100 steps): no norm {num(row(main, 'local', 'none', 'mean_fill').held_out_paired_accuracy_per_scale):.2f} "
@@ -500,6 +542,22 @@ FACTS: list[Fact] = [
     Fact(("results.md",), "{num(row(blur, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale):.2f} after 300 steps "
          "(D1 {num(row(blur, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale, 1):.2f}, D2 at half resolution "
          "{num(row(blur, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale, 2):.2f}", _critic_test_rows),
+    Fact(("design.md",), "the instance-norm critics stayed at\n  {min(instance):.2f}-{max(instance):.2f}, the local D without norm reached 0.9 in "
+         "{row(main, 'local', 'none', 'mean_fill').first_step_0_9} (mean fill) / {row(main, 'local', 'none', 'blur').first_step_0_9} (blur) "
+         "of 100 steps and the global D {num(row(main, 'global', 'none', 'mean_fill').held_out_paired_accuracy_per_scale):.2f}\n  after 300 "
+         "(mean fill), while their losses read {min(local_loss):.3f}-{max(local_loss):.3f} (local) and "
+         "{min(global_256):.3f}-{max(global_256):.3f} (global)", _critic_test_rows),
+    Fact(("design.md",), "(spectral norm: local {num(row(main, 'local', 'spectral', 'mean_fill').held_out_paired_accuracy_per_scale):.2f} "
+         "mean fill but {num(row(main, 'local', 'spectral', 'blur').held_out_paired_accuracy_per_scale):.2f} blur, global 0.9 only at step "
+         "{row(main, 'global', 'spectral', 'mean_fill').first_step_0_9})", _critic_test_rows),
+    Fact(("results.md",), "The losses read {min(local_loss):.3f}-{max(local_loss):.3f} (local) and "
+         "{min(global_loss):.3f}-{max(global_loss):.3f} (global) in every row", _critic_test_rows),
+    # the generator's instance norm on crops, the segmentation UNet's budget (benchmarks)
+    Fact(("results.md",), "by {g.abs:.0f} HU (mean absolute; mean {g.mean:.0f} HU)", _norm_probe),
+    Fact(("results.md",), "the mean absolute bias from the real region was {g.sliding:.0f} HU\nthrough windows and {g.whole:.0f} HU on the "
+         "whole slice", _norm_probe),
+    Fact(("results.md",), "{num(new.s_an_iteration):.3f} s an\n  iteration against {num(old.s_an_iteration):.3f} s at batch 4, "
+         "{num(new.speed_vs_the_first):.2f}× faster", _unet_budget),
     # the slice-level split (tables III, IV, realism)
     Fact(("results.md",), "(as in the paper: {a[0].infection_dice_mean:.1f} -> {a[-1].infection_dice_mean:.1f} at 50 %), and adding "
          "synthetic slices raised it by {min(gains):.1f}–{max(gains):.1f} points", _slice_split),
@@ -526,7 +584,18 @@ FACTS: list[Fact] = [
          "against {num(cbf16.speed_up):.2f}× for compiled bf16 and {num(ort.speed_up):.2f}×\nfor ONNX Runtime's int8", _bench),
     Fact(("performance.md",), "| {num(fp32.slices_s):.2f} slices/s | int8 (inductor, bf16 between) {num(int8.speed_up):.2f}× "
          "({num(int8.speed_up, 1):.2f}–{num(int8.speed_up, 2):.2f})", _bench),
+    Fact(("performance.md",), "| synthesis 512 px, batch 1 | {num(amd('512', '1', 'fp32_eager').slices_s):.2f} slices/s | compiled fp32 "
+         "{num(amd('512', '1', 'compiled_fp32').speed_up):.2f}× ({num(amd('512', '1', 'compiled_fp32').speed_up, 1):.2f}–"
+         "{num(amd('512', '1', 'compiled_fp32').speed_up, 2):.2f})", _bench),
+    Fact(("performance.md",), "| synthesis 512 px, batch 8 | {num(amd('512', '8', 'fp32_eager').slices_s):.2f} slices/s | compiled fp32 "
+         "{num(amd('512', '8', 'compiled_fp32').speed_up):.2f}× ({num(amd('512', '8', 'compiled_fp32').speed_up, 1):.2f}–"
+         "{num(amd('512', '8', 'compiled_fp32').speed_up, 2):.2f}); default CPU slices "
+         "{num(amd('512', '8', 'fp32_default').speed_up):.2f}× ({num(amd('512', '8', 'fp32_default').speed_up, 1):.2f}–"
+         "{num(amd('512', '8', 'fp32_default').speed_up, 2):.2f})", _bench),
     Fact(("performance.md",), "fp32 eager at {min(train_shares):.0f}–{max(train_shares):.0f} % of the machine's measured fp32 peak", _bench),
+    # the demo (train.yaml's defaults)
+    Fact(("results.md",), "{epochs * ceil(slices / batch)} iterations a stage ({slices} training slices, batch {batch}, "
+         "{epochs} epochs)", _demo),
     # the metadata's output description
     Fact(("README.md",), "| output (`pred`) | one channel, H × W | [{meta['network_data_format']['outputs']['pred']['value_range'][0]}, "
          "{meta['network_data_format']['outputs']['pred']['value_range'][1]}] (tanh)", _metadata),

@@ -27,11 +27,11 @@ def test_count_parameters_trainable_only():
 
 
 def test_docs_table_matches_the_code(repo_root):
-    docs = (repo_root / "bundle" / "docs" / "README.md").read_text(encoding="utf-8")
+    docs = (repo_root / "bundle" / "docs" / "design.md").read_text(encoding="utf-8")
     assert docs.count("Parameter counts (") == 1
     built = parameter_table(repo_root / "bundle" / "configs")
     assert docs_block(docs) == built, (
-        "bundle/docs/README.md's parameter table differs from the networks; paste this in its place:\n" + built
+        "bundle/docs/design.md's parameter table differs from the networks; paste this in its place:\n" + built
     )
     assert built.splitlines()[2:4] == list(TABLE_HEADER) and len(built.splitlines()) == 4 + 4
 

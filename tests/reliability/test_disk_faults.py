@@ -5,7 +5,7 @@ The faults are simulated in the process: the checkpoint writer (``torch.save`` o
 raises ``OSError(ENOSPC)`` / ``OSError(EROFS)`` after writing part of its bytes, and a read-only
 ``output_dir`` refuses the probe file of :func:`covid_ct_cgan.fileio.check_writable`. (By hand, on a
 small ``tmpfs`` as ``output_dir`` filled once the first checkpoint exists, the same line is printed:
-bundle/docs/README.md, "Reliability".)
+bundle/docs/reliability.md.)
 """
 
 from __future__ import annotations

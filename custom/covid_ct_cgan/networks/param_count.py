@@ -4,7 +4,7 @@
 table from the bundle's own config files (``train.yaml`` and its overlays),
 on PyTorch's ``meta`` device (no memory, no weights), and writes the table
 as Markdown; ``tests/networks/test_param_count.py`` compares it with the one
-in ``bundle/docs/README.md``, so the docs cannot drift from the code. To
+in ``bundle/docs/design.md``, so the docs cannot drift from the code. To
 print the table after a change to a network::
 
     python -c "from covid_ct_cgan.networks.param_count import parameter_table; print(parameter_table('bundle/configs'))"
