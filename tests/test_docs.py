@@ -468,7 +468,9 @@ def _demo() -> dict[str, Any]:
     config = yaml.safe_load((REPO / "bundle" / "configs" / "train.yaml").read_text(encoding="utf-8"))
     feature_net = csv_rows("phantom_smallest/image_quality.csv")[0].feature_net
     slices = int(re.search(r"on (\d+) real training slices", feature_net).group(1))
-    return {"epochs": config["epochs"], "batch": config["batch_size"], "slices": slices, "ceil": math.ceil}
+    paper = yaml.safe_load((REPO / "bundle" / "configs" / "paper.yaml").read_text(encoding="utf-8"))
+    return {"epochs": config["epochs"], "batch": config["batch_size"], "slices": slices, "ceil": math.ceil, "c": config,
+            "paper": paper}
 
 
 def _metadata() -> dict[str, Any]:
@@ -596,6 +598,10 @@ FACTS: list[Fact] = [
     # the demo (train.yaml's defaults)
     Fact(("results.md",), "{epochs * ceil(slices / batch)} iterations a stage ({slices} training slices, batch {batch}, "
          "{epochs} epochs)", _demo),
+    Fact(("README.md",), "2^(`n_downsampling` + 1): {2 ** (c['n_downsampling'] + 1)} with the defaults, "
+         "{2 ** (paper['n_downsampling'] + 1)} with `paper.yaml`", _demo),
+    Fact(("README.md",), "least-squares GAN loss + {c['lambda_fm']:.0f} × DFM", _demo),
+    Fact(("README.md",), "({c['phantom_patients']} patients × {c['phantom_slices']} slices at {c['phantom_size']} px by default)", _demo),
     # the metadata's output description
     Fact(("README.md",), "| output (`pred`) | one channel, H × W | [{meta['network_data_format']['outputs']['pred']['value_range'][0]}, "
          "{meta['network_data_format']['outputs']['pred']['value_range'][1]}] (tanh)", _metadata),
@@ -775,6 +781,8 @@ def test_versions_agree() -> None:
     assert next(iter(meta["changelog"])) == version, "the changelog lists the newest version first"
     guide = (DOCS / "README.md").read_text(encoding="utf-8")
     assert re.findall(r"Bundle version \*\*(\d+\.\d+\.\d+)\*\*", guide) == [version], "the guide's 'Bundle version' line"
+    monai, torch = re.search(r"MONAI (\d[\w.]*), PyTorch (\d[\w.]*)\.", guide).groups()
+    assert meta["monai_version"] == monai and meta["pytorch_version"].startswith(torch), "the guide's MONAI / PyTorch versions"
     # versions the pages' headings name ("0.12: critics ...", "(0.11)"): none newer than the bundle, each in the changelog
     headings = [line for p in PAGES for line in p.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
     named = {m for line in headings for m in re.findall(r"\b0\.\d+(?:\.\d+)?\b", line)}
