@@ -487,7 +487,7 @@ FACTS: list[Fact] = [
     Fact(("results.md",), "segmentation real-only/A/B {t.segmentation_map / 60:.1f}, segmentation\nB with inpainting "
          "{t.segmentation_lesion_inpainting / 60:.1f}; **{total / 60:.0f} min in all as measured** ({total / 60:.1f})", _recipe),
     Fact(("README.md",), "Time: **{total / 60:.0f} min in all**", _recipe),
-    Fact(("results.md",), "about {(t.segmentation_map + t.segmentation_lesion_inpainting) / 60:.0f} min a seed", _recipe),
+    Fact(("results.md", "usage.md"), "about {(t.segmentation_map + t.segmentation_lesion_inpainting) / 60:.0f} min a seed", _recipe),
     Fact(("../../README.md",), "0.11's one-seed, 256-px recipe took {total / 60:.0f} min", _recipe),
     # the recipe's segmentation and realism (segmentation.csv, image_quality.csv, report.md)
     Fact(("README.md",), "changed infection Dice by\n  {bm.infection_diff:+.1f} points (paired interval {bm.infection_diff_low:.1f} to "
@@ -558,6 +558,7 @@ FACTS: list[Fact] = [
     Fact(("results.md",), "by {g.abs:.0f} HU (mean absolute; mean {g.mean:.0f} HU)", _norm_probe),
     Fact(("results.md",), "the mean absolute bias from the real region was {g.sliding:.0f} HU\nthrough windows and {g.whole:.0f} HU on the "
          "whole slice", _norm_probe),
+    Fact(("usage.md",), "0.12's UNet is {num(new.speed_vs_the_first):.2f}× faster an iteration", _unet_budget),
     Fact(("results.md",), "{num(new.s_an_iteration):.3f} s an\n  iteration against {num(old.s_an_iteration):.3f} s at batch 4, "
          "{num(new.speed_vs_the_first):.2f}× faster", _unet_budget),
     # the slice-level split (tables III, IV, realism)
