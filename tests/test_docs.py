@@ -473,6 +473,19 @@ def _demo() -> dict[str, Any]:
             "paper": paper}
 
 
+def _parameter_counts() -> dict[str, Any]:
+    """The generators' counts in design.md's table (tests/networks/test_param_count.py builds that table from the code)."""
+    lines = (DOCS / "design.md").read_text(encoding="utf-8").splitlines()
+    count = lambda start: _cells(next(line for line in lines if line.startswith(start)))[1].split(" ")[0]  # noqa: E731
+    return {"demo": count("| `train.yaml`: ngf 16"), "paper": count("| `train.yaml` + `paper.yaml`: ngf 64")}
+
+
+def _recipe_machine() -> dict[str, Any]:
+    text = (RESULTS / "medseg_recipe" / "report.md").read_text(encoding="utf-8")
+    cpu = re.search(r"Machine: Intel\(R\) Xeon\(R\) Processor \(([^)]+)\), 2 logical CPUs", text).group(1)
+    return {"machine": f"Intel Xeon with {cpu}"}
+
+
 def _metadata() -> dict[str, Any]:
     return {"meta": json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text(encoding="utf-8"))}
 
@@ -603,6 +616,8 @@ FACTS: list[Fact] = [
          "{2 ** (paper['n_downsampling'] + 1)} with `paper.yaml`", _demo),
     Fact(("README.md",), "least-squares GAN loss + {c['lambda_fm']:.0f} × DFM", _demo),
     Fact(("README.md",), "({c['phantom_patients']} patients × {c['phantom_slices']} slices at {c['phantom_size']} px by default)", _demo),
+    Fact(("README.md",), "(demo generator {demo}, paper-size generator {paper})", _parameter_counts),
+    Fact(("README.md",), "on a 2-core {machine}", _recipe_machine),
     # the metadata's output description
     Fact(("README.md",), "| output (`pred`) | one channel, H × W | [{meta['network_data_format']['outputs']['pred']['value_range'][0]}, "
          "{meta['network_data_format']['outputs']['pred']['value_range'][1]}] (tanh)", _metadata),
