@@ -24,11 +24,12 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -129,6 +130,13 @@ def num(text: str, index: int = 0) -> float:
     return float(re.findall(r"\d+(?:\.\d+)?", text)[index])
 
 
+def search(pattern: str, text: str) -> re.Match[str]:
+    """``re.search`` that fails the test, naming the pattern, when the text does not have it."""
+    match = re.search(pattern, text)
+    assert match, f"no {pattern!r} in the file"
+    return match
+
+
 def last(path: str) -> Row:
     """The last row of a CSV (the last epoch of a ``training.csv``)."""
     return csv_rows(path)[-1]
@@ -151,7 +159,7 @@ def fill(template: str, names: dict[str, Any]) -> str:
     """``template`` with each ``{expression:format}`` replaced; negative numbers get the minus sign U+2212."""
 
     def one_field(match: re.Match[str]) -> str:
-        value = eval(match.group(1), {"__builtins__": _BUILTINS}, names)  # noqa: S307 - expressions of this file
+        value = eval(match.group(1), {"__builtins__": _BUILTINS}, names)
         text = format(value, match.group(2) or "")
         if isinstance(value, (int, float)):
             assert not (isinstance(value, float) and math.isnan(value)), f"{match.group(1)} is nan"
@@ -203,14 +211,24 @@ def _critics() -> list[dict[str, Any]]:
     ]
 
 
-SLICE_LABELS = {"ours": "ours", "pix2pixhd": "pix2pixHD", "pix2pix": "pix2pix (as published)", "mean_lung": "mean lung (trivial)"}
+SLICE_LABELS = {
+    "ours": "ours",
+    "pix2pixhd": "pix2pixHD",
+    "pix2pix": "pix2pix (as published)",
+    "mean_lung": "mean lung (trivial)",
+}
 PHANTOM_LABELS = {
     "ours": "ours",
     "pix2pixhd": "pix2pixHD",
     "pix2pix": "pix2pix (as published: BCE loss, batch norm, 70x70 PatchGAN)",
     "mean_lung": "mean lung (trivial)",
 }
-SMALLEST_LABELS = {"ours": "ours", "pix2pixhd": "pix2pixHD", "pix2pix": "pix2pix (as published)", "mean_lung": "mean_lung (trivial)"}
+SMALLEST_LABELS = {
+    "ours": "ours",
+    "pix2pixhd": "pix2pixHD",
+    "pix2pix": "pix2pix (as published)",
+    "mean_lung": "mean_lung (trivial)",
+}
 
 
 def _slice_table_ii() -> list[dict[str, Any]]:
@@ -234,7 +252,9 @@ def _phantom_table_ii() -> list[dict[str, Any]]:
 
 
 def _smallest_table_ii() -> list[dict[str, Any]]:
-    return [{"q": q, "label": SMALLEST_LABELS[q.model]} for q in csv_rows("phantom_smallest/table_ii_image_quality.csv")]
+    return [
+        {"q": q, "label": SMALLEST_LABELS[q.model]} for q in csv_rows("phantom_smallest/table_ii_image_quality.csv")
+    ]
 
 
 def _recipe_time() -> list[dict[str, Any]]:
@@ -352,9 +372,11 @@ def _recipe() -> dict[str, Any]:
     seg = csv_rows("medseg_recipe/segmentation.csv")
     iq = {r.model: r for r in csv_rows("medseg_recipe/image_quality.csv") if r.region == "complemented"}
     t = key_values("medseg_recipe/timings.csv")
-    published = lambda method: md_row("medseg_recipe/report.md", "## Published results", method=method)  # noqa: E731
+    published = lambda method: md_row("medseg_recipe/report.md", "## Published results", method=method)
     # "Semi-Inf-Net" also starts "Semi-Inf-Net + multi-class U-Net": match the whole cell there
-    semi = next(r for r in md_tables("medseg_recipe/report.md", "## Published results")[0] if r.method == "Semi-Inf-Net")
+    semi = next(
+        r for r in md_tables("medseg_recipe/report.md", "## Published results")[0] if r.method == "Semi-Inf-Net"
+    )
     return {
         "real": one(seg, run="real slices only"),
         "a": one(seg, run="A: 50 % replaced"),
@@ -390,7 +412,7 @@ def _phantom() -> dict[str, Any]:
 def _smallest() -> dict[str, Any]:
     a = by(csv_rows("phantom_smallest/table_iii_replace.csv"), "ratio")
     b = by(csv_rows("phantom_smallest/table_iv_add.csv"), "ratio")
-    half = lambda r: (r.infection_dice_fold_high - r.infection_dice_fold_low) / 2  # noqa: E731
+    half = lambda r: (r.infection_dice_fold_high - r.infection_dice_fold_low) / 2
     return {"a": a, "b": b, "half": half, "ab": csv_rows("phantom_smallest/table_v_ablation.csv")}
 
 
@@ -416,23 +438,40 @@ def _critic_test_rows() -> dict[str, Any]:
     local_loss = [float(r.d_loss_last_10_steps) for r in main if r.critic == "local"]
     global_loss = [float(r.d_loss_last_10_steps) for r in (*main, *lung, *blur) if r.critic == "global"]
     global_256 = [float(r.d_loss_last_10_steps) for r in main if r.critic == "global"]
-    return {"row": row, "main": main, "lung": lung, "blur": blur, "instance": instance, "local_loss": local_loss,
-            "global_loss": global_loss, "global_256": global_256}
+    return {
+        "row": row,
+        "main": main,
+        "lung": lung,
+        "blur": blur,
+        "instance": instance,
+        "local_loss": local_loss,
+        "global_loss": global_loss,
+        "global_256": global_256,
+    }
 
 
 def _norm_probe() -> dict[str, Any]:
     path = "benchmarks/results/amd-epyc-avx512-bf16/generator_norm_on_crops.md"
     text = (REPO / path).read_text(encoding="utf-8")
-    mean, absolute = map(float, re.search(r"whole - crop (-?[\d.]+) HU \(abs ([\d.]+) HU\)", text).groups())
+    mean, absolute = map(float, search(r"whole - crop (-?[\d.]+) HU \(abs ([\d.]+) HU\)", text).groups())
     rows = md_tables(path, "# Generator instance norm")[0]
     bias = [[float(x) for x in r.bias_from_real_crop_whole_sliding_hu.split(" / ")] for r in rows]
-    return {"g": Row(mean=mean, abs=absolute, whole=sum(abs(b[1]) for b in bias) / len(bias),
-                     sliding=sum(abs(b[2]) for b in bias) / len(bias))}
+    return {
+        "g": Row(
+            mean=mean,
+            abs=absolute,
+            whole=sum(abs(b[1]) for b in bias) / len(bias),
+            sliding=sum(abs(b[2]) for b in bias) / len(bias),
+        )
+    }
 
 
 def _unet_budget() -> dict[str, Any]:
     rows = md_tables("benchmarks/results/amd-epyc-avx512-bf16/unet_budget.md", "# Segmentation UNet budget")[0]
-    return {"old": next(r for r in rows if "0.11 recipe" in r.unet), "new": next(r for r in rows if "0.12 recipe" in r.unet)}
+    return {
+        "old": next(r for r in rows if "0.11 recipe" in r.unet),
+        "new": next(r for r in rows if "0.12 recipe" in r.unet),
+    }
 
 
 def _bench() -> dict[str, Any]:
@@ -440,9 +479,9 @@ def _bench() -> dict[str, Any]:
     full = "benchmarks/results/amd-epyc-avx2/full.md"
     synth = md_tables(quick, "## Synthesis")[0]
     train = md_tables(quick, "## Training step")[0]
-    variant = lambda table, name: next(r for r in table if r.variant.startswith(name))  # noqa: E731
+    variant = lambda table, name: next(r for r in table if r.variant.startswith(name))
     amd = md_tables(full, "## Synthesis")[0]
-    amd_row = lambda size, batch, name: next(  # noqa: E731
+    amd_row = lambda size, batch, name: next(
         r for r in amd if (r.image_size, r.batch) == (size, batch) and r.variant.startswith(name)
     )
     ceiling = md_tables(full, "## fp32 compute ceiling")[0]
@@ -467,22 +506,28 @@ def _demo() -> dict[str, Any]:
 
     config = yaml.safe_load((REPO / "bundle" / "configs" / "train.yaml").read_text(encoding="utf-8"))
     feature_net = csv_rows("phantom_smallest/image_quality.csv")[0].feature_net
-    slices = int(re.search(r"on (\d+) real training slices", feature_net).group(1))
+    slices = int(search(r"on (\d+) real training slices", feature_net).group(1))
     paper = yaml.safe_load((REPO / "bundle" / "configs" / "paper.yaml").read_text(encoding="utf-8"))
-    return {"epochs": config["epochs"], "batch": config["batch_size"], "slices": slices, "ceil": math.ceil, "c": config,
-            "paper": paper}
+    return {
+        "epochs": config["epochs"],
+        "batch": config["batch_size"],
+        "slices": slices,
+        "ceil": math.ceil,
+        "c": config,
+        "paper": paper,
+    }
 
 
 def _parameter_counts() -> dict[str, Any]:
     """The generators' counts in design.md's table (tests/networks/test_param_count.py builds that table from the code)."""
     lines = (DOCS / "design.md").read_text(encoding="utf-8").splitlines()
-    count = lambda start: _cells(next(line for line in lines if line.startswith(start)))[1].split(" ")[0]  # noqa: E731
+    count = lambda start: _cells(next(line for line in lines if line.startswith(start)))[1].split(" ")[0]
     return {"demo": count("| `train.yaml`: ngf 16"), "paper": count("| `train.yaml` + `paper.yaml`: ngf 64")}
 
 
 def _recipe_machine() -> dict[str, Any]:
     text = (RESULTS / "medseg_recipe" / "report.md").read_text(encoding="utf-8")
-    cpu = re.search(r"Machine: Intel\(R\) Xeon\(R\) Processor \(([^)]+)\), 2 logical CPUs", text).group(1)
+    cpu = search(r"Machine: Intel\(R\) Xeon\(R\) Processor \(([^)]+)\), 2 logical CPUs", text).group(1)
     return {"machine": f"Intel Xeon with {cpu}"}
 
 
@@ -490,137 +535,304 @@ def _metadata() -> dict[str, Any]:
     return {"meta": json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text(encoding="utf-8"))}
 
 
-RECIPE_TIME = (
-    "map-only generator {t.generator_map / 60:.1f} min, lesion-inpainting generator {t.generator_lesion_inpainting / 60:.1f}"
-)
+RECIPE_TIME = "map-only generator {t.generator_map / 60:.1f} min, lesion-inpainting generator {t.generator_lesion_inpainting / 60:.1f}"
 FACTS: list[Fact] = [
     # the recipe's time (timings.csv)
     Fact(("results.md",), RECIPE_TIME, _recipe),
     Fact(("results.md",), "image quality and realism {t.image_quality / 60:.1f}", _recipe),
-    Fact(("results.md",), "segmentation real-only/A/B {t.segmentation_map / 60:.1f}, segmentation\nB with inpainting "
-         "{t.segmentation_lesion_inpainting / 60:.1f}; **{total / 60:.0f} min in all as measured** ({total / 60:.1f})", _recipe),
+    Fact(
+        ("results.md",),
+        "segmentation real-only/A/B {t.segmentation_map / 60:.1f}, segmentation\nB with inpainting "
+        "{t.segmentation_lesion_inpainting / 60:.1f}; **{total / 60:.0f} min in all as measured** ({total / 60:.1f})",
+        _recipe,
+    ),
     Fact(("README.md",), "Time: **{total / 60:.0f} min in all**", _recipe),
-    Fact(("results.md", "usage.md"), "about {(t.segmentation_map + t.segmentation_lesion_inpainting) / 60:.0f} min a seed", _recipe),
+    Fact(
+        ("results.md", "usage.md"),
+        "about {(t.segmentation_map + t.segmentation_lesion_inpainting) / 60:.0f} min a seed",
+        _recipe,
+    ),
     Fact(("../../README.md",), "0.11's one-seed, 256-px recipe took {total / 60:.0f} min", _recipe),
     # the recipe's segmentation and realism (segmentation.csv, image_quality.csv, report.md)
-    Fact(("README.md",), "changed infection Dice by\n  {bm.infection_diff:+.1f} points (paired interval {bm.infection_diff_low:.1f} to "
-         "{bm.infection_diff_high:+.1f}), less than the real-only fold half-width of {real.infection_fold_half_width:.1f}", _recipe),
-    Fact(("README.md",), "with the lesion-inpainting generator {bl.infection_diff:.1f}. Replacing half the real slices (A) cost "
-         "{-a.infection_diff:.1f} points", _recipe),
+    Fact(
+        ("README.md",),
+        "changed infection Dice by\n  {bm.infection_diff:+.1f} points (paired interval {bm.infection_diff_low:.1f} to "
+        "{bm.infection_diff_high:+.1f}), less than the real-only fold half-width of {real.infection_fold_half_width:.1f}",
+        _recipe,
+    ),
+    Fact(
+        ("README.md",),
+        "with the lesion-inpainting generator {bl.infection_diff:.1f}. Replacing half the real slices (A) cost "
+        "{-a.infection_diff:.1f} points",
+        _recipe,
+    ),
     Fact(("README.md",), "reaches {real.infection_dice:.1f}, Inf-Net's {num(infnet.infection):.1f}", _recipe),
     Fact(("README.md",), "vesselness ratio is {li.vesselness_ratio:.2f} (target", _recipe),
-    Fact(("README.md",), "scores {rr.vesselness_ratio:.2f} and\n  two-sample accuracy {rr.two_sample_accuracy:.2f}", _recipe),
-    Fact(("results.md",), "raised infection Dice by {bm.infection_diff:.1f} points (paired interval {bm.infection_diff_low:.1f} to "
-         "{bm.infection_diff_high:+.1f}), less than the\nreal-only fold half-width of {real.infection_fold_half_width:.1f}", _recipe),
-    Fact(("results.md",), "GGO and\nconsolidation Dice went down by {real.ggo_dice - bm.ggo_dice:.1f} and "
-         "{real.consolidation_dice - bm.consolidation_dice:.1f}", _recipe),
-    Fact(("results.md",), "B changed infection Dice by\n{bl.infection_diff:.1f} ({bl.infection_diff_low:.1f} to {bl.infection_diff_high:+.1f}; "
-         "−0.5 with the 0.9.0 generator), GGO by {bl.ggo_dice - real.ggo_dice:.1f} and consolidation by "
-         "{bl.consolidation_dice - real.consolidation_dice:+.1f}", _recipe),
+    Fact(
+        ("README.md",),
+        "scores {rr.vesselness_ratio:.2f} and\n  two-sample accuracy {rr.two_sample_accuracy:.2f}",
+        _recipe,
+    ),
+    Fact(
+        ("results.md",),
+        "raised infection Dice by {bm.infection_diff:.1f} points (paired interval {bm.infection_diff_low:.1f} to "
+        "{bm.infection_diff_high:+.1f}), less than the\nreal-only fold half-width of {real.infection_fold_half_width:.1f}",
+        _recipe,
+    ),
+    Fact(
+        ("results.md",),
+        "GGO and\nconsolidation Dice went down by {real.ggo_dice - bm.ggo_dice:.1f} and "
+        "{real.consolidation_dice - bm.consolidation_dice:.1f}",
+        _recipe,
+    ),
+    Fact(
+        ("results.md",),
+        "B changed infection Dice by\n{bl.infection_diff:.1f} ({bl.infection_diff_low:.1f} to {bl.infection_diff_high:+.1f}; "
+        "−0.5 with the 0.9.0 generator), GGO by {bl.ggo_dice - real.ggo_dice:.1f} and consolidation by "
+        "{bl.consolidation_dice - real.consolidation_dice:+.1f}",
+        _recipe,
+    ),
     Fact(("results.md",), "Replacing half the real slices (A) cost {-a.infection_diff:.1f} points", _recipe),
-    Fact(("results.md",), "(≥ {num(infnet.infection):.1f}) is **met** ({real.infection_dice:.1f} real-only, "
-         "{max(real.infection_dice, a.infection_dice, bm.infection_dice, bl.infection_dice):.1f} best)", _recipe),
+    Fact(
+        ("results.md",),
+        "(≥ {num(infnet.infection):.1f}) is **met** ({real.infection_dice:.1f} real-only, "
+        "{max(real.infection_dice, a.infection_dice, bm.infection_dice, bl.infection_dice):.1f} best)",
+        _recipe,
+    ),
     Fact(("results.md",), "(whole-slice FID\n{li.fid:.3f} against {ours.fid:.3f} for map-only", _recipe),
-    Fact(("results.md",), "**{li.vesselness_ratio:.2f}** of real (0.58 with a 60-epoch and 0.47 with a 30-epoch joint stage; "
-         "target 0.8–1.2: missed by {0.8 - li.vesselness_ratio:.2f})", _recipe),
-    Fact(("results.md",), "**{100 * li.two_sample_accuracy:.1f} %** of the time [{100 * li.two_sample_low:.1f}, "
-         "{100 * li.two_sample_high:.1f}]", _recipe),
+    Fact(
+        ("results.md",),
+        "**{li.vesselness_ratio:.2f}** of real (0.58 with a 60-epoch and 0.47 with a 30-epoch joint stage; "
+        "target 0.8–1.2: missed by {0.8 - li.vesselness_ratio:.2f})",
+        _recipe,
+    ),
+    Fact(
+        ("results.md",),
+        "**{100 * li.two_sample_accuracy:.1f} %** of the time [{100 * li.two_sample_low:.1f}, "
+        "{100 * li.two_sample_high:.1f}]",
+        _recipe,
+    ),
     Fact(("results.md",), "target < 70 %: missed by {100 * li.two_sample_accuracy - 70:.1f} points", _recipe),
-    Fact(("results.md",), "`d_local` ended the joint stage at {num(joint.local_d_loss):.3f} (chance\n0.25), the global `d_loss` "
-         "at {num(joint.d_loss):.3f}", _recipe),
+    Fact(
+        ("results.md",),
+        "`d_local` ended the joint stage at {num(joint.local_d_loss):.3f} (chance\n0.25), the global `d_loss` "
+        "at {num(joint.d_loss):.3f}",
+        _recipe,
+    ),
     Fact(("results.md",), "vesselness ratio of only **{rr.vesselness_ratio:.2f}**", _recipe),
-    Fact(("results.md",), "**{100 * rr.two_sample_accuracy:.0f} %** of the time ([{rr.two_sample_low:.2f}, {rr.two_sample_high:.2f}] in the lung", _recipe),
-    Fact(("results.md",), "lesion inpainting's {li.two_sample_accuracy:.3f} [{li.two_sample_low:.3f}, {li.two_sample_high:.3f}]", _recipe),
-    Fact(("results.md",), "would need {100 * 0.8 / rr.vesselness_ratio:.0f} % of that ceiling; lesion inpainting reaches "
-         "{li.vesselness_ratio:.2f}, {100 * li.vesselness_ratio / rr.vesselness_ratio:.0f} % of it", _recipe),
-    Fact(("results.md",), "binary infection U-Net {num(unet.infection):.1f}, U-Net++ {num(unetpp.infection):.1f}, Inf-Net "
-         "{num(infnet.infection):.1f}, Semi-Inf-Net {num(semi.infection):.1f}", _recipe),
+    Fact(
+        ("results.md",),
+        "**{100 * rr.two_sample_accuracy:.0f} %** of the time ([{rr.two_sample_low:.2f}, {rr.two_sample_high:.2f}] in the lung",
+        _recipe,
+    ),
+    Fact(
+        ("results.md",),
+        "lesion inpainting's {li.two_sample_accuracy:.3f} [{li.two_sample_low:.3f}, {li.two_sample_high:.3f}]",
+        _recipe,
+    ),
+    Fact(
+        ("results.md",),
+        "would need {100 * 0.8 / rr.vesselness_ratio:.0f} % of that ceiling; lesion inpainting reaches "
+        "{li.vesselness_ratio:.2f}, {100 * li.vesselness_ratio / rr.vesselness_ratio:.0f} % of it",
+        _recipe,
+    ),
+    Fact(
+        ("results.md",),
+        "binary infection U-Net {num(unet.infection):.1f}, U-Net++ {num(unetpp.infection):.1f}, Inf-Net "
+        "{num(infnet.infection):.1f}, Semi-Inf-Net {num(semi.infection):.1f}",
+        _recipe,
+    ),
     Fact(("results.md",), "GGO {num(semi_mc.ggo):.1f}, consolidation {num(semi_mc.consolidation):.1f}", _recipe),
-    Fact(("results.md",), "reaches {real.infection_dice:.1f} (Inf-Net's level; below Semi-Inf-Net by "
-         "{num(semi.infection) - real.infection_dice:.1f} points), GGO {real.ggo_dice:.1f}\n({num(semi_mc.ggo) - real.ggo_dice:.1f} below) "
-         "and consolidation {real.consolidation_dice:.1f} ({real.consolidation_dice - num(semi_mc.consolidation):.1f} above)", _recipe),
-    Fact(("evaluation.md",), "vesselness {rr.vesselness_ratio:.2f} and two-sample accuracy {rr.two_sample_accuracy:.2f} "
-         "[{rr.two_sample_low:.2f}, {rr.two_sample_high:.2f}] in the lung", _recipe),
+    Fact(
+        ("results.md",),
+        "reaches {real.infection_dice:.1f} (Inf-Net's level; below Semi-Inf-Net by "
+        "{num(semi.infection) - real.infection_dice:.1f} points), GGO {real.ggo_dice:.1f}\n({num(semi_mc.ggo) - real.ggo_dice:.1f} below) "
+        "and consolidation {real.consolidation_dice:.1f} ({real.consolidation_dice - num(semi_mc.consolidation):.1f} above)",
+        _recipe,
+    ),
+    Fact(
+        ("evaluation.md",),
+        "vesselness {rr.vesselness_ratio:.2f} and two-sample accuracy {rr.two_sample_accuracy:.2f} "
+        "[{rr.two_sample_low:.2f}, {rr.two_sample_high:.2f}] in the lung",
+        _recipe,
+    ),
     # int8 against bf16 (the bf16 side is the recipe's map-only row; the int8 run's files were not kept)
-    Fact(("results.md",), "lung FID 0.2248 vs\n{ours_lung.fid:.4f}, lung KID 0.00411 vs {ours_lung.kid:.5f}, whole-slice PSNR against the real "
-         "slices 17.77 vs {ours.psnr:.2f} dB, vesselness ratio\n0.679 vs {ours.vesselness_ratio:.3f}, two-sample accuracy 0.76 [0.71, 0.81] "
-         "vs {ours.two_sample_accuracy:.2f} [{ours.two_sample_low:.2f}, {ours.two_sample_high:.2f}]", _recipe),
+    Fact(
+        ("results.md",),
+        "lung FID 0.2248 vs\n{ours_lung.fid:.4f}, lung KID 0.00411 vs {ours_lung.kid:.5f}, whole-slice PSNR against the real "
+        "slices 17.77 vs {ours.psnr:.2f} dB, vesselness ratio\n0.679 vs {ours.vesselness_ratio:.3f}, two-sample accuracy 0.76 [0.71, 0.81] "
+        "vs {ours.two_sample_accuracy:.2f} [{ours.two_sample_low:.2f}, {ours.two_sample_high:.2f}]",
+        _recipe,
+    ),
     # 0.12 measurements (critics_0_12/, critic test benchmarks)
-    Fact(("results.md",), "The feature-matching term fell {i.g_fm / n.g_fm:.1f}x at the same `lambda_fm`", _critic_runs),
-    Fact(("results.md",), "Local D (64-px crops, 100 steps): no norm {num(row(main, 'local', 'none', 'mean_fill').held_out_paired_accuracy_per_scale):.2f} "
-         "(0.9 at step {row(main, 'local', 'none', 'mean_fill').first_step_0_9}) on mean fill and "
-         "{num(row(main, 'local', 'none', 'blur').held_out_paired_accuracy_per_scale):.2f} (step "
-         "{row(main, 'local', 'none', 'blur').first_step_0_9}) on blur", _critic_test_rows),
-    Fact(("results.md",), "0.92 on mean fill (0.9 at step {row(lung, 'global', 'none', 'mean_fill').first_step_0_9}), "
-         "{num(row(lung, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale):.2f} on blur (step "
-         "{row(lung, 'global', 'none', 'blur').first_step_0_9})", _critic_test_rows),
-    Fact(("results.md",), "{num(row(blur, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale):.2f} after 300 steps "
-         "(D1 {num(row(blur, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale, 1):.2f}, D2 at half resolution "
-         "{num(row(blur, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale, 2):.2f}", _critic_test_rows),
-    Fact(("design.md",), "the instance-norm critics stayed at\n  {min(instance):.2f}-{max(instance):.2f}, the local D without norm reached 0.9 in "
-         "{row(main, 'local', 'none', 'mean_fill').first_step_0_9} (mean fill) / {row(main, 'local', 'none', 'blur').first_step_0_9} (blur) "
-         "of 100 steps and the global D {num(row(main, 'global', 'none', 'mean_fill').held_out_paired_accuracy_per_scale):.2f}\n  after 300 "
-         "(mean fill), while their losses read {min(local_loss):.3f}-{max(local_loss):.3f} (local) and "
-         "{min(global_256):.3f}-{max(global_256):.3f} (global)", _critic_test_rows),
-    Fact(("design.md",), "(spectral norm: local {num(row(main, 'local', 'spectral', 'mean_fill').held_out_paired_accuracy_per_scale):.2f} "
-         "mean fill but {num(row(main, 'local', 'spectral', 'blur').held_out_paired_accuracy_per_scale):.2f} blur, global 0.9 only at step "
-         "{row(main, 'global', 'spectral', 'mean_fill').first_step_0_9})", _critic_test_rows),
-    Fact(("results.md",), "The losses read {min(local_loss):.3f}-{max(local_loss):.3f} (local) and "
-         "{min(global_loss):.3f}-{max(global_loss):.3f} (global) in every row", _critic_test_rows),
+    Fact(
+        ("results.md",), "The feature-matching term fell {i.g_fm / n.g_fm:.1f}x at the same `lambda_fm`", _critic_runs
+    ),
+    Fact(
+        ("results.md",),
+        "Local D (64-px crops, 100 steps): no norm {num(row(main, 'local', 'none', 'mean_fill').held_out_paired_accuracy_per_scale):.2f} "
+        "(0.9 at step {row(main, 'local', 'none', 'mean_fill').first_step_0_9}) on mean fill and "
+        "{num(row(main, 'local', 'none', 'blur').held_out_paired_accuracy_per_scale):.2f} (step "
+        "{row(main, 'local', 'none', 'blur').first_step_0_9}) on blur",
+        _critic_test_rows,
+    ),
+    Fact(
+        ("results.md",),
+        "0.92 on mean fill (0.9 at step {row(lung, 'global', 'none', 'mean_fill').first_step_0_9}), "
+        "{num(row(lung, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale):.2f} on blur (step "
+        "{row(lung, 'global', 'none', 'blur').first_step_0_9})",
+        _critic_test_rows,
+    ),
+    Fact(
+        ("results.md",),
+        "{num(row(blur, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale):.2f} after 300 steps "
+        "(D1 {num(row(blur, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale, 1):.2f}, D2 at half resolution "
+        "{num(row(blur, 'global', 'none', 'blur').held_out_paired_accuracy_per_scale, 2):.2f}",
+        _critic_test_rows,
+    ),
+    Fact(
+        ("design.md",),
+        "the instance-norm critics stayed at\n  {min(instance):.2f}-{max(instance):.2f}, the local D without norm reached 0.9 in "
+        "{row(main, 'local', 'none', 'mean_fill').first_step_0_9} (mean fill) / {row(main, 'local', 'none', 'blur').first_step_0_9} (blur) "
+        "of 100 steps and the global D {num(row(main, 'global', 'none', 'mean_fill').held_out_paired_accuracy_per_scale):.2f}\n  after 300 "
+        "(mean fill), while their losses read {min(local_loss):.3f}-{max(local_loss):.3f} (local) and "
+        "{min(global_256):.3f}-{max(global_256):.3f} (global)",
+        _critic_test_rows,
+    ),
+    Fact(
+        ("design.md",),
+        "(spectral norm: local {num(row(main, 'local', 'spectral', 'mean_fill').held_out_paired_accuracy_per_scale):.2f} "
+        "mean fill but {num(row(main, 'local', 'spectral', 'blur').held_out_paired_accuracy_per_scale):.2f} blur, global 0.9 only at step "
+        "{row(main, 'global', 'spectral', 'mean_fill').first_step_0_9})",
+        _critic_test_rows,
+    ),
+    Fact(
+        ("results.md",),
+        "The losses read {min(local_loss):.3f}-{max(local_loss):.3f} (local) and "
+        "{min(global_loss):.3f}-{max(global_loss):.3f} (global) in every row",
+        _critic_test_rows,
+    ),
     # the generator's instance norm on crops, the segmentation UNet's budget (benchmarks)
     Fact(("results.md",), "by {g.abs:.0f} HU (mean absolute; mean {g.mean:.0f} HU)", _norm_probe),
-    Fact(("results.md",), "the mean absolute bias from the real region was {g.sliding:.0f} HU\nthrough windows and {g.whole:.0f} HU on the "
-         "whole slice", _norm_probe),
+    Fact(
+        ("results.md",),
+        "the mean absolute bias from the real region was {g.sliding:.0f} HU\nthrough windows and {g.whole:.0f} HU on the "
+        "whole slice",
+        _norm_probe,
+    ),
     Fact(("usage.md",), "0.12's UNet is {num(new.speed_vs_the_first):.2f}× faster an iteration", _unet_budget),
-    Fact(("results.md",), "{num(new.s_an_iteration):.3f} s an\n  iteration against {num(old.s_an_iteration):.3f} s at batch 4, "
-         "{num(new.speed_vs_the_first):.2f}× faster", _unet_budget),
+    Fact(
+        ("results.md",),
+        "{num(new.s_an_iteration):.3f} s an\n  iteration against {num(old.s_an_iteration):.3f} s at batch 4, "
+        "{num(new.speed_vs_the_first):.2f}× faster",
+        _unet_budget,
+    ),
     # the slice-level split (tables III, IV, realism)
-    Fact(("results.md",), "(as in the paper: {a[0].infection_dice_mean:.1f} -> {a[-1].infection_dice_mean:.1f} at 50 %), and adding "
-         "synthetic slices raised it by {min(gains):.1f}–{max(gains):.1f} points", _slice_split),
+    Fact(
+        ("results.md",),
+        "(as in the paper: {a[0].infection_dice_mean:.1f} -> {a[-1].infection_dice_mean:.1f} at 50 %), and adding "
+        "synthetic slices raised it by {min(gains):.1f}–{max(gains):.1f} points",
+        _slice_split,
+    ),
     Fact(("results.md",), "from {b[0].consolidation_dice_mean:.1f} % with real slices only", _slice_split),
-    Fact(("results.md",), "(vesselness {re['ours'].vesselness_ratio:.2f}–{re['pix2pixhd'].vesselness_ratio:.2f}) and a\n"
-         "classifier tells their crops from real ones {100 * re['pix2pixhd'].two_sample_accuracy:.0f}–"
-         "{100 * re['pix2pix'].two_sample_accuracy:.0f} % of the time", _slice_split),
+    Fact(
+        ("results.md",),
+        "(vesselness {re['ours'].vesselness_ratio:.2f}–{re['pix2pixhd'].vesselness_ratio:.2f}) and a\n"
+        "classifier tells their crops from real ones {100 * re['pix2pixhd'].two_sample_accuracy:.0f}–"
+        "{100 * re['pix2pix'].two_sample_accuracy:.0f} % of the time",
+        _slice_split,
+    ),
     # the phantom (realism)
-    Fact(("results.md",), "{re['ours'].vesselness_ratio:.2f} (ours), {re['pix2pixhd'].vesselness_ratio:.2f} (pix2pixHD), "
-         "{re['pix2pix'].vesselness_ratio:.2f} (pix2pix) and {re['mean_lung'].vesselness_ratio:.2f} (fill)", _phantom),
-    Fact(("results.md",), "accuracy {re['ours'].two_sample_accuracy:.2f}, {re['pix2pixhd'].two_sample_accuracy:.2f}, "
-         "{re['pix2pix'].two_sample_accuracy:.2f} and {re['mean_lung'].two_sample_accuracy:.2f}", _phantom),
+    Fact(
+        ("results.md",),
+        "{re['ours'].vesselness_ratio:.2f} (ours), {re['pix2pixhd'].vesselness_ratio:.2f} (pix2pixHD), "
+        "{re['pix2pix'].vesselness_ratio:.2f} (pix2pix) and {re['mean_lung'].vesselness_ratio:.2f} (fill)",
+        _phantom,
+    ),
+    Fact(
+        ("results.md",),
+        "accuracy {re['ours'].two_sample_accuracy:.2f}, {re['pix2pixhd'].two_sample_accuracy:.2f}, "
+        "{re['pix2pix'].two_sample_accuracy:.2f} and {re['mean_lung'].two_sample_accuracy:.2f}",
+        _phantom,
+    ),
     # the smallest scale (tables III, IV, V)
-    Fact(("results.md",), "{a[0.0].infection_dice_mean:.1f} ± {half(a[0.0]):.1f} % with real slices only, "
-         "{a[0.5].infection_dice_mean:.1f} ± {half(a[0.5]):.1f} % with 50 %\nreplaced (A), "
-         "{b[0.5].infection_dice_mean:.1f} ± {half(b[0.5]):.1f} % with 50 % added (B)", _smallest),
-    Fact(("results.md",), "FID {min(r.fid for r in ab):.3f}-{max(r.fid for r in ab):.3f}, PSNR {min(r.psnr for r in ab):.1f}-"
-         "{max(r.psnr for r in ab):.1f}, Dice {min(r.dice_infection for r in ab):.1f}-{max(r.dice_infection for r in ab):.1f} %", _smallest),
+    Fact(
+        ("results.md",),
+        "{a[0.0].infection_dice_mean:.1f} ± {half(a[0.0]):.1f} % with real slices only, "
+        "{a[0.5].infection_dice_mean:.1f} ± {half(a[0.5]):.1f} % with 50 %\nreplaced (A), "
+        "{b[0.5].infection_dice_mean:.1f} ± {half(b[0.5]):.1f} % with 50 % added (B)",
+        _smallest,
+    ),
+    Fact(
+        ("results.md",),
+        "FID {min(r.fid for r in ab):.3f}-{max(r.fid for r in ab):.3f}, PSNR {min(r.psnr for r in ab):.1f}-"
+        "{max(r.psnr for r in ab):.1f}, Dice {min(r.dice_infection for r in ab):.1f}-{max(r.dice_infection for r in ab):.1f} %",
+        _smallest,
+    ),
     # speed (benchmarks/results)
     Fact(("README.md",), "joint training step at 256 px {num(fast.speed_up):.2f}× faster than fp32", _bench),
     Fact(("README.md",), "int8 synthesis at 512 px runs {num(int8.speed_up):.2f}× fp32 eager", _bench),
     Fact(("README.md",), "runs at {min(train_shares):.0f}–{max(train_shares):.0f} % of the CPU's peak", _bench),
-    Fact(("performance.md",), "**{num(int8.speed_up):.2f}×** ({num(int8.speed_up, 1):.2f}–{num(int8.speed_up, 2):.2f}) fp32 eager, "
-         "against {num(cbf16.speed_up):.2f}× for compiled bf16 and {num(ort.speed_up):.2f}×\nfor ONNX Runtime's int8", _bench),
-    Fact(("performance.md",), "| {num(fp32.slices_s):.2f} slices/s | int8 (inductor, bf16 between) {num(int8.speed_up):.2f}× "
-         "({num(int8.speed_up, 1):.2f}–{num(int8.speed_up, 2):.2f})", _bench),
-    Fact(("performance.md",), "| synthesis 512 px, batch 1 | {num(amd('512', '1', 'fp32_eager').slices_s):.2f} slices/s | compiled fp32 "
-         "{num(amd('512', '1', 'compiled_fp32').speed_up):.2f}× ({num(amd('512', '1', 'compiled_fp32').speed_up, 1):.2f}–"
-         "{num(amd('512', '1', 'compiled_fp32').speed_up, 2):.2f})", _bench),
-    Fact(("performance.md",), "| synthesis 512 px, batch 8 | {num(amd('512', '8', 'fp32_eager').slices_s):.2f} slices/s | compiled fp32 "
-         "{num(amd('512', '8', 'compiled_fp32').speed_up):.2f}× ({num(amd('512', '8', 'compiled_fp32').speed_up, 1):.2f}–"
-         "{num(amd('512', '8', 'compiled_fp32').speed_up, 2):.2f}); default CPU slices "
-         "{num(amd('512', '8', 'fp32_default').speed_up):.2f}× ({num(amd('512', '8', 'fp32_default').speed_up, 1):.2f}–"
-         "{num(amd('512', '8', 'fp32_default').speed_up, 2):.2f})", _bench),
-    Fact(("performance.md",), "fp32 eager at {min(train_shares):.0f}–{max(train_shares):.0f} % of the machine's measured fp32 peak", _bench),
+    Fact(
+        ("performance.md",),
+        "**{num(int8.speed_up):.2f}×** ({num(int8.speed_up, 1):.2f}–{num(int8.speed_up, 2):.2f}) fp32 eager, "
+        "against {num(cbf16.speed_up):.2f}× for compiled bf16 and {num(ort.speed_up):.2f}×\nfor ONNX Runtime's int8",
+        _bench,
+    ),
+    Fact(
+        ("performance.md",),
+        "| {num(fp32.slices_s):.2f} slices/s | int8 (inductor, bf16 between) {num(int8.speed_up):.2f}× "
+        "({num(int8.speed_up, 1):.2f}–{num(int8.speed_up, 2):.2f})",
+        _bench,
+    ),
+    Fact(
+        ("performance.md",),
+        "| synthesis 512 px, batch 1 | {num(amd('512', '1', 'fp32_eager').slices_s):.2f} slices/s | compiled fp32 "
+        "{num(amd('512', '1', 'compiled_fp32').speed_up):.2f}× ({num(amd('512', '1', 'compiled_fp32').speed_up, 1):.2f}–"
+        "{num(amd('512', '1', 'compiled_fp32').speed_up, 2):.2f})",
+        _bench,
+    ),
+    Fact(
+        ("performance.md",),
+        "| synthesis 512 px, batch 8 | {num(amd('512', '8', 'fp32_eager').slices_s):.2f} slices/s | compiled fp32 "
+        "{num(amd('512', '8', 'compiled_fp32').speed_up):.2f}× ({num(amd('512', '8', 'compiled_fp32').speed_up, 1):.2f}–"
+        "{num(amd('512', '8', 'compiled_fp32').speed_up, 2):.2f}); default CPU slices "
+        "{num(amd('512', '8', 'fp32_default').speed_up):.2f}× ({num(amd('512', '8', 'fp32_default').speed_up, 1):.2f}–"
+        "{num(amd('512', '8', 'fp32_default').speed_up, 2):.2f})",
+        _bench,
+    ),
+    Fact(
+        ("performance.md",),
+        "fp32 eager at {min(train_shares):.0f}–{max(train_shares):.0f} % of the machine's measured fp32 peak",
+        _bench,
+    ),
     # the demo (train.yaml's defaults)
-    Fact(("results.md",), "{epochs * ceil(slices / batch)} iterations a stage ({slices} training slices, batch {batch}, "
-         "{epochs} epochs)", _demo),
-    Fact(("README.md",), "2^(`n_downsampling` + 1): {2 ** (c['n_downsampling'] + 1)} with the defaults, "
-         "{2 ** (paper['n_downsampling'] + 1)} with `paper.yaml`", _demo),
+    Fact(
+        ("results.md",),
+        "{epochs * ceil(slices / batch)} iterations a stage ({slices} training slices, batch {batch}, {epochs} epochs)",
+        _demo,
+    ),
+    Fact(
+        ("README.md",),
+        "2^(`n_downsampling` + 1): {2 ** (c['n_downsampling'] + 1)} with the defaults, "
+        "{2 ** (paper['n_downsampling'] + 1)} with `paper.yaml`",
+        _demo,
+    ),
     Fact(("README.md",), "least-squares GAN loss + {c['lambda_fm']:.0f} × DFM", _demo),
-    Fact(("README.md",), "({c['phantom_patients']} patients × {c['phantom_slices']} slices at {c['phantom_size']} px by default)", _demo),
+    Fact(
+        ("README.md",),
+        "({c['phantom_patients']} patients × {c['phantom_slices']} slices at {c['phantom_size']} px by default)",
+        _demo,
+    ),
     Fact(("README.md",), "(demo generator {demo}, paper-size generator {paper})", _parameter_counts),
     Fact(("README.md",), "on a 2-core {machine}", _recipe_machine),
     # the metadata's output description
-    Fact(("README.md",), "| output (`pred`) | one channel, H × W | [{meta['network_data_format']['outputs']['pred']['value_range'][0]}, "
-         "{meta['network_data_format']['outputs']['pred']['value_range'][1]}] (tanh)", _metadata),
+    Fact(
+        ("README.md",),
+        "| output (`pred`) | one channel, H × W | [{meta['network_data_format']['outputs']['pred']['value_range'][0]}, "
+        "{meta['network_data_format']['outputs']['pred']['value_range'][1]}] (tanh)",
+        _metadata,
+    ),
 ]
 
 
@@ -711,7 +923,9 @@ def test_every_table_with_numbers_says_where_they_come_from(page: str) -> None:
         ref = match.group(1)
         assert ref in TABLES or (ref.startswith("source: ") and len(ref) > 20), f"{page}: marker {ref!r}"
         assert ref not in TABLES or page in TABLES[ref].pages, f"{page}: table {ref} is not declared for this page"
-    assert not unmarked, f"{page}: tables with numbers and no '<!-- numbers: ... -->' line above:\n" + "\n".join(unmarked)
+    assert not unmarked, f"{page}: tables with numbers and no '<!-- numbers: ... -->' line above:\n" + "\n".join(
+        unmarked
+    )
 
 
 # ---- links ------------------------------------------------------------------------------------------------
@@ -744,7 +958,7 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
 def _links(path: Path) -> list[str]:
-    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL)
     text = re.sub(r"`[^`\n]*`", "", text)
     return LINK.findall(text)
 
@@ -773,7 +987,15 @@ def test_the_guide_links_every_page_and_stays_a_guide() -> None:
     linked = {link.partition("#")[0] for link in _links(guide)}
     pages = {p.name for p in DOCS.glob("*.md")} - {"README.md"}
     assert pages <= linked, f"pages the guide does not link: {sorted(pages - linked)}"
-    for section in ("## Model overview", "## Data", "## Commands", "## Main results", "## Limitations", "## References", "## License"):
+    for section in (
+        "## Model overview",
+        "## Data",
+        "## Commands",
+        "## Main results",
+        "## Limitations",
+        "## References",
+        "## License",
+    ):
         assert section in lines, f"the guide has no '{section}' section"
 
 
@@ -796,9 +1018,13 @@ def test_versions_agree() -> None:
     assert newest == version, f"metadata.json's newest changelog entry is {newest}, its version {version}"
     assert next(iter(meta["changelog"])) == version, "the changelog lists the newest version first"
     guide = (DOCS / "README.md").read_text(encoding="utf-8")
-    assert re.findall(r"Bundle version \*\*(\d+\.\d+\.\d+)\*\*", guide) == [version], "the guide's 'Bundle version' line"
-    monai, torch = re.search(r"MONAI (\d[\w.]*), PyTorch (\d[\w.]*)\.", guide).groups()
-    assert meta["monai_version"] == monai and meta["pytorch_version"].startswith(torch), "the guide's MONAI / PyTorch versions"
+    assert re.findall(r"Bundle version \*\*(\d+\.\d+\.\d+)\*\*", guide) == [version], (
+        "the guide's 'Bundle version' line"
+    )
+    monai, torch = search(r"MONAI (\d[\w.]*), PyTorch (\d[\w.]*)\.", guide).groups()
+    assert meta["monai_version"] == monai and meta["pytorch_version"].startswith(torch), (
+        "the guide's MONAI / PyTorch versions"
+    )
     # versions the pages' headings name ("0.12: critics ...", "(0.11)"): none newer than the bundle, each in the changelog
     headings = [line for p in PAGES for line in p.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
     named = {m for line in headings for m in re.findall(r"\b0\.\d+(?:\.\d+)?\b", line)}
