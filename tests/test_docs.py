@@ -826,6 +826,12 @@ FACTS: list[Fact] = [
     ),
     Fact(("README.md",), "(demo generator {demo}, paper-size generator {paper})", _parameter_counts),
     Fact(("README.md",), "on a 2-core {machine}", _recipe_machine),
+    Fact(
+        ("design.md",),
+        "`n_blocks_local` residual blocks ({paper['n_blocks_local']} in pix2pixHD and `paper.yaml`, "
+        "{c['n_blocks_local']} in the demo's `train.yaml`)",
+        _demo,
+    ),
     # the metadata's output description
     Fact(
         ("README.md",),
