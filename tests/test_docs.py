@@ -664,6 +664,11 @@ FACTS: list[Fact] = [
         "vs {ours.two_sample_accuracy:.2f} [{ours.two_sample_low:.2f}, {ours.two_sample_high:.2f}]",
         _recipe,
     ),
+    Fact(
+        ("results.md",),
+        "so its FID moved 0.296 → {ours.fid:.3f} and its vesselness 0.66 → {ours.vesselness_ratio:.2f}",
+        _recipe,
+    ),
     # 0.12 measurements (critics_0_12/, critic test benchmarks)
     Fact(
         ("results.md",), "The feature-matching term fell {i.g_fm / n.g_fm:.1f}x at the same `lambda_fm`", _critic_runs
