@@ -484,6 +484,10 @@ def _bench() -> dict[str, Any]:
     amd_row = lambda size, batch, name: next(
         r for r in amd if (r.image_size, r.batch) == (size, batch) and r.variant.startswith(name)
     )
+    amd_train = md_tables(full, "## Training step")[0]
+    amd_fast = [num(r.speed_up) for r in amd_train if r.variant == "fast"]
+    amd_fast_range = [num(r.speed_up, i) for r in amd_train if r.variant == "fast" for i in (1, 2)]
+    amd_compiled = [num(r.speed_up) for r in amd_train if r.variant == "compiled"]
     ceiling = md_tables(full, "## fp32 compute ceiling")[0]
     shares = [num(r.share_of_peak) for r in ceiling]
     train_shares = [num(r.share_of_peak) for r in ceiling if r.case.startswith("training")]
@@ -496,6 +500,9 @@ def _bench() -> dict[str, Any]:
         "fast": variant(train, "fast"),
         "train_shares": train_shares,
         "amd": amd_row,
+        "amd_fast": amd_fast,
+        "amd_fast_range": amd_fast_range,
+        "amd_compiled": amd_compiled,
         "shares": shares,
     }
 
@@ -809,6 +816,26 @@ FACTS: list[Fact] = [
     Fact(
         ("performance.md",),
         "fp32 eager at {min(train_shares):.0f}–{max(train_shares):.0f} % of the machine's measured fp32 peak",
+        _bench,
+    ),
+    Fact(
+        ("README.md",),
+        "(AMD EPYC: a training step {min(amd_fast):.2f}–{max(amd_fast):.2f}×, synthesis at 512 px "
+        "{num(amd('512', '1', 'compiled_fp32').speed_up):.2f}–{num(amd('512', '8', 'compiled_fp32').speed_up):.2f}× with "
+        "`compile: true`)",
+        _bench,
+    ),
+    Fact(
+        ("README.md",),
+        "a training step {num(fast.speed_up):.2f}× and int8 synthesis {num(int8.speed_up):.2f}× "
+        "(compiled bf16 {num(cbf16.speed_up):.2f}×)",
+        _bench,
+    ),
+    Fact(
+        ("performance.md",),
+        "default (fused Adam): {min(amd_fast):.2f}–{max(amd_fast):.2f}× ({min(amd_fast_range):.2f}–{max(amd_fast_range):.2f}); "
+        "compiled: "
+        "{min(amd_compiled):.2f}–{max(amd_compiled):.2f}×",
         _bench,
     ),
     # the demo (train.yaml's defaults)
