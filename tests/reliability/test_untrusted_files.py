@@ -104,7 +104,7 @@ def test_monai_label_server_binds_localhost_unless_told_otherwise() -> None:
     assert launch, "start_server.sh does not start the server"
     for line in launch:
         assert re.search(r"--host 127\.0\.0\.1\b.*\"\$@\"", line), f"the default host must be 127.0.0.1 and come first: {line}"
-    docs = [REPO_ROOT / "README.md", REPO_ROOT / "bundle" / "docs" / "README.md"]
+    docs = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "bundle" / "docs").glob("*.md"))]  # the guide and its pages
     for doc in (d for d in docs if d.is_file()):
         for line in doc.read_text().splitlines():
             if "monailabel.main start_server" in line:
