@@ -874,6 +874,37 @@ FACTS: list[Fact] = [
 ]
 
 
+# ---- numbers quoted from another text ---------------------------------------------------------------------
+
+# (page, the text it quotes, fragment): a number a page repeats from a benchmark write-up or another page must be
+# in both, so the summary and its source cannot part.
+QUOTES: list[tuple[str, str, str]] = [
+    ("experiments.md", "benchmarks/README.md", "6.66×"),
+    ("experiments.md", "benchmarks/README.md", "3.72×"),
+    ("experiments.md", "benchmarks/README.md", "4.72×"),
+    ("experiments.md", "benchmarks/README.md", "0.96× of the kept"),
+    ("experiments.md", "benchmarks/README.md", "0.97–1.23×"),
+    ("experiments.md", "benchmarks/README.md", "266 s"),
+    ("experiments.md", "benchmarks/README.md", "1.08–1.18×"),
+    ("performance.md", "benchmarks/README.md", "3.07× fp32 eager"),
+    ("performance.md", "benchmarks/README.md", "2.09× (1.88–2.22)"),
+    ("README.md", "bundle/docs/reliability.md", "200 damaged inputs a run"),
+    ("README.md", "bundle/docs/reliability.md", "6 kills"),
+    ("README.md", "bundle/docs/data.md", "[−1350, 150]"),
+    ("README.md", "bundle/docs/data.md", "300 : 73 : 73"),
+]
+
+
+@pytest.mark.parametrize("index", range(len(QUOTES)))
+def test_quoted_numbers_are_in_their_source(index: int) -> None:
+    page, source, fragment = QUOTES[index]
+    for name, text in (
+        (page, _page(page).read_text(encoding="utf-8")),
+        (source, (REPO / source).read_text(encoding="utf-8")),
+    ):
+        assert _words(fragment) in _words(text), f"{name} does not have {fragment!r}"
+
+
 # ---- the checks -------------------------------------------------------------------------------------------
 
 
