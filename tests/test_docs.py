@@ -853,6 +853,18 @@ FACTS: list[Fact] = [
     Fact(("README.md",), "least-squares GAN loss + {c['lambda_fm']:.0f} × DFM", _demo),
     Fact(
         ("README.md",),
+        "(level {c['window_level']}, width {c['window_width']}: [{c['window_level'] - c['window_width'] // 2}, "
+        "{c['window_level'] + c['window_width'] // 2}] HU)",
+        _demo,
+    ),
+    Fact(
+        ("data.md",),
+        "(level {c['window_level']}, width {c['window_width']}): HU are clipped to "
+        "[{c['window_level'] - c['window_width'] // 2}, {c['window_level'] + c['window_width'] // 2}]",
+        _demo,
+    ),
+    Fact(
+        ("README.md",),
         "({c['phantom_patients']} patients × {c['phantom_slices']} slices at {c['phantom_size']} px by default)",
         _demo,
     ),
