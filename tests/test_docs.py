@@ -538,6 +538,20 @@ def _recipe_machine() -> dict[str, Any]:
     return {"machine": f"Intel Xeon with {cpu}"}
 
 
+def _reliability_tests() -> dict[str, Any]:
+    """The sizes the reliability tests run with (their module constants)."""
+
+    def constant(file: str, name: str) -> int:
+        text = (REPO / "tests" / "reliability" / file).read_text(encoding="utf-8")
+        return int(search(rf"(?m)^{name} = (\d+)", text).group(1))
+
+    return {
+        "prepare": constant("test_fuzz_prepare.py", "MAX_EXAMPLES"),
+        "synthesis": constant("test_fuzz_synthesis.py", "MAX_EXAMPLES"),
+        "kills": constant("test_kill_resume.py", "KILLS"),
+    }
+
+
 def _metadata() -> dict[str, Any]:
     return {"meta": json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text(encoding="utf-8"))}
 
@@ -876,6 +890,15 @@ FACTS: list[Fact] = [
         "{c['n_blocks_local']} in the demo's `train.yaml`)",
         _demo,
     ),
+    Fact(
+        ("reliability.md",),
+        "{prepare + synthesis} damaged inputs a run, drawn by hypothesis with a fixed seed: {prepare} raw datasets for "
+        "`prepare`",
+        _reliability_tests,
+    ),
+    Fact(("reliability.md",), "and {synthesis}\n  input sets for synthesis", _reliability_tests),
+    Fact(("reliability.md",), "({kills} in a row at random points", _reliability_tests),
+    Fact(("README.md",), "The tests feed {prepare + synthesis} damaged inputs a run", _reliability_tests),
     # the metadata's output description
     Fact(
         ("README.md",),
