@@ -152,7 +152,17 @@ def signed(value: float, decimals: int = 1) -> str:
     return format(value, f"+.{decimals}f").replace("-", MINUS)
 
 
-_BUILTINS = {"min": min, "max": max, "abs": abs, "sum": sum, "len": len, "round": round, "num": num, "signed": signed}
+_BUILTINS = {
+    "min": min,
+    "max": max,
+    "abs": abs,
+    "sum": sum,
+    "len": len,
+    "round": round,
+    "num": num,
+    "signed": signed,
+    "format": format,
+}
 
 
 def fill(template: str, names: dict[str, Any]) -> str:
@@ -538,6 +548,16 @@ def _recipe_machine() -> dict[str, Any]:
     return {"machine": f"Intel Xeon with {cpu}"}
 
 
+def _configs() -> dict[str, Any]:
+    """Defaults the docs quote: train.yaml (``c``) and evaluate.yaml's ``realism`` mapping (``r``)."""
+    import yaml
+
+    configs = REPO / "bundle" / "configs"
+    train = yaml.safe_load((configs / "train.yaml").read_text(encoding="utf-8"))
+    evaluate = yaml.safe_load((configs / "evaluate.yaml").read_text(encoding="utf-8"))
+    return {"c": train, "r": evaluate["realism"]}
+
+
 def _reliability_tests() -> dict[str, Any]:
     """The sizes the reliability tests run with (their module constants)."""
 
@@ -899,6 +919,27 @@ FACTS: list[Fact] = [
     Fact(("reliability.md",), "and {synthesis}\n  input sets for synthesis", _reliability_tests),
     Fact(("reliability.md",), "({kills} in a row at random points", _reliability_tests),
     Fact(("README.md",), "The tests feed {prepare + synthesis} damaged inputs a run", _reliability_tests),
+    # defaults the pages quote (configs)
+    Fact(("design.md",), "`lambda_fm` ({c['lambda_fm']:.0f}) × DFM", _configs),
+    Fact(("design.md",), "`lambda_local` ({c['lambda_local']:.0f})", _configs),
+    Fact(("design.md",), "the first `ranking_count` ({c['ranking_count']}) validation slices", _configs),
+    Fact(("evaluation.md",), "`kid_subsets` ({r['kid_subsets']}) random subsets", _configs),
+    Fact(("evaluation.md",), "use `picture_pixel_mm`, {r['picture_pixel_mm']})", _configs),
+    Fact(
+        ("evaluation.md",),
+        "`crops_per_slice` ({r['crops_per_slice']}) crops of `crop_size` ({r['crop_size']}) px",
+        _configs,
+    ),
+    Fact(
+        ("evaluation.md",),
+        "for `iterations` ({r['iterations']}) Adam steps per fold; `folds` ({r['folds']}) folds",
+        _configs,
+    ),
+    Fact(
+        ("evaluation.md",),
+        "Scales sigma = {', '.join(format(s, 'g') for s in r['vessel_sigmas_mm'])} mm",
+        _configs,
+    ),
     # the metadata's output description
     Fact(
         ("README.md",),
