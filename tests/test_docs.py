@@ -1170,12 +1170,25 @@ def test_versions_agree() -> None:
     assert meta["monai_version"] == monai and meta["pytorch_version"].startswith(torch), (
         "the guide's MONAI / PyTorch versions"
     )
+    torch_top, monai_top = search(r"PyTorch (\d[\w.]*), MONAI (\d[\w.]*)", (REPO / "README.md").read_text()).groups()
+    assert meta["monai_version"] == monai_top and meta["pytorch_version"].startswith(torch_top), "README.md's versions"
     # versions the pages' headings name ("0.12: critics ...", "(0.11)"): none newer than the bundle, each in the changelog
     headings = [line for p in PAGES for line in p.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
     named = {m for line in headings for m in re.findall(r"\b0\.\d+(?:\.\d+)?\b", line)}
     assert named, "no heading names a version"
     releases = {v.rsplit(".", 1)[0] for v in meta["changelog"]} | set(meta["changelog"])
     assert named <= releases, f"headings name versions the changelog does not have: {sorted(named - releases)}"
+
+
+def test_requirements_pins_agree_with_the_metadata() -> None:
+    """Every exact pin of requirements.txt and metadata.json's versions of the same package are one version."""
+    meta = json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    named = {**meta["required_packages_version"], "torch": meta["pytorch_version"], "monai": meta["monai_version"]}
+    pins = dict(re.findall(r"(?m)^([A-Za-z0-9_.-]+)==(\S+)", (REPO / "requirements.txt").read_text(encoding="utf-8")))
+    assert pins, "requirements.txt pins nothing"
+    differ = {p: (v, named[p]) for p, v in pins.items() if p in named and named[p] != v}
+    assert not differ, f"requirements.txt and metadata.json disagree (pin, metadata): {differ}"
+    assert {"torch", "monai"} <= pins.keys()
 
 
 def test_metadata_describes_the_output_as_the_network_writes_it() -> None:
