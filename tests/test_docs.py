@@ -2,14 +2,16 @@
 
 Pages: the top-level ``README.md`` and ``bundle/docs/*.md`` (the guide ``README.md`` and its pages).
 
-Numbers, two mechanisms, both declared below:
+Numbers, three mechanisms, all declared below:
 
 * ``TABLES``: a results table in a page is *generated* from the result files. The line
   ``<!-- numbers: <id> -->`` above the table names its spec; the test rebuilds the table and compares it line
   by line. After a new run (new CSVs), rewrite every generated table with ``python tests/test_docs.py --write``.
 * ``FACTS``: a number quoted in prose is a fragment with ``{expression:format}`` placeholders computed from the
   result files; the formatted fragment must appear in its page, white space aside (so a changed CSV or an
-  edited sentence fails, naming the page and the expected text).
+  edited sentence fails, naming the page and the expected text). Result files are CSVs and Markdown reports under
+  ``bundle/docs/results/`` and ``benchmarks/results/``; defaults and test sizes come from the configs and tests.
+* ``QUOTES``: a number a page repeats from another text (``benchmarks/README.md``, another page) must be in both.
 
 Every other Markdown table with decimal numbers in a page must say where its numbers come from with a line
 ``<!-- numbers: source: ... -->`` above it (code, tests, a run whose files were not kept), so an unchecked
