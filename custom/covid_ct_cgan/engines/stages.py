@@ -7,8 +7,14 @@
 * ``train_global`` / ``train_local`` / ``train_joint`` / ``training`` ->
   :func:`run_stages`, which is handed the configuration of the run (the
   :class:`~covid_ct_cgan.settings.BundleCommand`: config files, command-line
-  overrides, ``--tracking``) and re-reads it once per stage with ``stage`` set,
-  so every stage is wired by the config and nothing is duplicated in Python.
+  overrides, ``--tracking``), reads it once and builds each stage from it with
+  ``stage`` set and the stage's own section applied (:func:`stage_config`), so
+  every stage is wired by the config and nothing is duplicated in Python.
+
+A stage's section (``global``, ``local``, ``joint`` in ``train.yaml``) holds
+arguments of that stage's trainer, evaluator and handlers
+(:data:`STAGE_SECTION_IDS`), e.g. ``--joint#trainer#max_epochs 30`` or
+``--local#handlers#4#csv_path work/local.csv``.
 
 Each stage folder keeps the network settings it was trained with
 (``settings.json``); resuming it, or starting the joint stage from it, with
@@ -18,6 +24,7 @@ other values is refused with the differing keys named.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -41,16 +48,25 @@ from ..fileio import as_write_error, check_writable, is_write_error, remove_stal
 from ..locking import output_lock
 from ..networks.handover import load_generator_part
 from ..networks.wrapping import unwrap
-from ..settings import BundleCommand, load_config, setting_differences, using_command
+from ..settings import BundleCommand, check_overrides, load_config, setting_differences, using_command
 from .cleanup import removing_empty_outputs
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("global", "local", "joint")
 __all__ = [  # checkpoint discovery lives in covid_ct_cgan.checkpoints (shared with inference); named here too
-    "SETTINGS_FILE", "STAGES", "check_stage_settings", "checkpoint_candidates", "hand_over", "load_latest_checkpoint",
-    "read_stage_settings", "record_stage_settings", "resume", "run_ids", "run_stage", "run_stages",
+    "SETTINGS_FILE", "STAGES", "STAGE_SECTION_IDS", "check_stage_settings", "checkpoint_candidates", "hand_over",
+    "load_latest_checkpoint", "read_stage_settings", "record_stage_settings", "resume", "run_ids", "run_stage",
+    "run_stages", "stage_config", "stage_overrides",
 ]
+# the entries of a stage's section in train.yaml and the ids they change for that stage alone: a mapping of
+# arguments (trainer, evaluator) or a list with one mapping of arguments per handler, in the handlers' order
+STAGE_SECTION_IDS = {
+    "trainer": "train#trainer",
+    "handlers": "train#handlers",
+    "evaluator": "validate#evaluator",
+    "val_handlers": "validate#handlers",
+}
 
 
 def _refuse_foreign_checkpoints(checkpoint_dir: str | Path, keys: Sequence[str]) -> None:
@@ -256,28 +272,95 @@ def run_ids(parser: Any, keys: Sequence[str]) -> None:
                 parser.get_parsed_content(item)
 
 
+def _section_entries(stage: str, name: str, value: Any, defined: Any) -> dict[str, Any]:
+    """``{id of the argument in the section: value}`` for one entry of a stage's section; ``defined`` is what
+    the entry changes (a component, or a list of handlers: the entry is then a list, one mapping per handler)."""
+    where = f"{stage}#{name}"
+    if not isinstance(defined, list):
+        if not isinstance(value, Mapping):
+            raise InputError(f"must be a mapping of arguments, got {value!r}", where)
+        return {f"{where}#{key}": item for key, item in value.items()}
+    if not isinstance(value, list) or not all(isinstance(arguments, Mapping) for arguments in value):
+        raise InputError(f"must be a list with one mapping of arguments per handler, got {value!r}", where)
+    if len(value) > len(defined):
+        raise InputError(f"has {len(value)} entries for the {len(defined)} handlers of {STAGE_SECTION_IDS[name]}", where)
+    return {f"{where}#{index}#{key}": item for index, arguments in enumerate(value) for key, item in arguments.items()}
+
+
+def stage_overrides(config: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """The ids of ``config`` that ``stage``'s section changes, with their values (checked).
+
+    ``train.yaml``'s section ``local: {handlers: [{}, {}, {}, {}, {csv_path: x}, ...]}`` gives
+    ``{"train#handlers#4#csv_path": x}`` (:data:`STAGE_SECTION_IDS`); a config without a section for
+    ``stage`` (a baseline's own stage name) gives ``{}``.
+
+    Raises:
+        InputError: an entry that is not one of :data:`STAGE_SECTION_IDS` or not shaped as what it changes,
+            more handler entries than handlers, an argument the component does not take
+            (``joint#trainer#max_epoch``: did you mean ``joint#trainer#max_epochs``?), or a boolean
+            argument given a word.
+    """
+    section = config.get(stage)
+    if not isinstance(section, Mapping):
+        return {}
+    # the section seen as the components it changes, so that a problem is named as the user wrote it
+    view: dict[str, Any] = {}
+    for name, target in STAGE_SECTION_IDS.items():
+        node: Any = config
+        for part in target.split("#"):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        view[name] = node
+    given: dict[str, Any] = {}
+    for name, value in section.items():
+        if name not in STAGE_SECTION_IDS:
+            raise InputError(f"unknown entry; a stage's section holds {', '.join(STAGE_SECTION_IDS)}", f"{stage}#{name}")
+        given.update(_section_entries(stage, name, value, view[name]))
+    check_overrides({stage: view}, given)
+    prefix = len(stage) + 1
+    return {STAGE_SECTION_IDS[key[prefix:].split("#")[0]] + "#" + key[prefix:].split("#", 1)[1]: value
+            for key, value in given.items()}
+
+
+def stage_config(config: Mapping[str, Any], stage: str) -> dict:
+    """A private raw config of ``stage``: ``config`` with ``stage`` set and the stage's section applied.
+
+    Args:
+        config: a raw config (files, overrides and tracking, as :meth:`BundleCommand.load` gives it).
+        stage: the stage to build.
+
+    Raises:
+        InputError: a bad entry of the stage's section (:func:`stage_overrides`).
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(copy.deepcopy(dict(config)))
+    parser.update({"stage": stage, **stage_overrides(config, stage)})
+    return parser.get()
+
+
 @exit_on_input_error
 def run_stages(stages: Sequence[str], config: BundleCommand | Mapping[str, Any] | None) -> None:
-    """Run stages in order, each from the same configuration with ``stage`` set.
+    """Run stages in order, each built from the same configuration by :func:`stage_config`.
 
     Args:
         stages: any of ``global``, ``local``, ``joint`` (a baseline config may name its own).
         config: the run's command (``covid_ct_cgan.settings.current_command()`` in ``train.yaml``:
-            config files, overrides and ``--tracking``, re-read per stage), or a raw config
-            (as read by ``ConfigParser``).
+            config files, overrides and ``--tracking``, read once), or a raw config (as read by
+            ``ConfigParser``).
 
     Raises:
-        SystemExit: status 2 and one ``ERROR:`` line when there is no configuration to re-read
-            or a stage refuses its input.
+        SystemExit: status 2 and one ``ERROR:`` line when there is no configuration to read, a stage's
+            section has a bad entry (every stage's is checked before the first one trains) or a stage
+            refuses its input.
     """
     from monai.bundle import ConfigParser
 
+    raw = load_config(config)
+    configs = {stage: stage_config(raw, stage) for stage in stages}
     for stage in stages:
         logger.info(f"==== stage '{stage}' ====")
-        raw = load_config(config, stage=stage)
-        command = config.with_overrides(stage=stage) if isinstance(config, BundleCommand) else BundleCommand(base=raw)
-        with using_command(command):  # the stage's own checks (its `initialize`) see this stage's config
-            parser = ConfigParser(raw)
+        with using_command(BundleCommand(base=configs[stage])):  # the stage's own checks (its `initialize`)
+            parser = ConfigParser(configs[stage])
             parser.parse(reset=True)
             stage_dir = parser.get_parsed_content("stage_dir") if "stage_dir" in parser else None
             with removing_empty_outputs(stage_dir):  # a failed stage leaves no empty folders (tensorboard/ ...)
