@@ -535,7 +535,7 @@ class TrackingExtras:
     same run. Without one it does nothing.
 
     The config is this run's (a training stage's: ``stage`` set, the command's
-    overrides and the tracking handlers in), written to ``config_file`` and logged
+    overrides, the stage's section and the tracking handlers in), written to ``config_file`` and logged
     as ``config/<name>``. ``train.yaml`` sets ``save_execute_config: false`` so
     MONAI neither writes ``config_<time>.json`` files shared by the stages of a run
     nor logs a second copy.
