@@ -14,8 +14,9 @@ from monai.bundle import ConfigParser
 
 from covid_ct_cgan.engines.stages import STAGE_SECTION_IDS, stage_config, stage_overrides
 from covid_ct_cgan.errors import InputError
+from covid_ct_cgan.settings import run_bundle
 
-from tiny_training import REPO_ROOT, TRAIN_YAML, tiny_cli
+from tiny_training import REPO_ROOT, TINY, TRAIN_YAML, tiny_cli
 
 CONFIGS = REPO_ROOT / "bundle" / "configs"
 OVERLAYS = ("multi_gpu_train.yaml", "pix2pix.yaml", "pix2pixhd.yaml", "lesion_inpainting.yaml", "paper.yaml")
@@ -96,6 +97,15 @@ def test_a_bad_section_entry_is_refused_in_the_users_words(stage: str, entry: st
     with pytest.raises(InputError) as refused:
         stage_overrides(config, stage)
     assert str(refused.value) == message
+
+
+def test_a_bad_section_entry_stops_the_run_before_any_work(work_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stop:  # the joint stage's typo, found before the global stage trains
+        run_bundle("training", config_file=TRAIN_YAML, **{**TINY, "work_dir": str(work_dir), "joint#trainer#max_epoch": 2})
+    assert stop.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ERROR")]
+    assert errors == ["ERROR: unknown key 'joint#trainer#max_epoch'; did you mean 'joint#trainer#max_epochs'?"]
+    assert not (work_dir / "output").exists()
 
 
 def test_command_line_sets_a_local_handler_and_the_joint_trainer(work_dir: Path, subprocess_env: dict) -> None:

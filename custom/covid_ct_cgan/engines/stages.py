@@ -48,14 +48,14 @@ from ..fileio import as_write_error, check_writable, is_write_error, remove_stal
 from ..locking import output_lock
 from ..networks.handover import load_generator_part
 from ..networks.wrapping import unwrap
-from ..settings import BundleCommand, check_overrides, load_config, setting_differences, using_command
+from ..settings import BundleCommand, check_overrides, check_training, load_config, setting_differences, using_command
 from .cleanup import removing_empty_outputs
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("global", "local", "joint")
 __all__ = [  # checkpoint discovery lives in covid_ct_cgan.checkpoints (shared with inference); named here too
-    "SETTINGS_FILE", "STAGES", "STAGE_SECTION_IDS", "check_stage_settings", "checkpoint_candidates", "hand_over",
+    "SETTINGS_FILE", "STAGES", "STAGE_SECTION_IDS", "check_stage_settings", "check_stages", "checkpoint_candidates", "hand_over",
     "load_latest_checkpoint", "read_stage_settings", "record_stage_settings", "resume", "run_ids", "run_stage",
     "run_stages", "stage_config", "stage_overrides",
 ]
@@ -336,6 +336,19 @@ def stage_config(config: Mapping[str, Any], stage: str) -> dict:
     parser = ConfigParser(copy.deepcopy(dict(config)))
     parser.update({"stage": stage, **stage_overrides(config, stage)})
     return parser.get()
+
+
+def check_stages(raw: Mapping[str, Any]) -> None:
+    """``train.yaml``'s settings (:func:`~covid_ct_cgan.settings.check_training`), then every stage's section
+    (:func:`stage_overrides`): what ``train.yaml``'s ``initialize`` hands to ``check_command``, so that a bad
+    section entry is refused before any work, as a bad setting is.
+
+    Raises:
+        InputError: ``<key>: <problem>`` for a setting, or the section entry and its problem.
+    """
+    check_training(raw)
+    for stage in STAGES:
+        stage_overrides(raw, stage)
 
 
 @exit_on_input_error
