@@ -19,6 +19,8 @@ from covid_ct_cgan.errors import InputError
 from covid_ct_cgan.inference import ModelGrid, run_synthesis, synthesis
 from covid_ct_cgan.networks import GlobalLocalGenerator
 
+from conftest import NET_SETTINGS
+
 IMAGE_SIZE = 32
 ODD_AFFINE = np.array([[0, 0.7, 0, 3], [0.8, 0, 0, 4], [0, 0, -2.5, 5], [0, 0, 0, 1.0]])  # axes A, R, I
 
@@ -335,8 +337,8 @@ def test_bundle_run(tmp_path: Path, builders, checkpoint_dir: Path, nifti_2d, re
     """``monai.bundle run run`` with inference.yaml: a good input works, a bad one exits 2 with one ERROR line."""
     image, label = nifti_2d
     base = [sys.executable, "-m", "monai.bundle", "run", "run", "--config_file", "bundle/configs/inference.yaml",
-            "--checkpoint_dir", str(checkpoint_dir), "--image_size", str(IMAGE_SIZE), "--ngf", "8",
-            "--n_downsampling", "1", "--n_blocks_global", "1", "--n_blocks_local", "1", "--amp", "False",
+            "--checkpoint_dir", str(checkpoint_dir), "--legacy_settings", str({**NET_SETTINGS, "image_size": IMAGE_SIZE}),
+            "--amp", "False",
             "--image", str(image), "--label", str(label)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     good = subprocess.run(base + ["--output_dir", str(tmp_path / "out"), "--num_variants", "2"],
@@ -360,8 +362,8 @@ def test_bundle_run_overrides_a_postprocessing_setting_and_a_handler(
     """``--inference#postprocessing#...`` and ``--inference#handlers#...`` reach the wired workflow."""
     image, label = nifti_2d
     command = [sys.executable, "-m", "monai.bundle", "run", "run", "--config_file", "bundle/configs/inference.yaml",
-               "--checkpoint_dir", str(checkpoint_dir), "--image_size", str(IMAGE_SIZE), "--ngf", "8",
-               "--n_downsampling", "1", "--n_blocks_global", "1", "--n_blocks_local", "1", "--amp", "False",
+               "--checkpoint_dir", str(checkpoint_dir), "--legacy_settings", str({**NET_SETTINGS, "image_size": IMAGE_SIZE}),
+               "--amp", "False",
                "--image", str(image), "--label", str(label), "--output_dir", str(tmp_path / "out"), "--num_variants", "2",
                "--inference#postprocessing#transforms#2#min_size", "400", "--inference#handlers#1#iteration_log", "True"]
     done = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300,
