@@ -64,7 +64,6 @@ def test_ckpt_export_torchscript_equals_eager(tmp_path: Path, saved: str) -> Non
     torch.save(checkpoint, ckpt)
     overrides = ["--legacy_settings", str({**settings, "image_size": 32})] if saved == "none" else []
     ts = tmp_path / "generator.ts"
-    overrides = [] if saved_settings else [x for k, v in settings.items() for x in (f"--{k}", str(v))]
     done = _bundle(
         "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(ckpt), "--key_in_ckpt", "generator",
         "--meta_file", "bundle/configs/metadata.json", "--config_file", "bundle/configs/inference.yaml",
