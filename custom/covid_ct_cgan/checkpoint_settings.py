@@ -47,16 +47,20 @@ from .checkpoints import (
 from .errors import InputError, exit_on_input_error
 from .labels import num_classes
 from .networks.recording import TARGET, default_arguments, recorded_arguments
+from .networks.wrapping import unwrap
 from .transforms import condition_channels
 
 __all__ = [
     "LATER_SETTINGS",
     "LEGACY_ARGUMENTS",
+    "LEGACY_DEFAULTS",
     "NETWORKS",
     "NETWORK_SETTINGS_KEY",
     "NetworkSettings",
     "checkpoint_network_settings",
     "flat_record",
+    "is_legacy",
+    "legacy_view",
     "network_record",
     "record_differences",
     "resolve_network_settings",
@@ -123,8 +127,8 @@ def network_record(data: Mapping[str, Any], objects: Mapping[str, Any]) -> dict[
         try:
             networks[name] = recorded_arguments(obj)
         except TypeError:  # not one of covid_ct_cgan.networks: inference cannot rebuild it and says so
-            module = getattr(obj, "module", obj)
-            networks[name] = {TARGET: f"{type(module).__module__}.{type(module).__qualname__}"}
+            network = type(unwrap(obj))
+            networks[name] = {TARGET: f"{network.__module__}.{network.__qualname__}"}
     return _plain({**dict(data), NETWORKS: networks})
 
 
