@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from covid_ct_cgan.checkpoint_settings import network_record
 from covid_ct_cgan.errors import InputError
 from covid_ct_cgan.inference import ModelGrid, run_synthesis, synthesis
 from covid_ct_cgan.networks import GlobalLocalGenerator
@@ -331,6 +332,23 @@ def test_existing_output_needs_overwrite(tmp_path: Path, builders, checkpoint_di
     with pytest.raises(InputError, match="not a synthesis output"):  # never replaced, even with overwrite
         synth(builders, checkpoint_dir, other, image=image, label=label, overwrite=True)
     assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_python_synthesis_takes_the_data_settings_of_the_checkpoints_record(tmp_path: Path, builders, nifti_2d) -> None:
+    """run_synthesis without the data settings reads them from the record training saved with the checkpoint."""
+    generator = builders.make_generator()
+    data = {"image_size": IMAGE_SIZE, "crop_size": 0, "condition": "map", "context_region": "lung",
+            "context_dilation": 3, "keep_effusion": False, "window_level": -500, "window_width": 1400}
+    stage = tmp_path / "run" / "joint"
+    stage.mkdir(parents=True)
+    torch.save({"generator": generator.state_dict(),
+                "network_settings": network_record(data, {"generator": generator})}, stage / "checkpoint_epoch=1.pt")
+    image, label = nifti_2d
+    run_synthesis.__wrapped__(generator, checkpoint=stage, output_dir=tmp_path / "out", image=image, label=label,
+                              batch_size=2)
+    written = json.loads((tmp_path / "out" / "settings.json").read_text())
+    assert {k: written[k] for k in ("image_size", "window_level", "window_width", "condition")} == {
+        "image_size": IMAGE_SIZE, "window_level": -500, "window_width": 1400, "condition": "map"}  # not 128, -600, 1500
 
 
 def test_bundle_run(tmp_path: Path, builders, checkpoint_dir: Path, nifti_2d, repo_root: Path) -> None:
