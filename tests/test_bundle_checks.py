@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from covid_ct_cgan.checkpoint_settings import NetworkSettings
+from covid_ct_cgan.checkpoint_settings import NetworkSettings, network_record
 from covid_ct_cgan.networks import GlobalLocalGenerator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,26 +41,29 @@ def test_verify_net_in_out() -> None:
     assert "data shape of network is verified with no error" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("saved_settings", [True, False], ids=["settings_saved", "older_checkpoint"])
-def test_ckpt_export_torchscript_equals_eager(tmp_path: Path, saved_settings: bool) -> None:
+@pytest.mark.parametrize("saved", ["record", "flat_record", "none"])
+def test_ckpt_export_torchscript_equals_eager(tmp_path: Path, saved: str) -> None:
     """A training checkpoint's generator exported with ckpt_export (as the README says) gives the eager output.
 
-    With the network settings saved in the checkpoint (as training saves them) ``--checkpoint`` is enough;
-    an older checkpoint without them needs the network keys (atol 1e-5 either way).
+    With the record training saves (the generator's constructor arguments) ``--checkpoint`` is enough, and so
+    with the flat record of older runs; a checkpoint saved without any record needs ``legacy_settings``
+    (atol 1e-5 either way).
     """
     settings = {"ngf": 8, "n_downsampling": 1, "n_blocks_global": 1, "n_blocks_local": 1}
     torch.manual_seed(0)
     generator = GlobalLocalGenerator(4, 1, n_blocks_global=1, n_blocks_local=1, ngf=8, n_downsampling=1, mode="joint")
     ckpt = tmp_path / "joint" / "checkpoint_epoch=1.pt"
     ckpt.parent.mkdir()
-    saved = {"generator": generator.state_dict()}
-    if saved_settings:
-        saved["network_settings"] = NetworkSettings(
+    checkpoint = {"generator": generator.state_dict()}
+    if saved == "record":
+        checkpoint["network_settings"] = NetworkSettings(network_record({"image_size": 32}, {"generator": generator})).state_dict()
+    elif saved == "flat_record":
+        checkpoint["network_settings"] = NetworkSettings(
             {"generator": "covid_ct_cgan.networks.GlobalLocalGenerator", "image_size": 32, **settings}
         ).state_dict()
-    torch.save(saved, ckpt)
+    torch.save(checkpoint, ckpt)
+    overrides = ["--legacy_settings", str({**settings, "image_size": 32})] if saved == "none" else []
     ts = tmp_path / "generator.ts"
-    overrides = [] if saved_settings else [x for k, v in settings.items() for x in (f"--{k}", str(v))]
     done = _bundle(
         "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(ckpt), "--key_in_ckpt", "generator",
         "--meta_file", "bundle/configs/metadata.json", "--config_file", "bundle/configs/inference.yaml",

@@ -26,12 +26,11 @@ import contextlib
 import copy
 import difflib
 import inspect
-import json
 import math
 import pydoc
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,13 +51,11 @@ __all__ = [
     "BundleCommand",
     "check_command",
     "check_overrides",
-    "check_record",
     "check_training",
     "command_line",
     "current_command",
     "load_config",
     "run_bundle",
-    "setting_differences",
     "using_command",
 ]
 
@@ -678,86 +675,13 @@ def check_training(raw: Mapping[str, Any]) -> None:
             )
 
 
-# --------------------------------------------------------------------------- the record of the networks built
-
-RECORD_KEY = "network_settings"  # train.yaml's record of what the weights depend on (saved with every checkpoint)
-
-
-def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
-    """``(path, id)`` of every value inside ``node`` that is exactly a reference ``@id``."""
-    if isinstance(node, str):
-        if node.startswith("@") and _REFERENCE.fullmatch(node):
-            yield path, node[1:].replace("::", _SEP)
-    elif isinstance(node, Mapping):
-        for key, value in node.items():
-            yield from _references(value, f"{path}{_SEP}{key}")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _references(value, f"{path}{_SEP}{i}")
-
-
-def record_sources(config: Mapping[str, Any]) -> dict[str, list[str]]:
-    """For each entry of ``network_settings`` that refers to a setting (``ngf: "@ngf"``), the constructor
-    arguments of the config's components fed by the same setting (``network_def#ngf``).
-
-    Args:
-        config: the raw config of the config files (without the command's overrides).
-    """
-    record = config.get(RECORD_KEY)
-    if not isinstance(record, Mapping):
-        return {}
-    settings = {key: ref for path, ref in _references(record, RECORD_KEY) for key in [path.split(_SEP, 1)[1]]}
-    fed: dict[str, list[str]] = {}
-    for name, node in config.items():
-        if name == RECORD_KEY or not (isinstance(node, Mapping) and "_target_" in node):
-            continue
-        for path, ref in _references(node, name):
-            fed.setdefault(ref, []).append(path)
-    return {key: fed[ref] for key, ref in settings.items() if fed.get(ref)}
-
-
-def check_record(files: Mapping[str, Any], final: Mapping[str, Any]) -> None:
-    """Refuse a run whose ``network_settings`` would not describe the networks it builds.
-
-    The record (saved in every checkpoint and ``settings.json``, read back by inference and evaluation)
-    and the networks' constructors take the same settings in the config files (``ngf: "@ngf"`` in both);
-    an override of one side alone (``--network_def#ngf 32``, ``--network_settings#ngf 32``) would build
-    one network and record another.
-
-    Args:
-        files: the raw config of the config files alone.
-        final: the raw config with the command's overrides.
-
-    Raises:
-        InputError: naming the constructor argument, both values, and the setting to give instead.
-    """
-    sources = record_sources(files)
-    if not sources:
-        return
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser(copy.deepcopy(dict(final)))
-    parser.parse(reset=True)
-    norm = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - tuples vs lists
-    for key, paths in sources.items():
-        recorded = norm(_value(parser, f"{RECORD_KEY}{_SEP}{key}"))
-        for path in paths:
-            built = norm(_value(parser, path))
-            if built != recorded:
-                raise InputError(
-                    f"builds with {built!r} while {RECORD_KEY}#{key}, recorded with every checkpoint and read back "
-                    f"by inference, says {recorded!r}; give --{key}, which sets both, instead of one of them",
-                    path,
-                )
-
-
 # --------------------------------------------------------------------------- the check each config runs
 
 
 @exit_on_input_error
 def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -> None:
     """Check the current bundle command (``initialize`` of every config): unknown keys and booleans given words,
-    a network built otherwise than its record says (:func:`check_record`), then ``validate``.
+    then ``validate``.
 
     Nothing is checked when the run was not started as a command (``monai.bundle.run`` called from
     Python without :func:`run_bundle`: the caller passes its own overrides).
@@ -774,45 +698,5 @@ def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -
     files = command.load(overrides=False, tracking=False) if command.base is None else None
     if files is not None:
         check_overrides(files, dict(command.overrides), sorted(_tracking_keys(command.tracking)))
-    final = command.load(tracking=False) if validate is not None or record_sources(files or {}) else None
-    if files is not None and final is not None:
-        check_record(files, final)
     if validate is not None:
-        validate(final)
-
-
-# --------------------------------------------------------------------------- settings recorded with a stage
-
-
-def _d_norm_before_it_was_a_setting(settings: Mapping[str, Any]) -> str:
-    """The discriminator norm of a record from before ``d_norm``: instance (pix2pixHD), batch for pix2pix's U-Net
-    runs (pix2pix.yaml set the discriminator's norm directly then)."""
-    return "batch" if str(settings.get("generator", "")).endswith(".UNetGenerator") else "instance"
-
-
-# network settings added after runs were recorded without them: a record without one was trained with this value
-# (or with what the function gives for that record's other settings)
-LATER_SETTINGS: dict[str, Any] = {
-    "upsampling": "transposed",
-    "d_norm": _d_norm_before_it_was_a_setting,
-    "local_d_norm": "instance",
-    "crop_size": 0,
-}
-
-
-def _with_later_settings(settings: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-    """``settings`` with the value of each :data:`LATER_SETTINGS` key of ``keys`` it lacks."""
-    later = {k: v(settings) if callable(v) else v for k, v in LATER_SETTINGS.items() if k in keys and k not in settings}
-    return {**later, **settings}
-
-
-def setting_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``key: recorded -> current`` for each setting that differs (JSON-normalised; keys of either side; a key of
-    :data:`LATER_SETTINGS` missing from a side counts as its value there)."""
-    norm = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - tuples vs lists, numbers
-    recorded, current = _with_later_settings(recorded, current), _with_later_settings(current, recorded)
-    return [
-        f"{key}: {recorded.get(key, '(not set)')!r} -> {current.get(key, '(not set)')!r}"
-        for key in sorted(set(recorded) | set(current))
-        if norm(recorded.get(key)) != norm(current.get(key))
-    ]
+        validate(command.load(tracking=False))

@@ -10,6 +10,7 @@ import torch.distributed as dist
 from monai.bundle import ConfigParser
 
 from covid_ct_cgan.engines.config_helpers import data_parallel, without_none
+from covid_ct_cgan.networks import recorded_arguments
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
 BASE = ["generator", "discriminator", "dfm", "g_optimizer", "d_optimizer", "g_lr_scheduler", "d_lr_scheduler"]
@@ -23,13 +24,23 @@ SAVE_DICT_KEYS = {
     ("lesion_inpainting.yaml", "global"): BASE + ["local_discriminator"],
     ("lesion_inpainting.yaml", "joint"): BASE + DFM_LEARNS + ["local_discriminator"],
 }
-TRACKING_KEYS = [
-    "stage", "image_size", "epochs", "batch_size", "learning_rate", "betas", "lambda_fm", "lambda_l1", "gan_mode",
-    "freeze_global_epochs", "local_d", "local_crop", "lambda_local", "lambda_texture", "d_target", "d_augment", "d_learning_rate", "condition", "context_region", "ngf",
-    "n_downsampling", "n_blocks_global", "n_blocks_local", "desum", "upsampling", "crop_size", "ndf", "n_layers_d", "num_d", "d_norm", "local_d_norm", "dfm", "amp", "seed",
-    "data_dir",
+NETWORKS = {"generator", "discriminator", "dfm", "local_discriminator"}  # the networks of SAVE_DICT_KEYS
+DATA_SETTINGS = ["image_size", "crop_size", "condition", "context_region", "context_dilation", "keep_effusion",
+                 "window_level", "window_width"]
+RUN_PARAMS = [
+    "stage", "epochs", "batch_size", "learning_rate", "betas", "lambda_fm", "lambda_l1", "gan_mode",
+    "freeze_global_epochs", "local_d", "local_crop", "lambda_local", "lambda_texture", "d_target", "d_augment",
+    "d_learning_rate", "amp", "seed", "data_dir",
 ]
-
+GENERATOR_ARGUMENTS = ["in_channels", "out_channels", "ngf", "n_downsampling", "n_blocks_global", "n_blocks_local", "norm",
+                       "mode", "desum", "desum_fixed_weight", "desum_hidden", "upsampling"]
+DISCRIMINATOR_ARGUMENTS = ["in_channels", "ndf", "n_layers", "num_d", "norm", "padding", "use_bias", "init_gain"]
+DFM_ARGUMENTS = ["in_channels", "mode", "feature_index", "fixed_weight", "bounds", "num_d", "hidden"]
+TRACKING_KEYS = (
+    DATA_SETTINGS + [f"generator.{k}" for k in ["_target_", *GENERATOR_ARGUMENTS]]
+    + [f"discriminator.{k}" for k in ["_target_", *DISCRIMINATOR_ARGUMENTS]]
+    + [f"dfm.{k}" for k in ["_target_", *DFM_ARGUMENTS]] + RUN_PARAMS
+)
 
 def _parser(overlay: str, stage: str, tmp_path: Path) -> ConfigParser:
     parser = ConfigParser()
@@ -63,10 +74,26 @@ def test_save_dict_keys_are_the_checkpoint_keys(overlay: str, stage: str, tmp_pa
 
 
 def test_tracking_params_is_a_plain_dict_of_the_run_settings(tmp_path: Path) -> None:
+    """The run's hyper-parameters and its record, flat: the same record the checkpoints hold."""
     params = _parser("", "global", tmp_path).get_parsed_content("tracking_params")
     assert type(params) is dict and list(params) == TRACKING_KEYS
-    assert params["stage"] == "global" and params["image_size"] == 16 and params["dfm"] == "equal"
+    assert params["stage"] == "global" and params["image_size"] == 16 and params["dfm.mode"] == "equal"
+    assert params["generator.ngf"] == 4 and params["generator.mode"] == "global" and params["discriminator.ndf"] == 4
     assert params["betas"] == [0.5, 0.999] and params["data_dir"] == f"{tmp_path}/data"
+
+
+@pytest.mark.parametrize(("overlay", "stage"), sorted(SAVE_DICT_KEYS))
+def test_record_holds_the_arguments_of_every_network_built(overlay: str, stage: str, tmp_path: Path) -> None:
+    """network_settings is read from the networks of save_dict: their classes and constructor arguments."""
+    parser = _parser(overlay, stage, tmp_path)
+    record = parser.get_parsed_content("network_settings")
+    save_dict = parser.get_parsed_content("save_dict")
+    assert list(record["networks"]) == [k for k in SAVE_DICT_KEYS[(overlay, stage)] if k in NETWORKS]
+    for name, arguments in record["networks"].items():
+        assert arguments == recorded_arguments(save_dict[name])
+        assert arguments["_target_"].rsplit(".", 1)[1] == type(save_dict[name]).__name__
+    assert {k: v for k, v in record.items() if k != "networks"} == parser.get_parsed_content("data_settings")
+    assert record["networks"]["generator"]["ngf"] == 4 and record["image_size"] == 32  # the full size, every stage
 
 
 def test_data_parallel_wraps_on_the_cpu(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""A stage keeps the network settings it was trained with: resuming it (or starting from it) with others is refused;
-the stage runner re-reads the run's command, and refuses to guess one."""
+"""A stage keeps the record of the networks it trained (read from the networks built) and the data they were trained
+on: resuming it (or starting from it) with another is refused, and synthesis rebuilds the generator from it; the
+stage runner re-reads the run's command, and refuses to guess one."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 from monai.bundle import run as monai_run
-from tiny_training import TINY, TRAIN_YAML
+from monai.bundle import ConfigParser
+from tiny_training import REPO_ROOT, TINY, TRAIN_YAML
 
 from covid_ct_cgan.engines.stages import SETTINGS_FILE, check_stage_settings, run_stage, run_stages
 from covid_ct_cgan.errors import InputError
+from covid_ct_cgan.networks import recorded_arguments
 from covid_ct_cgan.settings import run_bundle
 
 SETTINGS = {"generator": "covid_ct_cgan.networks.GlobalLocalGenerator", "image_size": 32, "ngf": 8, "desum": "dynamic"}
+INFERENCE_YAML = str(REPO_ROOT / "bundle" / "configs" / "inference.yaml")
 
 
 class StubTrainer:
@@ -118,7 +122,8 @@ def test_resumed_bundle_stage_with_another_image_size_is_refused(work_dir: Path,
     run_bundle("train_local", config_file=TRAIN_YAML, **{**TINY, "work_dir": str(work_dir), "epochs": 1})
     stage = work_dir / "output" / "local"
     recorded = json.loads((stage / SETTINGS_FILE).read_text())
-    assert recorded["image_size"] == 32 and recorded["ngf"] == 8 and recorded["generator"].endswith("GlobalLocalGenerator")
+    generator = recorded["networks"]["generator"]
+    assert recorded["image_size"] == 32 and generator["ngf"] == 8 and generator["_target_"].endswith("GlobalLocalGenerator")
     before = sorted(p.name for p in stage.glob("*.pt"))
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:  # a longer run at another size: not continued silently
@@ -138,3 +143,34 @@ def test_stage_runner_needs_a_command(work_dir: Path, capsys: pytest.CaptureFixt
     assert not (work_dir / "output").exists()
     with pytest.raises(SystemExit):
         run_stages(["local"], None)
+
+
+def test_a_network_built_with_other_arguments_is_recorded_and_synthesised_as_built(
+    work_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--network_def#ngf 32`` (the generator's own argument, not the ``ngf`` setting) trains a 32-wide generator:
+    the record saved with it says 32, synthesis rebuilds it 32 wide, and resuming with another width is refused."""
+    train = {**TINY, "work_dir": str(work_dir), "epochs": 1, "handover": "$None", "handover_discriminator": "$None"}
+    run_bundle("train_joint", config_file=TRAIN_YAML, **train, **{"network_def#ngf": 32})
+    joint = work_dir / "output" / "joint"
+    best = torch.load(joint / "best_generator.pt", map_location="cpu", weights_only=True)
+    assert best["network_settings"]["networks"]["generator"]["ngf"] == 32 != TINY["ngf"]
+    assert best["generator"]["global_net.body.1.weight"].shape[0] == 32  # G1's first convolution: 32 wide
+    assert json.loads((joint / SETTINGS_FILE).read_text())["networks"]["generator"]["ngf"] == 32
+    for ckpt in joint.glob("checkpoint_*.pt"):
+        assert torch.load(ckpt, map_location="cpu", weights_only=True)["network_settings"] == best["network_settings"]
+
+    out = work_dir / "synthesis"
+    run_bundle("run", config_file=INFERENCE_YAML, work_dir=str(work_dir), output_dir=str(out), amp=False)
+    assert json.loads((out / "settings.json").read_text())["outputs"] > 0  # loaded strictly: a 32-wide generator
+    parser = ConfigParser()
+    parser.read_config(INFERENCE_YAML)
+    parser.update({"work_dir": str(work_dir)})
+    assert recorded_arguments(parser.get_parsed_content("network_def"))["ngf"] == 32
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # the same stage built 8 wide (the ngf setting): not resumed
+        run_bundle("train_joint", config_file=TRAIN_YAML, **{**train, "epochs": 2})
+    assert stop.value.code == 2
+    errors = _errors(capsys)
+    assert len(errors) == 1 and "cannot resume this stage" in errors[0] and "(generator.ngf: 32 -> 8)" in errors[0]

@@ -313,7 +313,8 @@ def test_lesion_inpainting_overlay_trains_hands_over_and_resumes(work_dir: Path)
         assert list(local) and all(k.startswith("discriminators.0.") for k in local)
         n_global = len(ckpt["discriminator"]) - sum(1 for k in ckpt["discriminator"] if "num_batches" in k)
         assert len(ckpt["d_optimizer"]["param_groups"][0]["params"]) == n_global + len(local)
-        assert json.loads((out / stage / "settings.json").read_text())["local_d"] is True
+        recorded = json.loads((out / stage / "settings.json").read_text())["networks"]  # built, so recorded
+        assert recorded["local_discriminator"]["_target_"].endswith(".LocalDiscriminator")
         assert (out / stage / "samples" / "latest.png").is_file()
     # the joint stage's hand-over starts its local D from the local stage's
     from covid_ct_cgan.engines.stages import hand_over

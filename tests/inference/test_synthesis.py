@@ -15,9 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
+from covid_ct_cgan.checkpoint_settings import network_record
 from covid_ct_cgan.errors import InputError
 from covid_ct_cgan.inference import ModelGrid, run_synthesis, synthesis
 from covid_ct_cgan.networks import GlobalLocalGenerator
+
+from conftest import NET_SETTINGS
 
 IMAGE_SIZE = 32
 ODD_AFFINE = np.array([[0, 0.7, 0, 3], [0.8, 0, 0, 4], [0, 0, -2.5, 5], [0, 0, 0, 1.0]])  # axes A, R, I
@@ -331,12 +334,29 @@ def test_existing_output_needs_overwrite(tmp_path: Path, builders, checkpoint_di
     assert (other / "keep.txt").read_text() == "mine"
 
 
+def test_python_synthesis_takes_the_data_settings_of_the_checkpoints_record(tmp_path: Path, builders, nifti_2d) -> None:
+    """run_synthesis without the data settings reads them from the record training saved with the checkpoint."""
+    generator = builders.make_generator()
+    data = {"image_size": IMAGE_SIZE, "crop_size": 0, "condition": "map", "context_region": "lung",
+            "context_dilation": 3, "keep_effusion": False, "window_level": -500, "window_width": 1400}
+    stage = tmp_path / "run" / "joint"
+    stage.mkdir(parents=True)
+    torch.save({"generator": generator.state_dict(),
+                "network_settings": network_record(data, {"generator": generator})}, stage / "checkpoint_epoch=1.pt")
+    image, label = nifti_2d
+    run_synthesis.__wrapped__(generator, checkpoint=stage, output_dir=tmp_path / "out", image=image, label=label,
+                              batch_size=2)
+    written = json.loads((tmp_path / "out" / "settings.json").read_text())
+    assert {k: written[k] for k in ("image_size", "window_level", "window_width", "condition")} == {
+        "image_size": IMAGE_SIZE, "window_level": -500, "window_width": 1400, "condition": "map"}  # not 128, -600, 1500
+
+
 def test_bundle_run(tmp_path: Path, builders, checkpoint_dir: Path, nifti_2d, repo_root: Path) -> None:
     """``monai.bundle run run`` with inference.yaml: a good input works, a bad one exits 2 with one ERROR line."""
     image, label = nifti_2d
     base = [sys.executable, "-m", "monai.bundle", "run", "run", "--config_file", "bundle/configs/inference.yaml",
-            "--checkpoint_dir", str(checkpoint_dir), "--image_size", str(IMAGE_SIZE), "--ngf", "8",
-            "--n_downsampling", "1", "--n_blocks_global", "1", "--n_blocks_local", "1", "--amp", "False",
+            "--checkpoint_dir", str(checkpoint_dir), "--legacy_settings", str({**NET_SETTINGS, "image_size": IMAGE_SIZE}),
+            "--amp", "False",
             "--image", str(image), "--label", str(label)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     good = subprocess.run(base + ["--output_dir", str(tmp_path / "out"), "--num_variants", "2"],
@@ -360,8 +380,8 @@ def test_bundle_run_overrides_a_postprocessing_setting_and_a_handler(
     """``--inference#postprocessing#...`` and ``--inference#handlers#...`` reach the wired workflow."""
     image, label = nifti_2d
     command = [sys.executable, "-m", "monai.bundle", "run", "run", "--config_file", "bundle/configs/inference.yaml",
-               "--checkpoint_dir", str(checkpoint_dir), "--image_size", str(IMAGE_SIZE), "--ngf", "8",
-               "--n_downsampling", "1", "--n_blocks_global", "1", "--n_blocks_local", "1", "--amp", "False",
+               "--checkpoint_dir", str(checkpoint_dir), "--legacy_settings", str({**NET_SETTINGS, "image_size": IMAGE_SIZE}),
+               "--amp", "False",
                "--image", str(image), "--label", str(label), "--output_dir", str(tmp_path / "out"), "--num_variants", "2",
                "--inference#postprocessing#transforms#2#min_size", "400", "--inference#handlers#1#iteration_log", "True"]
     done = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300,

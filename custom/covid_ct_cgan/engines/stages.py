@@ -16,9 +16,10 @@ arguments of that stage's trainer, evaluator and handlers
 (:data:`STAGE_SECTION_IDS`), e.g. ``--joint#trainer#max_epochs 30`` or
 ``--local#handlers#4#csv_path work/local.csv``.
 
-Each stage folder keeps the network settings it was trained with
-(``settings.json``); resuming it, or starting the joint stage from it, with
-other values is refused with the differing keys named.
+Each stage folder keeps the record of the networks it trained and the data they
+were trained on (``settings.json``, :mod:`covid_ct_cgan.checkpoint_settings`);
+resuming it, or starting the joint stage from it, with other values is refused
+with the differing keys named.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 from ignite.handlers import Checkpoint
 
+from ..checkpoint_settings import record_differences
 from ..checkpoints import (
     SETTINGS_FILE,
     UNREADABLE,
@@ -48,7 +50,7 @@ from ..fileio import as_write_error, check_writable, is_write_error, remove_stal
 from ..locking import output_lock
 from ..networks.handover import load_generator_part
 from ..networks.wrapping import unwrap
-from ..settings import BundleCommand, check_overrides, check_training, load_config, setting_differences, using_command
+from ..settings import BundleCommand, check_overrides, check_training, load_config, using_command
 from .cleanup import removing_empty_outputs
 
 logger = logging.getLogger(__name__)
@@ -154,8 +156,18 @@ def _checkpoint_space(save_dict: Mapping[str, Any], files: int = 5) -> int:
     return files * total
 
 
+# what a stage differs in from the stages it starts from by design: the generator's mode (the stage itself) and the
+# DFM net (not handed over: hand_over takes the generator's parts and the discriminators)
+NOT_HANDED_OVER = ("generator.mode", "dfm")
+
+
 def check_stage_settings(stage_dir: str | Path, settings: Mapping[str, Any], action: str = "resume") -> None:
-    """Refuse to ``action`` a stage whose recorded network settings differ from ``settings``.
+    """Refuse to ``action`` a stage whose record differs from this run's (``settings``).
+
+    Args:
+        stage_dir: the stage folder (its ``settings.json``; none: nothing to compare).
+        settings: this run's record (``train.yaml``'s ``network_settings``).
+        action: ``"resume"`` (everything compared) or ``"start from"`` (all but :data:`NOT_HANDED_OVER`).
 
     Raises:
         InputError: names every differing key with the recorded and the current value.
@@ -163,7 +175,7 @@ def check_stage_settings(stage_dir: str | Path, settings: Mapping[str, Any], act
     recorded = read_stage_settings(stage_dir)
     if recorded is None:
         return
-    differences = setting_differences(recorded, settings)
+    differences = record_differences(recorded, settings, NOT_HANDED_OVER if action == "start from" else ())
     if differences:
         raise InputError(
             f"cannot {action} this stage: it was trained with other network settings ({'; '.join(differences)}); "
@@ -223,7 +235,7 @@ def run_stage(
         resume_training: resume from the newest checkpoint (``False``: start over).
         handover: generator part -> folder of the stage it starts from (when not resuming).
         handover_discriminator: folder whose discriminator warm-starts this stage's.
-        settings: the network settings the stage's weights depend on (``network_settings``):
+        settings: the record of the stage's networks and data (``network_settings``):
             compared with the stage folder's ``settings.json`` (and the hand-over sources')
             before anything is loaded, then recorded there.
 

@@ -5,10 +5,12 @@ files it was trained with (``train.yaml`` plus an overlay such as
 ``pix2pixhd.yaml`` or ``ablation/one_d.yaml``) and the same overrides
 (``work_dir``, ``image_size``, ``epochs`` ...). The generator, its input
 settings (image size, conditioning, window) and its checkpoint folder (the
-training ``output_dir``'s last stage) are read from that config, and the network
-settings saved with the checkpoint (:mod:`covid_ct_cgan.checkpoint_settings`) take
-precedence over the config's defaults, so an evaluated network is always the
-trained one: an override that contradicts the checkpoint is refused, naming both values. Synthesis goes through the one
+training ``output_dir``'s last stage) are read from that config, and the record
+saved with the checkpoint (:mod:`covid_ct_cgan.checkpoint_settings`) takes
+precedence over the config: the generator is rebuilt from its recorded class and
+constructor arguments, and the data settings are the recorded ones, so an evaluated
+network is always the trained one; an override that contradicts the record is
+refused, naming both values. Synthesis goes through the one
 synthesis code path, :func:`covid_ct_cgan.inference.run_synthesis`, in the model's ``precision``: ``float`` (fp32, or
 bf16/fp16 autocast with ``amp``), ``int8`` (PT2E int8 compiled by inductor) or ``int8_onnxruntime`` (ONNX Runtime
 static int8), both on the CPU and calibrated on training label maps.
@@ -25,20 +27,20 @@ from typing import Any
 
 import torch
 
-from ..checkpoint_settings import CLASS_KEYS, saved_network_settings
+from ..checkpoint_settings import GENERATOR, LEGACY_ARGUMENTS, NETWORKS, is_legacy, legacy_view, saved_network_settings
 from ..errors import InputError
 from ..inference import run_synthesis
 from ..inference.synthesis import INT8_PRECISIONS, PRECISIONS
+from ..networks import build_recorded
+from ..networks.recording import TARGET
 from .provenance import stage_epochs
 
 # run_synthesis exits the process on bad input (it is a bundle entry point); inside the evaluation the
 # InputError must reach the evaluation's own entry point instead
 _synthesise = getattr(run_synthesis, "__wrapped__", run_synthesis)
 
-SETTING_KEYS: tuple[str, ...] = (
-    "image_size", "crop_size", "condition", "context_region", "context_dilation", "keep_effusion", "window_level",
-    "window_width",
-)
+DATA_SETTINGS = "data_settings"  # train.yaml's settings of the data its networks are trained on (recorded with them)
+CLASS_KEYS = tuple(key for key, (_, argument) in LEGACY_ARGUMENTS.items() if argument == TARGET)  # generator, discriminator
 
 
 def check_precision(name: str, precision: Any) -> str:
@@ -67,8 +69,9 @@ class TrainedModel:
         name: the model's name in tables (``ours``, ``pix2pixhd``, an ablation ...).
         network: the generator, built by the training config (final stage's mode).
         checkpoint: checkpoint file or stage folder to load.
-        settings: ``image_size``, ``condition``, ``context_region``, ``context_dilation``,
-            ``keep_effusion``, ``window_level``, ``window_width`` of the training run.
+        settings: the training run's ``data_settings`` (``image_size``: its last stage's, ``crop_size``,
+            ``condition``, ``context_region``, ``context_dilation``, ``keep_effusion``, ``window_level``,
+            ``window_width``), as recorded with the checkpoint.
         epochs: epochs trained per stage, e.g. ``"global 4, local 4, joint 4"``.
         seed: the training seed.
         configs: the training config files.
@@ -148,20 +151,24 @@ def load_training_config(config_files: Sequence[str | Path], overrides: Mapping[
     return parser.get()
 
 
-def _with_checkpoint_settings(raw: dict, checkpoint: Path, overrides: Mapping[str, Any], name: str) -> bool:
-    """Set the network settings saved with ``checkpoint`` in the training config ``raw`` (in place).
+def _with_checkpoint_settings(raw: dict, checkpoint: Path, overrides: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    """Set the settings recorded with ``checkpoint`` in the training config ``raw`` (in place), in its keys.
+
+    A record of the networks' arguments is read in ``train.yaml``'s keys (:func:`legacy_view`: ``ngf`` is the
+    generator's ``ngf`` ...), as a flat (older) record is.
 
     Returns:
-        Whether ``raw`` changed (the generator must be built again).
+        The record (``None`` without one): the caller parses ``raw`` again.
 
     Raises:
         InputError: the checkpoint's generator is another class than the config's, or an override
-            contradicts a saved setting (both values named).
+            contradicts a recorded setting (both values named).
     """
     saved = saved_network_settings(checkpoint)
     if saved is None:
-        return False
-    path, recorded = saved
+        return None
+    path, record = saved
+    recorded = legacy_view(record)
     target = raw.get("network_def", {}).get("_target_") if isinstance(raw.get("network_def"), Mapping) else None
     if "generator" in recorded and target is not None and str(recorded["generator"]) != str(target):
         raise InputError(
@@ -169,7 +176,6 @@ def _with_checkpoint_settings(raw: dict, checkpoint: Path, overrides: Mapping[st
             f"{name!r} build {target}; give the model the configs it was trained with"
         )
     plain = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - tuples vs lists
-    changed = False
     for key, value in recorded.items():
         if key in CLASS_KEYS or key not in raw:
             continue
@@ -179,10 +185,8 @@ def _with_checkpoint_settings(raw: dict, checkpoint: Path, overrides: Mapping[st
                 f"{overrides[key]!r}; leave {key} out to use the checkpoint's",
                 key,
             )
-        if plain(raw[key]) != plain(value):
-            raw[key] = value
-            changed = True
-    return changed
+        raw[key] = value
+    return record
 
 
 def trained_model(
@@ -200,7 +204,8 @@ def trained_model(
         config_files: the config files of the training run (base first, overlays after).
         overrides: the training run's command-line overrides (``work_dir``, ``image_size`` ...).
         checkpoint: file or stage folder; default the training ``output_dir``'s last stage. The network
-            settings saved with it replace the config's (see :func:`_with_checkpoint_settings`).
+            record saved with it replaces the config's settings, and its generator is rebuilt from the record
+            (see :func:`_with_checkpoint_settings`).
         device: where the generator runs (int8: always the CPU).
         precision: ``float``, ``int8`` or ``int8_onnxruntime`` (see :class:`TrainedModel`).
 
@@ -233,11 +238,15 @@ def trained_model(
     except Exception as err:  # noqa: BLE001 - any config failure becomes one clear line
         raise InputError(f"cannot read the training config of model {name!r} {list(map(str, config_files))}: {err}") from None
     folder = Path(checkpoint) if checkpoint else output_dir / stages[-1]
-    if _with_checkpoint_settings(raw, folder, overrides or {}, name):  # the settings the checkpoint was trained with
+    record = _with_checkpoint_settings(raw, folder, overrides or {}, name)  # the settings the checkpoint was trained with
+    if record is not None:
         parser = parsed()
     try:
-        network = parser.get_parsed_content("network_def")
-        settings = {key: parser.get_parsed_content(key) for key in SETTING_KEYS}
+        if record is not None and not is_legacy(record):  # the generator as training built it
+            network = build_recorded(record[NETWORKS][GENERATOR])
+        else:  # an older checkpoint: the config's generator, with the flat record's settings
+            network = parser.get_parsed_content("network_def")
+        settings = dict(parser.get_parsed_content(DATA_SETTINGS))
         settings["image_size"] = int(parser.get_parsed_content("stage_image_size"))
     except Exception as err:  # noqa: BLE001 - any config failure becomes one clear line
         raise InputError(f"cannot build the generator of model {name!r} from {list(map(str, config_files))}: {err}") from None

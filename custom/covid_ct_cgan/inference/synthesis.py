@@ -76,9 +76,10 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "input", "input_label", "variant", "seed", "output", "label_map", "preview", "augmentation", "slices_synthesised",
 )
 BEST_GENERATOR = "best_generator.pt"
-NETWORK_SETTINGS_HINT = (
+NETWORK_SETTINGS_HINT = (  # a checkpoint with a record is rebuilt from it: only older ones can mismatch
     "pass the same network settings as in training "
-    "(ngf, n_downsampling, n_blocks_global, n_blocks_local, desum, condition, keep_effusion)"
+    "(inference.yaml: legacy_settings, e.g. ngf, n_downsampling, n_blocks_global, n_blocks_local, desum, condition, "
+    "keep_effusion)"
 )
 COMPILE_BACKEND = "inductor"  # torch.compile backend of ``compile: true`` (tests use a faster one)
 CPU_PIXELS_PER_CALL = 2**17  # eager CPU slices: 2 samples at 256 px, 1 at 512 (fastest a slice on the development CPU)

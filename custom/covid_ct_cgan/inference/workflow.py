@@ -41,6 +41,7 @@ from monai.inferers import Inferer
 from monai.transforms import Compose, Transform
 
 from .. import intensity
+from ..checkpoint_settings import resolve_network_settings
 from ..errors import InputError, exit_on_input_error
 from ..fileio import staged_directory, write_json, write_text
 from ..labels import num_classes as count_classes
@@ -494,25 +495,37 @@ def build_evaluator(
     network: torch.nn.Module, checkpoint: str | Path, output_dir: str | Path, input: str | Path | None = None,
     image: str | Path | None = None, label: str | Path | None = None, datalist_key: str = "test_synthesis",
     num_variants: int = 1, seed: int = 0, augment: bool | None = None, keep_original: bool = True,
-    augmenter: LesionAugmenter | None = None, overwrite: bool = False, image_size: int = 128, crop_size: int = 0,
-    condition: str = "map",
-    context_region: str = "lung", context_dilation: int = 3, keep_effusion: bool = False,
-    window_level: float = intensity.DEFAULT_WINDOW_LEVEL, window_width: float = intensity.DEFAULT_WINDOW_WIDTH,
-    batch_size: int = 8, amp: bool = False, compile: bool | str = False, device: str | torch.device | None = None,
+    augmenter: LesionAugmenter | None = None, overwrite: bool = False, image_size: int | None = None,
+    crop_size: int | None = None, condition: str | None = None, context_region: str | None = None,
+    context_dilation: int | None = None, keep_effusion: bool | None = None, window_level: float | None = None,
+    window_width: float | None = None, batch_size: int = 8, amp: bool = False, compile: bool | str = False,
+    device: str | torch.device | None = None,
     cpu_pixels_per_call: int | str | None = CPU_PIXELS_PER_CALL, precision: str = "float",
     calibration_input: str | Path | None = None, calibration_key: str = "training", handlers: Sequence | None = None,
 ) -> SynthesisEvaluator:
     """The evaluator ``inference.yaml`` wires, built in Python; the arguments are :func:`run_synthesis`'s
-    (``handlers``: the evaluator's handlers, default a progress handler)."""
+    (``handlers``: the evaluator's handlers, default a progress handler).
+
+    The data settings left ``None`` (``image_size`` ... ``window_width``) are those recorded with ``checkpoint``
+    (:func:`~covid_ct_cgan.checkpoint_settings.resolve_network_settings`: a checkpoint saved without a record
+    takes train.yaml's defaults then).
+    """
+    data = {"image_size": image_size, "crop_size": crop_size, "condition": condition, "context_region": context_region,
+            "context_dilation": context_dilation, "keep_effusion": keep_effusion, "window_level": window_level,
+            "window_width": window_width}
+    if any(value is None for value in data.values()):
+        recorded = resolve_network_settings(checkpoint)
+        data = {key: recorded[key] if value is None else value for key, value in data.items()}
+    keep_effusion = data["keep_effusion"]
     # a model trained on crops sees slices at their own size, through windows of its crop size
-    grid = ModelGrid(int(image_size), upscale=not int(crop_size), window=int(crop_size))
-    settings = SynthesisSettings(grid, count_classes(keep_effusion), condition, context_region,
-                                 int(context_dilation), float(window_level), float(window_width))
+    grid = ModelGrid(int(data["image_size"]), upscale=not int(data["crop_size"]), window=int(data["crop_size"]))
+    settings = SynthesisSettings(grid, count_classes(keep_effusion), data["condition"], data["context_region"],
+                                 int(data["context_dilation"]), float(data["window_level"]), float(data["window_width"]))
     augment = int(num_variants) > 1 if augment is None else bool(augment)
     device = torch.device(device) if device is not None else next(network.parameters()).device
     return SynthesisEvaluator(
         device=device,
-        dataset=SynthesisDataset(input, image, label, datalist_key, int(num_variants), keep_effusion, int(image_size)),
+        dataset=SynthesisDataset(input, image, label, datalist_key, int(num_variants), keep_effusion, grid.image_size),
         network=network, checkpoint=checkpoint, settings=settings, output_dir=output_dir,
         preprocessing=Compose([LoadSynthesisInputd(keep_effusion), LesionMapd(augmenter, seed, augment, keep_original),
                                ToModelGridd(settings)]),
@@ -539,7 +552,8 @@ def run_synthesis(network: torch.nn.Module, checkpoint: str | Path, output_dir: 
             folder) or ``image`` + ``label``, ``datalist_key``, ``num_variants``, ``seed``, ``augment``
             (default: when ``num_variants > 1``), ``keep_original``, ``augmenter``, ``overwrite``, the
             training run's ``image_size``, ``crop_size``, ``condition``, ``context_region``, ``context_dilation``,
-            ``keep_effusion``, ``window_level``, ``window_width``, and ``batch_size``, ``amp``,
+            ``keep_effusion``, ``window_level``, ``window_width`` (not given: the checkpoint's record), and
+            ``batch_size``, ``amp``,
             ``compile`` (true, false, ``"auto"``), ``device``, ``cpu_pixels_per_call``,
             ``precision`` (``"float"``, ``"int8"``, ``"int8_onnxruntime"``), ``calibration_input``, ``calibration_key``.
 

@@ -15,6 +15,7 @@ from .discriminator import DfmWeight, MultiResolutionDiscriminator, NLayerDiscri
 from .generator import DesumWeight, GlobalGenerator, GlobalLocalGenerator, LocalEnhancer, UNetGenerator
 from .handover import load_generator_part
 from .param_count import count_parameters
+from .recording import build_recorded, recorded_arguments, records_arguments
 from .wrapping import unwrap
 
 __all__ = [
@@ -27,10 +28,13 @@ __all__ = [
     "NLayerDiscriminator",
     "ResnetBlock",
     "UNetGenerator",
+    "build_recorded",
     "count_parameters",
     "downsample",
     "in_channels_for",
     "load_generator_part",
     "norm_layer",
+    "recorded_arguments",
+    "records_arguments",
     "unwrap",
 ]

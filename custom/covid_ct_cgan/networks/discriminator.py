@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .blocks import NORMS, downsample, init_normal_, norm_layer
+from .recording import records_arguments
 
 DFM_MODES: tuple[str, ...] = ("dynamic", "dynamic_from_half", "fixed", "equal")
 # the discriminators' normalisations: the norm layers of :func:`~covid_ct_cgan.networks.blocks.norm_layer`, or
@@ -272,6 +273,7 @@ def gaussian_dilation(mask: Tensor, sigma: float, radius: int) -> Tensor:
     return out
 
 
+@records_arguments
 class MultiResolutionDiscriminator(nn.Module):
     """D1 on the full-resolution input, D2 (and D3) on the input average-pooled once (twice), as pix2pixHD.
 
@@ -363,6 +365,7 @@ class MultiResolutionDiscriminator(nn.Module):
         return out
 
 
+@records_arguments
 class LocalDiscriminator(MultiResolutionDiscriminator):
     """Local discriminator of the lesion-inpainting mode: one PatchGAN on fixed-size crops around the region.
 
@@ -487,6 +490,7 @@ def crop_patches(x: Tensor, boxes: Sequence[Tuple[int, int]], size: int) -> Tens
     return torch.stack([x[i, :, top : top + size, left : left + size] for i, (top, left) in enumerate(boxes)])
 
 
+@records_arguments
 class DfmWeight(nn.Module):
     """DFM weighting net: the weight ``b`` of D1's feature-matching loss, in ``[low, high]``.
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import ResnetBlock, downsample, init_normal_, norm_layer, upsample_layers
+from .recording import records_arguments
 
 GENERATOR_MODES: tuple[str, ...] = ("global", "local", "joint")
 DESUM_MODES: tuple[str, ...] = ("dynamic", "dynamic_from_global", "fixed", "sum")
@@ -165,6 +166,7 @@ class DesumWeight(nn.Module):
         return torch.sigmoid(self.fc(pooled)).squeeze(1)
 
 
+@records_arguments
 class GlobalLocalGenerator(nn.Module):
     """The paper's global-local generator: G1 (``global_net``), G2 (``local_net``) and the DESUM net (``desum``).
 
@@ -299,6 +301,7 @@ class GlobalLocalGenerator(nn.Module):
         return self.local_net(x, self.fuse(f1, f2))
 
 
+@records_arguments
 class UNetGenerator(nn.Module):
     """pix2pix's U-Net generator (baseline), written with plain convolutions as in pix2pix's ``unet_256``.
 
