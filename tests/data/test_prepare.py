@@ -319,6 +319,7 @@ def test_data_dir_that_could_delete_data_refused(tmp_path, builders, monkeypatch
     assert (tmp_path / "work" / "sub").is_dir()
 
 
+@pytest.mark.integration
 def test_run_prepare_exits_with_one_error_line(tmp_path):
     code = "from covid_ct_cgan.data.prepare import run_prepare; run_prepare(dataset_dir=r'%s', data_dir=r'%s')" % (
         tmp_path / "missing", tmp_path / "data")
@@ -574,6 +575,7 @@ def test_predefined_split_real_medseg_test_slices_never_train(tmp_path, medseg_s
     assert len(datalist["validation"]) == 5
 
 
+@pytest.mark.integration
 def test_train_yaml_forwards_patient_regex_and_overwrite(tmp_path, builders, repo_root):
     raw = builders.write_slices(tmp_path / "raw", ["p1_1", "p1_2", "p2_1", "p3_1"], size=24)
     work = tmp_path / "work"

@@ -93,6 +93,7 @@ def test_joint_without_earlier_stages_fails_clearly(work_dir: Path, capsys: pyte
     assert not list((work_dir / "output" / "joint").glob("*.pt"))
 
 
+@pytest.mark.integration
 def test_killed_stage_resumes_at_saved_iteration_with_same_lr(work_dir: Path, subprocess_env: dict) -> None:
     """SIGKILL a stage mid-epoch, then resume: same iteration, same learning rate, full length."""
     epochs = 3
@@ -190,6 +191,7 @@ def test_mlflow_tracking_records_metrics_params_and_artifacts(work_dir: Path) ->
     assert all(0.1 <= h.histogram_value.min <= h.histogram_value.max <= 0.9 for h in histograms)
 
 
+@pytest.mark.integration
 def test_torchrun_two_cpu_processes_only_rank0_writes(work_dir: Path, subprocess_env: dict) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     configs = "['bundle/configs/train.yaml','bundle/configs/multi_gpu_train.yaml']"

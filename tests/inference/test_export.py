@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ORT_ATOL = 1e-4
 
 
+@pytest.mark.integration
 def test_monai_bundle_onnx_export_matches_eager(tmp_path: Path, checkpoint_dir: Path) -> None:
     """The documented command line: ``python -m monai.bundle onnx_export network_def`` on inference.yaml."""
     ckpt = checkpoint_dir / "joint" / "checkpoint_epoch=1.pt"

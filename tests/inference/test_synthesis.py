@@ -331,6 +331,7 @@ def test_existing_output_needs_overwrite(tmp_path: Path, builders, checkpoint_di
     assert (other / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.integration
 def test_bundle_run(tmp_path: Path, builders, checkpoint_dir: Path, nifti_2d, repo_root: Path) -> None:
     """``monai.bundle run run`` with inference.yaml: a good input works, a bad one exits 2 with one ERROR line."""
     image, label = nifti_2d
@@ -354,6 +355,7 @@ def test_bundle_run(tmp_path: Path, builders, checkpoint_dir: Path, nifti_2d, re
     assert "Traceback" not in bad.stderr and not (tmp_path / "out_bad").exists()
 
 
+@pytest.mark.integration
 def test_bundle_run_overrides_a_postprocessing_setting_and_a_handler(
     tmp_path: Path, checkpoint_dir: Path, nifti_2d, repo_root: Path
 ) -> None:

@@ -30,7 +30,7 @@ from covid_ct_cgan.inference import ModelGrid
 from covid_ct_cgan.intensity import to_model
 from covid_ct_cgan.networks import GlobalLocalGenerator
 
-pytestmark = pytest.mark.monailabel
+pytestmark = [pytest.mark.monailabel, pytest.mark.integration]  # a server in a subprocess
 
 VENV = Path(os.environ.get("MONAILABEL_VENV", "/work/monailabel-venv"))
 VENV_PYTHON = VENV / "bin" / "python"
