@@ -46,7 +46,7 @@ from ..settings import BundleCommand, run_bundle
 from .provenance import code_version
 from .image_quality import RESAMPLED_REAL, csv_text
 from .report import as_number as _num, markdown_table
-from .segmentation import CLASSES, read_csv, seed_list, seed_scores
+from .segmentation import read_csv, seed_list, seed_scores
 from .statistics import paired_bootstrap
 
 logger = logging.getLogger(__name__)
