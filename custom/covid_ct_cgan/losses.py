@@ -201,9 +201,9 @@ def texture_loss(real_features: Features, fake_features: Features, weights: Feat
                 w = weights[i][j].float()
             count = w.sum(dim=(1, 2, 3)).clamp_min(EPS)[:, None, None]
 
-            def gram(f: Tensor) -> Tensor:
-                fw = (f * w).flatten(2)
-                return torch.bmm(fw, f.flatten(2).transpose(1, 2)) / count
+            def gram(f: Tensor) -> Tensor:  # called in this iteration only: `w` and `count` are this layer's
+                fw = (f * w).flatten(2)  # noqa: B023
+                return torch.bmm(fw, f.flatten(2).transpose(1, 2)) / count  # noqa: B023
 
             g_real, g_fake = gram(f_real), gram(f_fake)
             scale = g_real.abs().mean(dim=(1, 2)).clamp_min(EPS)

@@ -392,7 +392,7 @@ def load_image(path: str | Path, is_mask: bool = False) -> tuple[np.ndarray, np.
     reader = ITKReader() if path.is_dir() else (PILReader() if picture else NibabelReader())
     try:
         data = LoadImage(image_only=True, dtype=np.float32)(str(path), reader=reader)
-    except Exception as err:  # any reader failure is a bad file for the user
+    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file for the user
         if path.is_dir():  # name the damaged file of the series, not only its folder
             _check_dicom_files(path, _dicom_files(path), f"ITK cannot read the series: {_one_line(err, 120)}")
         raise InputError(f"cannot read this file ({_one_line(err)})", path) from None

@@ -429,7 +429,8 @@ def summarise(
         patients = [str(r["patient"]) for r in first]
 
         def matrix(column: str) -> np.ndarray:
-            return np.stack([_num(g, column) for g in groups.values()], axis=1)  # (slices, seeds)
+            # called only inside this iteration of `run`, so the late-bound `groups` is this run's
+            return np.stack([_num(g, column) for g in groups.values()], axis=1)  # noqa: B023 - (slices, seeds)
 
         for name in CLASSES:
             tp, fp, tn, fn = (matrix(f"{c}_{name}") for c in COUNTS)
