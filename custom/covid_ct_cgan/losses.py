@@ -27,9 +27,13 @@ How the paper's objective is put together by the trainer
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .networks.discriminator import MultiResolutionDiscriminator
 
 Features = Sequence[Sequence[Tensor]]
 EPS = 1e-8
@@ -54,7 +58,7 @@ def _scale_target(target_is_real: bool, targets: Sequence[Tensor] | None, i: int
     return targets[i]
 
 
-def region_fake_targets(region: Tensor, discriminator: torch.nn.Module) -> list[Tensor]:
+def region_fake_targets(region: Tensor, discriminator: MultiResolutionDiscriminator) -> list[Tensor]:
     """Per-patch targets of a composited fake: 0 where the patch's view is centred on synthesised pixels, 1 where
     it sees only untouched real ones (AOT-GAN's soft-mask PatchGAN, SM-PatchGAN, Zeng et al. 2022).
 

@@ -49,6 +49,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -256,6 +257,8 @@ def _find_radiopaedia(path: Path) -> list[CaseFiles]:
 
 def _find_medseg(path: Path) -> list[CaseFiles]:
     image = _nifti_in(path, "tr_im")
+    if image is None:  # a layout given as "medseg" for a folder of another layout
+        raise InputError("no image tr_im.nii.gz in this folder", path)
     lesion = _nifti_in(path, "tr_mask")
     if lesion is None:
         raise InputError("no lesion mask tr_mask.nii.gz next to this image", image)
@@ -486,8 +489,8 @@ def _reorient(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nda
     from monai.data import MetaTensor
     from monai.transforms import Orientation
 
-    tensor = MetaTensor(array[None], affine=affine)
-    oriented = Orientation(axcodes=AXCODES, labels=_RAS_LABELS)(tensor)
+    tensor = MetaTensor(array[None], affine=affine)  # type: ignore[arg-type]  # it converts the array itself
+    oriented = cast(MetaTensor, Orientation(axcodes=AXCODES, labels=_RAS_LABELS)(tensor))
     return np.ascontiguousarray(oriented[0].numpy()), np.asarray(oriented.affine, dtype=np.float64)
 
 

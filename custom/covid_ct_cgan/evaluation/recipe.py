@@ -422,7 +422,7 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
         if not these:
             continue
         entry: dict[str, Any] = {"run": label, "generator": generator}
-        cells = [label, generator]
+        cells: list[Any] = [label, generator]
         info = _summary(rows, run, "infection")
         entry.update(train_real=info.get("train_real", ""), train_synthetic=info.get("train_synthetic", ""))
         seeds = list(dict.fromkeys(str(r.get("seed", "")) for r in these))

@@ -295,10 +295,12 @@ def choose(
     worth_probing = slices >= PROBE_MIN_BATCHES * batch_size
     reasons: list[str] = []
 
-    pixels = cpu_pixels_per_call
+    pixels: int | None = None
     if device.type != "cpu":
         pixels = None
-    elif pixels == AUTO:
+    elif cpu_pixels_per_call != AUTO:
+        pixels = None if cpu_pixels_per_call is None else int(cpu_pixels_per_call)
+    else:
         found = cache.get(machine, workload, "slicing")
         if found is None and worth_probing:
             found = slicing_probe(network, device, image_size, batch_size, amp)

@@ -1,7 +1,7 @@
 """Discriminators: pix2pixHD's N-layer PatchGAN, the multi-resolution discriminator, the local discriminator on
 crops around the synthesised region (with its crop geometry) and the DFM weighting net."""
 
-from typing import Any
+from typing import Any, cast
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -360,7 +360,7 @@ class MultiResolutionDiscriminator(nn.Module):
         for i, disc in enumerate(self.discriminators):
             if i > 0:
                 mask = nn.functional.max_pool2d(mask, 3, 2, 1)
-            out.append(read(disc, mask))
+            out.append(read(cast(NLayerDiscriminator, disc), mask))
         return out
 
 
