@@ -139,6 +139,7 @@ def test_slice_folders_with_lung_masks(tmp_path, builders):
     assert summary["lung_masks_derived"] == 0 and summary["slices_kept"] == 3
 
 
+@pytest.mark.integration
 def test_dicom_series(tmp_path, builders):
     raw = builders.write_dicom_dataset(tmp_path / "raw", names=("a", "b", "c"), nz=3, size=24)
     out = tmp_path / "data"
@@ -188,6 +189,7 @@ def test_split_argument_errors():
         split_items(items, "paper")
 
 
+@pytest.mark.integration
 def test_real_medseg_slices_both_modes(tmp_path, medseg_slices_dir):
     runs = {}
     for mode in ("patient", "paper"):
@@ -559,6 +561,7 @@ def test_predefined_split_refused_without_train_and_test(tmp_path, builders, fak
     assert not (tmp_path / "data").exists() and not (tmp_path / "work").exists() and fake_phantom == []
 
 
+@pytest.mark.integration
 def test_predefined_split_real_medseg_test_slices_never_train(tmp_path, medseg_slices_dir):
     out = tmp_path / "data"
     summary = prepare_dataset(str(medseg_slices_dir), str(out), split="predefined")

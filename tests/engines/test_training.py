@@ -33,6 +33,7 @@ def _ckpt(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.integration
 def test_training_runs_every_stage_and_hands_over(work_dir: Path) -> None:
     _run("training", work_dir)
     out = work_dir / "output"
@@ -72,6 +73,7 @@ def test_training_runs_every_stage_and_hands_over(work_dir: Path) -> None:
     assert delta < local_g[key].abs().mean()
 
 
+@pytest.mark.integration
 def test_training_skips_finished_stages(work_dir: Path) -> None:
     _run("train_local", work_dir)
     stage_dir = work_dir / "output" / "local"
@@ -146,6 +148,7 @@ def test_killed_stage_resumes_at_saved_iteration_with_same_lr(work_dir: Path, su
     assert final["g_optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected_lr)
 
 
+@pytest.mark.integration
 def test_non_finite_loss_stops_cleanly_and_keeps_last_good_checkpoint(work_dir: Path, capsys: pytest.CaptureFixture) -> None:
     _run("train_local", work_dir, epochs=1)
     good = work_dir / "output" / "local" / "checkpoint_epoch=1.pt"
@@ -162,6 +165,7 @@ def test_non_finite_loss_stops_cleanly_and_keeps_last_good_checkpoint(work_dir: 
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
+@pytest.mark.integration
 def test_mlflow_tracking_records_metrics_params_and_artifacts(work_dir: Path) -> None:
     _run("train_joint", work_dir, handover="$None", handover_discriminator="$None", tracking="mlflow")
     db = work_dir / "output" / "mlruns.db"
@@ -207,6 +211,7 @@ def test_torchrun_two_cpu_processes_only_rank0_writes(work_dir: Path, subprocess
     assert len(list((stage_dir / "samples").glob("epoch_*.png"))) == 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay, stages", [("pix2pixhd.yaml", ("global", "local", "joint")), ("pix2pix.yaml", ("joint",))])
 def test_baseline_overlays_train_on_the_same_trainer(work_dir: Path, overlay: str, stages: tuple[str, ...]) -> None:
     configs = [TRAIN_YAML, str(REPO_ROOT / "bundle" / "configs" / overlay)]

@@ -105,6 +105,7 @@ def test_calibration_conditions_are_synthesis_inputs(tmp_path: Path, builders) -
         calibration_conditions(datalist, IMAGE_SIZE, key="validation")
 
 
+@pytest.mark.integration
 def test_run_synthesis_int8_end_to_end(tmp_path: Path, builders, checkpoint_dir: Path) -> None:
     datalist = tiny_datalist(tmp_path, builders)
     common = dict(checkpoint=checkpoint_dir / "joint", input=datalist, image_size=IMAGE_SIZE, batch_size=2)

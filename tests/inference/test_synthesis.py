@@ -204,6 +204,7 @@ def test_bf16_autocast_close_to_fp32(tmp_path: Path, builders, checkpoint_dir: P
     np.testing.assert_array_equal(a[~lung], b[~lung])
 
 
+@pytest.mark.integration
 def test_compiled_path_matches_eager(tmp_path: Path, builders, checkpoint_dir: Path, nifti_2d, monkeypatch) -> None:
     """The compile path (batch padding, compiled call) with a fast backend; inductor is in the slow test."""
     monkeypatch.setattr(synthesis, "COMPILE_BACKEND", "aot_eager")
