@@ -323,8 +323,8 @@ def test_data_dir_that_could_delete_data_refused(tmp_path, builders, monkeypatch
 
 @pytest.mark.integration
 def test_run_prepare_exits_with_one_error_line(tmp_path):
-    code = "from covid_ct_cgan.data.prepare import run_prepare; run_prepare(dataset_dir=r'%s', data_dir=r'%s')" % (
-        tmp_path / "missing", tmp_path / "data")
+    code = (f"from covid_ct_cgan.data.prepare import run_prepare; "
+            f"run_prepare(dataset_dir=r'{tmp_path / 'missing'}', data_dir=r'{tmp_path / 'data'}')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
