@@ -29,3 +29,10 @@ def medseg_slices_dir() -> Path:
     if not MEDSEG_SLICES.is_dir():
         pytest.skip(f"real-data check needs {MEDSEG_SLICES} (the team's shared/ folder beside the repository)")
     return MEDSEG_SLICES
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every ``slow`` test ``integration`` too, so that the unit tier (``-m "not integration"``) leaves it out."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None and item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.integration)

@@ -16,6 +16,8 @@ from covid_ct_cgan.networks import GlobalLocalGenerator
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
+pytestmark = pytest.mark.integration  # python -m monai.bundle in a subprocess
+
 
 def _bundle(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(

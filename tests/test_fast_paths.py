@@ -20,6 +20,7 @@ import math
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -360,15 +361,20 @@ def test_benchmark_targets_and_markdown(bench) -> None:
     assert int8_target["met"] is False and int8_target["measured"].startswith("int8_inductor 5.00x")
 
 
-def test_benchmark_compute_ceiling(bench) -> None:
+def test_benchmark_compute_ceiling(bench, monkeypatch: pytest.MonkeyPatch) -> None:
     """FLOPs of a known convolution, and the fp32 ceiling as peak / achieved rate in the report."""
     conv = torch.nn.Conv2d(8, 16, 3, padding=1)
     x = torch.randn(2, 8, 10, 10)
     assert bench.measure.flops(lambda: conv(x)) == 2 * (2 * 10 * 10) * 16 * 8 * 9  # 2 FLOPs a multiply-add
     bound = bench.measure.compute_bound(4 * 10**9, 0.5, 32.0)  # 8 GFLOP/s against a 32 GFLOP/s peak
     assert bound == {"gflop": 4.0, "gflops": 8.0, "share_of_peak": 0.25, "fp32_ceiling_speedup": 4.0}
-    peak = bench.measure.fp32_peak(torch.device("cpu"), size=64, repeats=1)
-    assert peak["gflops"] > 0 and "64x64" in peak["how"]
+    # the rate from a fixed 1 ms a product: a real timing of so small a product rounds to 0.0 GFLOP/s on a loaded machine
+    def one_ms(fn: Any, device: torch.device, memory: Any = None) -> tuple[float, float, dict, Any]:
+        return 0.001, 0.001, {}, fn()
+
+    monkeypatch.setattr(bench.measure, "timed", one_ms)
+    peak = bench.measure.fp32_peak(torch.device("cpu"), size=64, repeats=2)
+    assert peak == {"gflops": 0.5, "how": "fp32 64x64 matrix product, best of 2"}  # 2 * 64**3 FLOPs in 1 ms
     data = {"fp32_peak": {"gflops": 32.0, "how": "made up"},
             "training": [{"stage": "joint", "image_size": 256, "ngf": 32, "compute": bound}]}
     text = "\n".join(bench.report._compute(data))

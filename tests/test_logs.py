@@ -146,6 +146,7 @@ def test_the_command_ends_at_once_after_its_line(monkeypatch: pytest.MonkeyPatch
     assert calls == (["freeze"] if frozen else [])
 
 
+@pytest.mark.integration
 def test_ctrl_c_stops_training_with_one_line_and_the_printed_command_resumes(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.yaml",

@@ -53,6 +53,7 @@ def _file_keys(*files: str) -> dict:
         ("segmentation.yaml", "run", ["--epoch", "1"], "ERROR: unknown key 'epoch'; did you mean 'epochs'?"),
     ],
 )
+@pytest.mark.integration
 def test_misspelt_key_on_the_command_line_fails_before_any_work(
     tmp_path: Path, config: str, run_id: str, typo: list[str], expected: str
 ) -> None:
@@ -81,6 +82,7 @@ def test_misspelt_key_on_the_command_line_fails_before_any_work(
          "ERROR: unknown key 'imge_size'; did you mean 'image_size'?"),
     ],
 )
+@pytest.mark.integration
 def test_misspelt_id_path_is_refused_in_every_config(
     tmp_path: Path, capsys: pytest.CaptureFixture, configs: list[str], run_id: str, override: dict, expected: str
 ) -> None:
@@ -92,6 +94,7 @@ def test_misspelt_id_path_is_refused_in_every_config(
     assert not work.exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("run_id", ["prepare", "prepare_if_needed", "run", "train_global", "train_local", "train_joint", "training"])
 def test_every_training_run_id_checks_its_keys(tmp_path: Path, capsys: pytest.CaptureFixture, run_id: str) -> None:
     with pytest.raises(SystemExit) as stop:
@@ -158,6 +161,7 @@ def test_settings_that_are_not_booleans_keep_their_values() -> None:
     check_overrides(config, {"num_workers": 0, "constant_lr_epochs": 1, "network_def#ngf": 0, "prepare_if_needed": "false"})
 
 
+@pytest.mark.integration
 def test_a_lower_case_boolean_on_the_command_line_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as stop:
         run_bundle("training", config_file=TRAIN, work_dir=str(tmp_path / "work"), amp="false")
@@ -200,6 +204,7 @@ def test_tracking_settings_are_accepted_with_tracking(tmp_path: Path) -> None:
         ({"batch_size": 0}, "ERROR: batch_size: must be at least 1, got 0"),
     ],
 )
+@pytest.mark.integration
 def test_bad_training_value_is_one_line_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture, override: dict, expected: str
 ) -> None:

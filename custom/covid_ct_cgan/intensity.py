@@ -9,18 +9,21 @@ window's edge (the clipping cannot be undone).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-Scale = Literal["hu", "8bit"]
+# an intensity scale: one of SCALES (a plain str: it comes from configs and the command line; _range checks it)
+Scale = str
 SCALES: tuple[str, ...] = ("hu", "8bit")
 
 DEFAULT_WINDOW_LEVEL = -600.0
 DEFAULT_WINDOW_WIDTH = 1500.0
 
 ArrayLike = np.ndarray | torch.Tensor
+# what the mappings return: the type they were given
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 
 def window_bounds(level: float = DEFAULT_WINDOW_LEVEL, width: float = DEFAULT_WINDOW_WIDTH) -> tuple[float, float]:
@@ -42,7 +45,7 @@ def _range(scale: Scale, level: float, width: float) -> tuple[float, float]:
     raise ValueError(f"unknown intensity scale {scale!r}; expected one of {SCALES}")
 
 
-def to_model(x: ArrayLike, scale: Scale = "hu", level: float = DEFAULT_WINDOW_LEVEL, width: float = DEFAULT_WINDOW_WIDTH) -> ArrayLike:
+def to_model(x: Array, scale: Scale = "hu", level: float = DEFAULT_WINDOW_LEVEL, width: float = DEFAULT_WINDOW_WIDTH) -> Array:
     """Map HU (clipped to the window) or 8-bit values to [-1, 1] as float32."""
     low, high = _range(scale, level, width)
     if isinstance(x, torch.Tensor):
@@ -52,7 +55,7 @@ def to_model(x: ArrayLike, scale: Scale = "hu", level: float = DEFAULT_WINDOW_LE
     return (x - low) / (high - low) * 2.0 - 1.0
 
 
-def from_model(x: ArrayLike, scale: Scale = "hu", level: float = DEFAULT_WINDOW_LEVEL, width: float = DEFAULT_WINDOW_WIDTH) -> ArrayLike:
+def from_model(x: Array, scale: Scale = "hu", level: float = DEFAULT_WINDOW_LEVEL, width: float = DEFAULT_WINDOW_WIDTH) -> Array:
     """Exact inverse of :func:`to_model` (float32; clamp of the input to [-1, 1])."""
     low, high = _range(scale, level, width)
     if isinstance(x, torch.Tensor):

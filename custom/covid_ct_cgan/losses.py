@@ -27,9 +27,13 @@ How the paper's objective is put together by the trainer
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .networks.discriminator import MultiResolutionDiscriminator
 
 Features = Sequence[Sequence[Tensor]]
 EPS = 1e-8
@@ -54,7 +58,7 @@ def _scale_target(target_is_real: bool, targets: Sequence[Tensor] | None, i: int
     return targets[i]
 
 
-def region_fake_targets(region: Tensor, discriminator: torch.nn.Module) -> list[Tensor]:
+def region_fake_targets(region: Tensor, discriminator: MultiResolutionDiscriminator) -> list[Tensor]:
     """Per-patch targets of a composited fake: 0 where the patch's view is centred on synthesised pixels, 1 where
     it sees only untouched real ones (AOT-GAN's soft-mask PatchGAN, SM-PatchGAN, Zeng et al. 2022).
 
@@ -201,9 +205,9 @@ def texture_loss(real_features: Features, fake_features: Features, weights: Feat
                 w = weights[i][j].float()
             count = w.sum(dim=(1, 2, 3)).clamp_min(EPS)[:, None, None]
 
-            def gram(f: Tensor) -> Tensor:
-                fw = (f * w).flatten(2)
-                return torch.bmm(fw, f.flatten(2).transpose(1, 2)) / count
+            def gram(f: Tensor) -> Tensor:  # called in this iteration only: `w` and `count` are this layer's
+                fw = (f * w).flatten(2)  # noqa: B023
+                return torch.bmm(fw, f.flatten(2).transpose(1, 2)) / count  # noqa: B023
 
             g_real, g_fake = gram(f_real), gram(f_fake)
             scale = g_real.abs().mean(dim=(1, 2)).clamp_min(EPS)

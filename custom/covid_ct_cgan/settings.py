@@ -165,7 +165,7 @@ class BundleCommand:
         return parser.get()
 
 
-def load_config(config: BundleCommand | Mapping[str, Any], **extra: Any) -> dict:
+def load_config(config: BundleCommand | Mapping[str, Any] | None, **extra: Any) -> dict:
     """A private raw config from a command (files, overrides, tracking) or a raw config, with ``extra`` set by id.
 
     Raises:
@@ -268,6 +268,7 @@ def _tracking_keys(tracking: str | dict | None) -> set[str]:
     from monai.bundle import ConfigParser
     from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 
+    settings: Any
     if isinstance(tracking, str) and tracking in DEFAULT_EXP_MGMT_SETTINGS:
         settings = DEFAULT_EXP_MGMT_SETTINGS[tracking]
     else:
@@ -301,7 +302,7 @@ def _target_parameters(component: Mapping[str, Any]) -> tuple[set[str], bool] | 
         return None
     if obj is None:
         return None
-    functions = [k.__init__ for k in inspect.getmro(obj) if "__init__" in vars(k)] if inspect.isclass(obj) else [obj]
+    functions: list[Any] = [vars(k)["__init__"] for k in inspect.getmro(obj) if "__init__" in vars(k)] if inspect.isclass(obj) else [obj]
     names: set[str] = set()
     for func in functions:
         try:
@@ -454,7 +455,7 @@ def _is_boolean_key(config: Mapping[str, Any], key: str, seen: frozenset[str] = 
     try:
         name = ConfigComponent(config=dict(parent), locator=ComponentLocator()).resolve_module_name()
         obj = pydoc.locate(str(name))
-        functions = [k.__init__ for k in inspect.getmro(obj) if "__init__" in vars(k)] if inspect.isclass(obj) else [obj]
+        functions: list[Any] = [vars(k)["__init__"] for k in inspect.getmro(obj) if "__init__" in vars(k)] if inspect.isclass(obj) else [obj]
         for func in functions:
             param = inspect.signature(func).parameters.get(parts[-1])
             if param is not None:
@@ -620,9 +621,8 @@ def _build(parser: Any, key: str, raw: Mapping[str, Any]) -> Any:
 
 def _size_factor(network: torch.nn.Module, stage: str) -> int:
     """Divisor of the input size: the global generator's alone in the global stage, else the whole generator's."""
-    if stage == "global" and hasattr(network, "global_net"):
-        network = network.global_net
-    return int(getattr(network, "full_size_factor", getattr(network, "size_factor", 1)))
+    net: Any = network.global_net if stage == "global" and hasattr(network, "global_net") else network
+    return int(getattr(net, "full_size_factor", getattr(net, "size_factor", 1)))
 
 
 def check_training(raw: Mapping[str, Any]) -> None:

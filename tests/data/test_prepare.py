@@ -139,6 +139,7 @@ def test_slice_folders_with_lung_masks(tmp_path, builders):
     assert summary["lung_masks_derived"] == 0 and summary["slices_kept"] == 3
 
 
+@pytest.mark.integration
 def test_dicom_series(tmp_path, builders):
     raw = builders.write_dicom_dataset(tmp_path / "raw", names=("a", "b", "c"), nz=3, size=24)
     out = tmp_path / "data"
@@ -188,6 +189,7 @@ def test_split_argument_errors():
         split_items(items, "paper")
 
 
+@pytest.mark.integration
 def test_real_medseg_slices_both_modes(tmp_path, medseg_slices_dir):
     runs = {}
     for mode in ("patient", "paper"):
@@ -319,9 +321,10 @@ def test_data_dir_that_could_delete_data_refused(tmp_path, builders, monkeypatch
     assert (tmp_path / "work" / "sub").is_dir()
 
 
+@pytest.mark.integration
 def test_run_prepare_exits_with_one_error_line(tmp_path):
-    code = "from covid_ct_cgan.data.prepare import run_prepare; run_prepare(dataset_dir=r'%s', data_dir=r'%s')" % (
-        tmp_path / "missing", tmp_path / "data")
+    code = (f"from covid_ct_cgan.data.prepare import run_prepare; "
+            f"run_prepare(dataset_dir=r'{tmp_path / 'missing'}', data_dir=r'{tmp_path / 'data'}')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
@@ -558,6 +561,7 @@ def test_predefined_split_refused_without_train_and_test(tmp_path, builders, fak
     assert not (tmp_path / "data").exists() and not (tmp_path / "work").exists() and fake_phantom == []
 
 
+@pytest.mark.integration
 def test_predefined_split_real_medseg_test_slices_never_train(tmp_path, medseg_slices_dir):
     out = tmp_path / "data"
     summary = prepare_dataset(str(medseg_slices_dir), str(out), split="predefined")
@@ -574,6 +578,7 @@ def test_predefined_split_real_medseg_test_slices_never_train(tmp_path, medseg_s
     assert len(datalist["validation"]) == 5
 
 
+@pytest.mark.integration
 def test_train_yaml_forwards_patient_regex_and_overwrite(tmp_path, builders, repo_root):
     raw = builders.write_slices(tmp_path / "raw", ["p1_1", "p1_2", "p2_1", "p3_1"], size=24)
     work = tmp_path / "work"

@@ -54,6 +54,7 @@ def test_slices_keep_their_pixel_size_on_the_grid(work_dir: Path) -> None:
     assert float(inside.std()) > 0
 
 
+@pytest.mark.integration
 def test_a_crop_trained_model_synthesises_the_whole_slice_at_its_own_size(work_dir: Path) -> None:
     run_bundle("training", config_file=TRAIN_YAML, **{**NATIVE, "work_dir": str(work_dir), "epochs": 1})
     joint = work_dir / "output" / "joint"
@@ -74,6 +75,7 @@ def test_a_crop_trained_model_synthesises_the_whole_slice_at_its_own_size(work_d
     assert match and nib.load(match[0]).shape[:2] == nib.load(first).shape[:2]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("crop", "message"), [(30, "multiple of 4"), (128, "no larger than image_size")])
 def test_bad_crop_sizes_are_refused_before_any_work(work_dir: Path, crop: int, message: str,
                                                     capsys: pytest.CaptureFixture) -> None:

@@ -6,12 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tiny_training import REPO_ROOT, tiny_cli
 
 CONFIGS = ["bundle/configs/train.yaml", "bundle/configs/multi_gpu_train.yaml"]
 STAGES = ("global", "local", "joint")
+
+pytestmark = pytest.mark.integration  # torchrun with two processes
 
 # every rank saves the generator it trained, after each stage (test only: train.yaml writes from rank 0 alone);
 # the `training` run's own finalize, after the stages, builds an untrained joint network: it must not overwrite

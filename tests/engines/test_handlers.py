@@ -85,6 +85,7 @@ def test_checkpoints_left_by_a_killed_run_are_removed_once_superseded(tmp_path: 
         "checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt", "checkpoint_iteration=15.pt"]
 
 
+@pytest.mark.integration
 def test_mlflow_keeps_iteration_losses_apart_from_the_epoch_means(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
     from monai.handlers import MLFlowHandler

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from monai.bundle import ConfigParser
 
@@ -70,6 +71,7 @@ def test_evaluation_reads_the_overlay_as_training_does() -> None:
     assert parser.get_parsed_content("network_def").size_factor == 64
 
 
+@pytest.mark.integration
 def test_pix2pix_overlay_trains_one_epoch_with_the_cross_entropy_loss(work_dir: Path) -> None:
     parser = _parser()
     assert parser.get_parsed_content("train#trainer#gan_mode") == "vanilla"  # train.yaml passes gan_mode on

@@ -118,6 +118,7 @@ def test_joint_stage_refuses_sources_trained_with_other_settings(tmp_path: Path,
     assert trainer.runs == 0 and not (tmp_path / "joint" / SETTINGS_FILE).exists()
 
 
+@pytest.mark.integration
 def test_resumed_bundle_stage_with_another_image_size_is_refused(work_dir: Path, capsys: pytest.CaptureFixture) -> None:
     run_bundle("train_local", config_file=TRAIN_YAML, **{**TINY, "work_dir": str(work_dir), "epochs": 1})
     stage = work_dir / "output" / "local"
@@ -134,6 +135,7 @@ def test_resumed_bundle_stage_with_another_image_size_is_refused(work_dir: Path,
     assert sorted(p.name for p in stage.glob("*.pt")) == before
 
 
+@pytest.mark.integration
 def test_stage_runner_needs_a_command(work_dir: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as stop:  # monai.bundle.run from Python records no command to re-read
         monai_run("train_local", config_file=TRAIN_YAML, **{**TINY, "work_dir": str(work_dir)})

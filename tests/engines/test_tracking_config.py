@@ -6,9 +6,13 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from covid_ct_cgan.settings import run_bundle
 
 from tiny_training import TINY, TRAIN_YAML
+
+pytestmark = pytest.mark.integration  # a whole train.yaml run through monai.bundle
 
 
 def test_each_stage_run_logs_its_own_config_once(work_dir: Path) -> None:

@@ -299,6 +299,7 @@ def test_perfect_generator_has_zero_feature_matching_loss_with_the_local_discrim
     assert all(v > 0 for v in values["d_local"])
 
 
+@pytest.mark.integration
 def test_lesion_inpainting_overlay_trains_hands_over_and_resumes(work_dir: Path) -> None:
     """The overlay for one epoch of every stage: the local D is in every checkpoint and in the shared D optimizer,
     the joint stage starts it from the local stage, a stage resumes with it, and turning it off is refused."""
@@ -377,6 +378,7 @@ finalize:
 """
 
 
+@pytest.mark.integration
 def test_local_discriminator_under_ddp(tmp_path: Path, subprocess_env: dict) -> None:
     """Two gloo processes: the local D is its own DistributedDataParallel module and both ranks end with the
     same weights as the checkpoint."""

@@ -74,6 +74,7 @@ def test_folders_that_cannot_be_compared_are_named(runs, tmp_path: Path) -> None
         compare_synthesis(reference, smaller, tmp_path / "out")
 
 
+@pytest.mark.integration
 def test_command_line_prints_the_summary_and_one_error_line(runs, tmp_path: Path) -> None:
     reference, other, _ = runs
     module = "covid_ct_cgan.evaluation.compare_synthesis"

@@ -53,6 +53,7 @@ def test_components_read_the_top_level_settings(tmp_path: Path) -> None:
     assert report.segmentation_dir == f"{tmp_path}/segmentation/results"
 
 
+@pytest.mark.integration
 def test_run_and_report_with_component_overrides(
     dataset: Path, tmp_path: Path, generator_checkpoint: Path, tiny_overrides: dict, capsys: pytest.CaptureFixture
 ) -> None:
@@ -99,6 +100,7 @@ def test_run_and_report_with_component_overrides(
         f"ERROR: {folder}: already exists and is not empty; pass --overwrite True to replace it")
 
 
+@pytest.mark.integration
 def test_ablation_run_id_reaches_its_component(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as stop:
         run_bundle("ablation", config_file=EVALUATE, work_dir=str(tmp_path / "work"), ablations=["nope"])
@@ -108,6 +110,7 @@ def test_ablation_run_id_reaches_its_component(tmp_path: Path, capsys: pytest.Ca
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.integration
 def test_command_line_model_names_reach_the_component(tmp_path: Path) -> None:
     work = tmp_path / "work"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "run", "--config_file", "bundle/configs/evaluate.yaml",
@@ -121,6 +124,7 @@ def test_command_line_model_names_reach_the_component(tmp_path: Path) -> None:
     assert not work.exists()
 
 
+@pytest.mark.integration
 def test_a_model_without_checkpoint_is_refused_before_the_fid_features_train(tmp_path: Path, capsys, monkeypatch) -> None:
     # the FID feature network trains for minutes: a missing checkpoint is named first, with the command that
     # trains it in this work folder

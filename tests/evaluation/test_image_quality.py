@@ -61,6 +61,7 @@ def _real_model_scale(path: str) -> np.ndarray:
     return intensity.to_model(nib.load(path).get_fdata().astype(np.float32), "hu")
 
 
+@pytest.mark.integration
 def test_evaluation_scores_models_and_the_mean_lung_baseline(
     dataset: Path, tmp_path: Path, generator_checkpoint: Path, tiny_overrides: dict
 ) -> None:

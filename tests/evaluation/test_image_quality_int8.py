@@ -35,6 +35,7 @@ def _model_scale(path: Path) -> np.ndarray:
     return intensity.to_model(nib.load(str(path)).get_fdata().astype(np.float32), "hu")
 
 
+@pytest.mark.integration
 def test_int8_model_is_scored_beside_the_float_one(
     dataset: Path, tmp_path: Path, generator_checkpoint: Path, tiny_overrides: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

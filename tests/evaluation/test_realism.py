@@ -159,6 +159,7 @@ def test_region_crops_share_centres_inside_the_region() -> None:
     assert (real[:, 2, 2] == 37.0).all() and np.array_equal(gen, real + 1)
 
 
+@pytest.mark.integration
 def test_two_sample_accuracy_is_chance_for_one_distribution_and_one_for_two() -> None:
     rng = np.random.default_rng(0)
     n, region = 32, np.ones((48, 48), bool)

@@ -160,6 +160,7 @@ def _subset(root: Path) -> Path:
     return root
 
 
+@pytest.mark.integration
 def test_recipe_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     raw, work = _subset(tmp_path / "raw"), tmp_path / "work"
     tiny = {"dataset_dir": str(raw), "work_dir": str(work), "image_size": 64, "crop_size": 32, "epochs": 1, "ngf": 8,

@@ -192,6 +192,7 @@ def _synthesis_cmd(checkpoint_dir: Path, image: Path, label: Path, out: Path, *e
             "--output_dir", str(out), "--amp", "False", *extra]
 
 
+@pytest.mark.integration
 def test_trained_checkpoint_is_enough_for_synthesis_and_evaluation(tmp_path: Path, builders) -> None:
     """Train tiny with non-default network keys, then synthesise with only --checkpoint_dir; a contradiction is refused."""
     tiny = {**_tiny_settings(), "epochs": 1, "ngf": 12, "n_downsampling": 1, "upsampling": "resize",
@@ -238,6 +239,7 @@ def test_trained_checkpoint_is_enough_for_synthesis_and_evaluation(tmp_path: Pat
         trained_model("ours", [TRAIN_YAML], {"work_dir": str(work), "ngf": 16})
 
 
+@pytest.mark.integration
 def test_old_checkpoint_without_settings_uses_the_given_keys(tmp_path: Path, builders, checkpoint_dir: Path) -> None:
     """A checkpoint saved before any record was (``{"generator": ...}`` only) works with the legacy_settings given."""
     assert saved_network_settings(checkpoint_dir / "joint") is None
@@ -255,6 +257,7 @@ def test_old_checkpoint_without_settings_uses_the_given_keys(tmp_path: Path, bui
     assert done.returncode == 2 and "checkpoint is from another network configuration" in done.stderr
 
 
+@pytest.mark.integration
 def test_single_dicom_file_gets_a_hint_to_pass_its_series_folder(tmp_path: Path, builders, checkpoint_dir: Path) -> None:
     hu, lab = builders.tiny_volume()
     series = builders.write_dicom_series(tmp_path / "series", hu)

@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ORT_ATOL = 1e-4
 
 
+@pytest.mark.integration
 def test_monai_bundle_onnx_export_matches_eager(tmp_path: Path, checkpoint_dir: Path) -> None:
     """The documented command line: ``python -m monai.bundle onnx_export network_def`` on inference.yaml."""
     ckpt = checkpoint_dir / "joint" / "checkpoint_epoch=1.pt"
@@ -104,6 +105,7 @@ def test_calibration_conditions_are_synthesis_inputs(tmp_path: Path, builders) -
         calibration_conditions(datalist, IMAGE_SIZE, key="validation")
 
 
+@pytest.mark.integration
 def test_run_synthesis_int8_end_to_end(tmp_path: Path, builders, checkpoint_dir: Path) -> None:
     datalist = tiny_datalist(tmp_path, builders)
     common = dict(checkpoint=checkpoint_dir / "joint", input=datalist, image_size=IMAGE_SIZE, batch_size=2)

@@ -30,6 +30,7 @@ def int8_generator(request: pytest.FixtureRequest) -> InductorInt8Generator:
                                  bf16=request.param)
 
 
+@pytest.mark.integration
 def test_mixed_bf16_follows_the_cpu_by_default() -> None:
     from covid_ct_cgan.precision import native_bf16_cpu
 
@@ -37,6 +38,7 @@ def test_mixed_bf16_follows_the_cpu_by_default() -> None:
     assert generator.bf16 is native_bf16_cpu() and generator.batch_size == 1
 
 
+@pytest.mark.integration
 def test_inductor_int8_within_its_tolerance_of_fp32(int8_generator: InductorInt8Generator) -> None:
     quantized = [n for n in int8_generator.quantized.graph.nodes if "quantize_per_" in str(n.target)]
     assert quantized  # really quantized: quantize / dequantize nodes in the converted graph
@@ -47,6 +49,7 @@ def test_inductor_int8_within_its_tolerance_of_fp32(int8_generator: InductorInt8
     assert float(got.abs().max()) <= 1.0 + 1e-6  # tanh output stays in range
 
 
+@pytest.mark.integration
 def test_inductor_int8_runs_any_batch_per_sample(int8_generator: InductorInt8Generator) -> None:
     x = random_conditions(3, seed=12)  # compiled for 2: one full batch and one padded
     together = int8_generator(x)
@@ -85,6 +88,7 @@ def test_a_failing_compiler_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) 
         InductorInt8Generator(make_generator(), IMAGE_SIZE, list(random_conditions(1)))
 
 
+@pytest.mark.integration
 def test_run_synthesis_int8_records_its_precision(tmp_path: Path, builders, checkpoint_dir: Path) -> None:
     datalist = tiny_datalist(tmp_path, builders)
     common = dict(checkpoint=checkpoint_dir / "joint", input=datalist, image_size=IMAGE_SIZE, batch_size=2,

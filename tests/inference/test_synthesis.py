@@ -207,6 +207,7 @@ def test_bf16_autocast_close_to_fp32(tmp_path: Path, builders, checkpoint_dir: P
     np.testing.assert_array_equal(a[~lung], b[~lung])
 
 
+@pytest.mark.integration
 def test_compiled_path_matches_eager(tmp_path: Path, builders, checkpoint_dir: Path, nifti_2d, monkeypatch) -> None:
     """The compile path (batch padding, compiled call) with a fast backend; inductor is in the slow test."""
     monkeypatch.setattr(synthesis, "COMPILE_BACKEND", "aot_eager")
@@ -351,6 +352,7 @@ def test_python_synthesis_takes_the_data_settings_of_the_checkpoints_record(tmp_
         "image_size": IMAGE_SIZE, "window_level": -500, "window_width": 1400, "condition": "map"}  # not 128, -600, 1500
 
 
+@pytest.mark.integration
 def test_bundle_run(tmp_path: Path, builders, checkpoint_dir: Path, nifti_2d, repo_root: Path) -> None:
     """``monai.bundle run run`` with inference.yaml: a good input works, a bad one exits 2 with one ERROR line."""
     image, label = nifti_2d
@@ -374,6 +376,7 @@ def test_bundle_run(tmp_path: Path, builders, checkpoint_dir: Path, nifti_2d, re
     assert "Traceback" not in bad.stderr and not (tmp_path / "out_bad").exists()
 
 
+@pytest.mark.integration
 def test_bundle_run_overrides_a_postprocessing_setting_and_a_handler(
     tmp_path: Path, checkpoint_dir: Path, nifti_2d, repo_root: Path
 ) -> None:

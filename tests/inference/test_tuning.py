@@ -138,6 +138,7 @@ def test_machine_key_names_cpu_flags_torch_and_threads() -> None:
     assert f"torch {torch.__version__}" in key and f"threads {torch.get_num_threads()}" in key and "flags " in key
 
 
+@pytest.mark.integration
 def test_real_probes_return_their_documented_fields() -> None:
     net = make_generator()
     sliced = tuning.probe_slicing(net, CPU, IMAGE_SIZE, 3, False)

@@ -251,13 +251,13 @@ def test_crop_contains_the_whole_component_also_at_the_borders(blob):
     (top, left), = boxes
     assert has_region.tolist() == [True]
     assert 0 <= top <= 64 - size and 0 <= left <= 64 - size  # inside the image
-    t, l, h, w = blob
-    assert top <= t and t + h <= top + size and left <= l and l + w <= left + size  # the whole component
+    t, lft, h, w = blob
+    assert top <= t and t + h <= top + size and left <= lft and lft + w <= left + size  # the whole component
     inside = region[0, 0, top : top + size, left : left + size].sum()
     assert inside == region.sum()
-    if 0 < t and t + h < 64 and 0 < l and l + w < 64 and (h, w) != (size, size):
+    if 0 < t and t + h < 64 and 0 < lft and lft + w < 64 and (h, w) != (size, size):
         # away from the borders the component sits in the middle of the crop (within one pixel)
-        assert abs((top + size / 2) - (t + h / 2)) <= 1 and abs((left + size / 2) - (l + w / 2)) <= 1
+        assert abs((top + size / 2) - (t + h / 2)) <= 1 and abs((left + size / 2) - (lft + w / 2)) <= 1
 
 
 def test_crop_of_a_component_larger_than_the_crop_lies_on_it():

@@ -83,6 +83,7 @@ def test_a_damaged_record_is_named(work: Path, capsys) -> None:
                     "older version?); prepare the data again with --overwrite True")
 
 
+@pytest.mark.integration
 def test_training_on_damaged_data_stops_before_any_stage(work: Path, capsys) -> None:
     from covid_ct_cgan.settings import run_bundle
 

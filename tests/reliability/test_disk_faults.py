@@ -55,6 +55,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.integration
 def test_read_only_output_dir_is_one_line_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
     read_only = tmp_path / "mounted_read_only"
     read_only.mkdir()
@@ -78,6 +79,7 @@ def test_read_only_output_dir_is_one_line_before_any_work(tmp_path: Path, monkey
     assert not any(read_only.iterdir())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 def test_disk_refusing_the_first_checkpoint_is_one_line_and_leaves_no_temporary(
     prepared: Path, tmp_path: Path, monkeypatch, capsys, code: int

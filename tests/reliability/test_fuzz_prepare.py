@@ -151,6 +151,7 @@ def run_one(layout: str, muts: list, kit, scratch: Path) -> tuple[str | None, st
         return verdict(layout, done, outcome, err, root), outcome
 
 
+@pytest.mark.integration
 def test_prepare_survives_damaged_datasets(kit, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     stats: Counter = Counter()
 

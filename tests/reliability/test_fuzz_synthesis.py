@@ -128,6 +128,7 @@ def run_one(fmt: str, muts: list, kit, checkpoint: Path, scratch: Path) -> tuple
         return verdict(done, outcome, err, root), outcome
 
 
+@pytest.mark.integration
 def test_synthesis_survives_damaged_inputs(kit, generator_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     stats: Counter = Counter()
 

@@ -49,6 +49,7 @@ def test_second_lock_in_the_same_process_is_refused_and_released_on_exit(tmp_pat
         pass
 
 
+@pytest.mark.integration
 def test_other_process_holds_then_dies_and_its_lock_is_taken_over(tmp_path: Path) -> None:
     folder = tmp_path / "out"
     proc = hold_in_child(folder)
@@ -65,6 +66,7 @@ def test_other_process_holds_then_dies_and_its_lock_is_taken_over(tmp_path: Path
         assert read_holder(folder / LOCK_NAME)["pid"] == os.getpid()
 
 
+@pytest.mark.integration
 def test_staged_output_is_refused_while_another_run_builds_it(tmp_path: Path) -> None:
     final = tmp_path / "data"
     proc = hold_in_child(final, sibling_lock(final).path)
@@ -106,6 +108,7 @@ def test_prepare_and_synthesis_refuse_an_output_being_built(tmp_path: Path, kit,
     assert not (tmp_path / "data").exists() and not (tmp_path / "synth").exists()
 
 
+@pytest.mark.integration
 def test_pid_file_fallback_without_flock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_flock(fd: int, op: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")

@@ -138,10 +138,10 @@ def test_check_writable_space_and_obstacles(tmp_path: Path) -> None:
 
 def test_other_os_errors_are_not_disguised(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):  # a bug in a writer stays a bug, with its traceback
-        with atomic_path(tmp_path / "a.txt") as tmp:
+        with atomic_path(tmp_path / "a.txt"):
             raise RuntimeError("writer bug")
     with pytest.raises(OSError) as err:
-        with atomic_path(tmp_path / "b.txt") as tmp:
+        with atomic_path(tmp_path / "b.txt"):
             raise OSError(errno.EIO, "I/O error")
     assert not isinstance(err.value, InputError)
     assert fileio.WRITE_ERRNOS >= {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}

@@ -38,6 +38,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -104,7 +105,8 @@ class _Tubes:
         self.a, self.b = np.concatenate([self.a, a]), np.concatenate([self.b, b])
         self.r, self.rz = np.concatenate([self.r, r]), np.concatenate([self.rz, rz])
 
-    def add_polyline(self, points: np.ndarray, r: np.ndarray | float, rz: np.ndarray | float | None = None) -> None:
+    def add_polyline(self, points: np.ndarray, r: np.ndarray | float | Sequence[float],
+                     rz: np.ndarray | float | None = None) -> None:
         points = np.asarray(points, dtype=float)
         r = np.broadcast_to(np.asarray(r, dtype=float), (len(points),))
         rz_v = r if rz is None else np.broadcast_to(np.asarray(rz, dtype=float), (len(points),))
@@ -258,7 +260,8 @@ def _ellipse_sd_grid(grid: _Grid, cx: float, cy: float, rx: float, ry: float, an
     return out
 
 
-def _rho(x: np.ndarray, y: np.ndarray, cy: float, a: float, b_ant: float, b_post: float, n_ant: float, n_post: float) -> np.ndarray:
+def _rho(x: np.ndarray, y: np.ndarray, cy: float, a: float | np.ndarray, b_ant: float | np.ndarray,
+         b_post: float | np.ndarray, n_ant: float, n_post: float) -> np.ndarray:
     """Normalised radius of a split super-ellipse (its anterior and posterior halves differ); 1 on its boundary."""
     dy = y - cy
     post = dy > 0
@@ -266,7 +269,8 @@ def _rho(x: np.ndarray, y: np.ndarray, cy: float, a: float, b_ant: float, b_post
     return ((np.abs(x) / a) ** n + (np.abs(dy) / np.where(post, b_post, b_ant)) ** n) ** (1.0 / n)
 
 
-def _rho_grid(grid: _Grid, cy: float, a: float, b_ant: float, b_post: float, n_ant: float, n_post: float) -> np.ndarray:
+def _rho_grid(grid: _Grid, cy: float, a: float | np.ndarray, b_ant: float | np.ndarray, b_post: float | np.ndarray,
+              n_ant: float, n_post: float) -> np.ndarray:
     """:func:`_rho` on a slice (x along axis 0, y along axis 1), computed separably."""
     c = grid.coords
     ax = np.abs(c) / np.float32(a)
@@ -364,7 +368,8 @@ def _grow_tree(rng: np.random.Generator, root: np.ndarray, targets: np.ndarray, 
         v = centre - start
         step = start + rng.uniform(0.3, 0.55, (len(sizes), 1)) * v
         step += rng.normal(0.0, 1.0, v.shape) * 0.05 * np.linalg.norm(v, axis=1, keepdims=True)
-        starts_pts.append(start), ends_pts.append(step)
+        starts_pts.append(start)
+        ends_pts.append(step)
         radii.append(np.minimum(r_leaf * sizes ** (1 / 3.0), r_max))
         new_ids = n_nodes + np.arange(len(sizes))
         nodes.append(step)
@@ -898,7 +903,8 @@ class _Renderer:
         segs_a, segs_b, radii = [], [], []
         for side in (-1.0, 1.0):
             pts = p.cavity_point(theta, side, np.full(len(theta), u), 13 * g)
-            segs_a.append(pts[:-1]), segs_b.append(pts[1:])
+            segs_a.append(pts[:-1])
+            segs_b.append(pts[1:])
             radii.append(np.linspace(1.6, 3.2, len(theta) - 1) * g)
         flat, sd, _ = _capsules(np.concatenate(segs_a), np.concatenate(segs_b), np.concatenate(radii), self.grid, pad=2 * g)
         return _reduce(self.grid.n, flat, sd, "min")
@@ -1109,10 +1115,10 @@ def _load_cases(case_or_dir: PhantomCase | Sequence[PhantomCase] | str | Path) -
             lung = root / "rp_lung_msk" / f.name
             if not msk.is_file():
                 raise InputError("has no matching lesion mask in rp_msk", f)
-            img = nib.load(str(f))
+            img = cast(nib.Nifti1Image, nib.load(str(f)))  # NIfTI-2 images subclass it
             cases.append(PhantomCase(
-                image=np.asarray(img.dataobj).astype(np.int16), lesion=np.asarray(nib.load(str(msk)).dataobj).astype(np.uint8),
-                lung=np.asarray(nib.load(str(lung)).dataobj).astype(np.uint8) if lung.is_file() else np.zeros(img.shape, np.uint8),
+                image=np.asarray(img.dataobj).astype(np.int16), lesion=np.asarray(cast(nib.Nifti1Image, nib.load(str(msk))).dataobj).astype(np.uint8),
+                lung=np.asarray(cast(nib.Nifti1Image, nib.load(str(lung))).dataobj).astype(np.uint8) if lung.is_file() else np.zeros(img.shape, np.uint8),
                 affine=img.affine))
         return cases
     return list(case_or_dir)

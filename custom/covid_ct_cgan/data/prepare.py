@@ -548,7 +548,7 @@ def _write_case_slices(
             "source": Path(case.sources["image"]).resolve().relative_to(source.resolve()).as_posix(),
         }
         found.items.append(item)
-        found.pixel_counts[item["image"]] = np.bincount(label.ravel(), minlength=n_classes)[:n_classes]
+        found.pixel_counts[str(item["image"])] = np.bincount(label.ravel(), minlength=n_classes)[:n_classes]
 
 
 def prepare_dataset(

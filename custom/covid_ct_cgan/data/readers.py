@@ -49,6 +49,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -256,6 +257,8 @@ def _find_radiopaedia(path: Path) -> list[CaseFiles]:
 
 def _find_medseg(path: Path) -> list[CaseFiles]:
     image = _nifti_in(path, "tr_im")
+    if image is None:  # a layout given as "medseg" for a folder of another layout
+        raise InputError("no image tr_im.nii.gz in this folder", path)
     lesion = _nifti_in(path, "tr_mask")
     if lesion is None:
         raise InputError("no lesion mask tr_mask.nii.gz next to this image", image)
@@ -392,7 +395,7 @@ def load_image(path: str | Path, is_mask: bool = False) -> tuple[np.ndarray, np.
     reader = ITKReader() if path.is_dir() else (PILReader() if picture else NibabelReader())
     try:
         data = LoadImage(image_only=True, dtype=np.float32)(str(path), reader=reader)
-    except Exception as err:  # any reader failure is a bad file for the user
+    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file for the user
         if path.is_dir():  # name the damaged file of the series, not only its folder
             _check_dicom_files(path, _dicom_files(path), f"ITK cannot read the series: {_one_line(err, 120)}")
         raise InputError(f"cannot read this file ({_one_line(err)})", path) from None
@@ -486,8 +489,8 @@ def _reorient(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nda
     from monai.data import MetaTensor
     from monai.transforms import Orientation
 
-    tensor = MetaTensor(array[None], affine=affine)
-    oriented = Orientation(axcodes=AXCODES, labels=_RAS_LABELS)(tensor)
+    tensor = MetaTensor(array[None], affine=affine)  # type: ignore[arg-type]  # it converts the array itself
+    oriented = cast(MetaTensor, Orientation(axcodes=AXCODES, labels=_RAS_LABELS)(tensor))
     return np.ascontiguousarray(oriented[0].numpy()), np.asarray(oriented.affine, dtype=np.float64)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from ignite.engine import Engine, Events
@@ -25,6 +25,9 @@ from ..networks.ranking import RankingCounts, scale_ranking_counts
 from ..networks.windows import generate
 from ..networks.wrapping import unwrap
 from ..precision import autocast_context
+
+if TYPE_CHECKING:
+    from .trainer import ConditionalGanTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ class CriticRanking:
         return self._batch
 
     @torch.no_grad()
-    def measure(self, engine: Engine) -> dict[str, float]:
+    def measure(self, engine: ConditionalGanTrainer) -> dict[str, float]:
         """The ranking accuracy of every discriminator of ``engine`` on the fixed batch, by metric name."""
         batch = self.fixed_batch()
         if batch is None:
@@ -104,7 +107,7 @@ class CriticRanking:
             metrics["local_d_ranking"] = local.accuracy
         return metrics
 
-    def __call__(self, engine: Engine) -> None:
+    def __call__(self, engine: ConditionalGanTrainer) -> None:
         metrics = self.measure(engine)
         engine.state.metrics.update(metrics)
         if metrics:

@@ -133,8 +133,8 @@ class SampleGridSaver:
         if getattr(engine.state, "rank", 0) != 0 or len(self.dataset) == 0:
             return
         items = [self.dataset[i] for i in range(min(self.num_samples, len(self.dataset)))]
-        device = torch.device(engine.state.device)
-        gen = unwrap(engine.generator)
+        device = torch.device(engine.state.device)  # type: ignore[attr-defined]  # MONAI's Workflow sets it
+        gen = unwrap(engine.generator)  # type: ignore[attr-defined]  # a ConditionalGanTrainer
         was_training = gen.training
         gen.eval()
         cond = torch.stack([torch.as_tensor(it["condition"]) for it in items]).to(device).float()
@@ -241,7 +241,7 @@ class NonFiniteLossGuard:
             "training stopped before the bad update, the weights and checkpoints are the last good ones"
         )
         logger.error(message)
-        engine.state.stop_reason = message
+        engine.state.stop_reason = message  # type: ignore[attr-defined]  # read by engines/stages.py
         engine.terminate()
 
 
@@ -302,12 +302,12 @@ class EpochMeans:
         for key, total in self._sums.items():
             engine.state.metrics[f"train_{key}"] = total / self._counts[key]
         if self.csv_path is not None:
-            self._write(engine.state.epoch, engine.state.metrics)
+            self._write(self.csv_path, engine.state.epoch, engine.state.metrics)
 
-    def _write(self, epoch: int, metrics: dict[str, Any]) -> None:
+    def _write(self, csv_path: Path, epoch: int, metrics: dict[str, Any]) -> None:
         values = {"lr": metrics.get("lr", math.nan), **{k: metrics.get(f"train_{k}", math.nan) for k in self.keys},
                   **{k: metrics.get(k, math.nan) for k in self.metric_columns}}
-        rewrite_epoch_csv(self.csv_path, epoch, {n: f"{float(v):.6g}" for n, v in values.items()}, list(values),
+        rewrite_epoch_csv(csv_path, epoch, {n: f"{float(v):.6g}" for n, v in values.items()}, list(values),
                           restval="nan")
 
 
@@ -415,8 +415,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 disk = checkpoint.save_handler
-                disk._save_func = types.MethodType(_save_atomically, disk)  # noqa: SLF001 - Ignite's DiskSaver
-                checkpoint.save_handler = _RemoveAfterSave(disk, checkpoint.n_saved)
+                disk._save_func = types.MethodType(_save_atomically, disk)  # type: ignore[method-assign]  # Ignite's DiskSaver
+                checkpoint.save_handler = _RemoveAfterSave(disk, checkpoint.n_saved)  # type: ignore[assignment]
 
 
 def _save_atomically(disk: Any, checkpoint: Any, path: Path, func: Any) -> None:
@@ -443,7 +443,8 @@ class _RemoveAfterSave(BaseSaveHandler):
     """
 
     def __init__(self, inner: Any, n_saved: int | None = None) -> None:
-        self.inner, self.pending, self.n_saved = inner, [], n_saved
+        self.inner, self.n_saved = inner, n_saved
+        self.pending: list[str] = []
 
     def __call__(self, checkpoint: Any, filename: str, metadata: Any = None) -> None:
         self.inner(checkpoint, filename, metadata)

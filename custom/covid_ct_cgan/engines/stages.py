@@ -139,7 +139,7 @@ def hand_over(generator: torch.nn.Module, sources: Mapping[str, str | Path], dis
         logger.info(f"{part} initialised from {found[0]}")
     for key, module in (("discriminator", discriminator), ("local_discriminator", local_discriminator)):
         found = load_latest_checkpoint(discriminator_source, required=[key]) if module is not None and discriminator_source else None
-        if found is not None:
+        if found is not None and module is not None:
             try:
                 unwrap(module).load_state_dict(found[1][key], strict=True)
             except RuntimeError as err:

@@ -226,7 +226,7 @@ class ConditionalGanTrainer(Trainer):
                 f"freeze_global_epochs={self.freeze_global_epochs} needs a generator with a global_net (G1); "
                 f"{type(unwrap(generator)).__name__} has none"
             )
-        self._global_params = list(global_net.parameters()) if self.freeze_global_epochs else []
+        self._global_params = list(global_net.parameters()) if isinstance(global_net, torch.nn.Module) and self.freeze_global_epochs else []
         self.local_discriminator = local_discriminator
         self.local_crop = int(local_crop)
         self.lambda_local = float(lambda_local)
@@ -254,13 +254,14 @@ class ConditionalGanTrainer(Trainer):
         self.d_augment = DiffAugment(d_augment, seed=torch.initial_seed() % 2**63 + 1)
         self._global_frozen = False
         self.grad_scaler = grad_scaler
-        self.scaler: torch.amp.GradScaler | None = None
+        # MONAI's Workflow declares this attribute with the older torch.cuda.amp class
+        self.scaler: torch.amp.GradScaler | None = None  # type: ignore[assignment]
         self.state.non_finite = None
         self.channels_last = bool(channels_last)
         if self.channels_last:
             for net in (generator, discriminator, dfm_net, local_discriminator):
                 if net is not None:
-                    net.to(memory_format=torch.channels_last)  # in place: optimizers keep their parameters
+                    net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # in place: optimizers keep their parameters
         self.compile = bool(compile)
         if self.compile:
             # code compiled for an earlier trainer (the previous stage of `training`) counts against
@@ -268,7 +269,8 @@ class ConditionalGanTrainer(Trainer):
             torch.compiler.reset()
         self._g_forward = _compiled(generator) if self.compile else generator
         self._d_forward = _compiled(discriminator) if self.compile else discriminator
-        self._ld_forward = (_compiled(local_discriminator) if self.compile else local_discriminator) \
+        # None without a local discriminator; called only when there is one
+        self._ld_forward: Any = (_compiled(local_discriminator) if self.compile else local_discriminator) \
             if local_discriminator is not None else None
         # toggling requires_grad of D in the generator step saves its weight gradients, but DDP
         # needs the same parameters to receive gradients in every backward (so a frozen G1 under
@@ -325,7 +327,7 @@ class ConditionalGanTrainer(Trainer):
         if self._toggle_d:
             for p in self.discriminator.parameters():
                 p.requires_grad_(flag)
-        if self._toggle_local_d:
+        if self._toggle_local_d and self.local_discriminator is not None:
             for p in self.local_discriminator.parameters():
                 p.requires_grad_(flag)
 
@@ -364,6 +366,7 @@ class ConditionalGanTrainer(Trainer):
         Returns:
             weights nested like the local discriminator's output.
         """
+        assert self.local_discriminator is not None, "local weights need a local discriminator"
         masks = unwrap(self.local_discriminator).region_masks(region_crop)
         return [[m * has_region for m in scale] for scale in masks]
 
@@ -470,7 +473,7 @@ class ConditionalGanTrainer(Trainer):
             learn = engine.dfm_optimizer is not None and len(feats) > 1
             with torch.set_grad_enabled(learn):
                 dfm_weight = engine.dfm_net(fake_detached)
-            if learn and finite:
+            if learn and finite and engine.dfm_optimizer is not None:
                 fm_detached = losses.feature_matching(real_detached, fake_detached, engine.n_layers_d, weight)
                 engine.dfm_optimizer.zero_grad(set_to_none=True)
                 engine._backward_step(losses.dfm_weight_objective(fm_detached, dfm_weight), engine.dfm_optimizer)

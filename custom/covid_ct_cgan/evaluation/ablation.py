@@ -172,7 +172,7 @@ class AblationStudy:
                     [model], datalist, stage / name, seed=seed, mean_lung_baseline=False, resampled_real_baseline=False,
                     features=extractor, device=device,
                 )
-                seg = run_experiments.__wrapped__(  # type: ignore[attr-defined] - errors reach this entry point
+                seg = run_experiments.__wrapped__(  # type: ignore[attr-defined]  # errors reach this entry point
                     stage / name / "segmentation", datalist, experiments=["A"], ratios=[ratio],
                     generator={"configs": configs[name], "overrides": overrides}, seed=seed, device=device,
                     config=seg_raw,

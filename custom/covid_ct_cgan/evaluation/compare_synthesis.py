@@ -18,7 +18,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def _load(path: Path) -> np.ndarray:
     import nibabel as nib
 
     try:
-        return np.asarray(nib.load(str(path)).dataobj)
+        return np.asarray(cast(nib.Nifti1Image, nib.load(str(path))).dataobj)  # NIfTI-2 images subclass it
     except Exception as err:  # noqa: BLE001 - nibabel raises many types for damaged files
         raise InputError(f"cannot read the image ({type(err).__name__}: {str(err)[:200]})", path) from None
 

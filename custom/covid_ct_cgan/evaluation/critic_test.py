@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import losses
-from ..networks.discriminator import crop_patches, region_crop_boxes
+from ..networks.discriminator import MultiResolutionDiscriminator, crop_patches, region_crop_boxes
 from ..networks.ranking import RankingCounts, scale_ranking_counts
 
 __all__ = [
@@ -244,7 +244,7 @@ def _d_input(maps: Tensor, image: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _evaluate(discriminator: nn.Module, pairs: CriticPairs, chunk: int = 16) -> PairedAccuracy:
+def _evaluate(discriminator: MultiResolutionDiscriminator, pairs: CriticPairs, chunk: int = 16) -> PairedAccuracy:
     """Held-out paired accuracy, the real and the fake pair of a chunk in one forward (as the trainer)."""
     was_training = discriminator.training
     discriminator.eval()
@@ -269,7 +269,7 @@ def _evaluate(discriminator: nn.Module, pairs: CriticPairs, chunk: int = 16) -> 
 
 
 def train_critic(
-    discriminator: nn.Module,
+    discriminator: MultiResolutionDiscriminator,
     train: CriticPairs,
     heldout: CriticPairs,
     steps: int,

@@ -80,7 +80,7 @@ def mask_outside_lung(image: torch.Tensor | np.ndarray, label: torch.Tensor | np
     """The image with every pixel outside the lung (label 0) set to ``value`` (the "lung only" FID input)."""
     if isinstance(image, torch.Tensor):
         return torch.where(torch.as_tensor(label) > 0, image, torch.full_like(image, value))
-    return np.where(lung_region(label), image, value).astype(np.float32)
+    return np.where(lung_region(np.asarray(label)), image, value).astype(np.float32)
 
 
 class LesionFractionsd(MapTransform):

@@ -21,6 +21,8 @@ The tests check every function against scikit-image and numpy.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +41,12 @@ def _batch(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.float64)[None, None]
 
 
+def _value(result: torch.Tensor | Sequence[Any]) -> float:
+    """The one number a MONAI metric returns for a batch of one (its ``__call__`` is typed for lists too)."""
+    assert isinstance(result, torch.Tensor), f"expected a tensor from the metric, got {type(result).__name__}"
+    return float(result.item())
+
+
 def _check(pred: np.ndarray, real: np.ndarray, mask: np.ndarray | None = None) -> None:
     if np.shape(pred) != np.shape(real) or (mask is not None and np.shape(mask) != np.shape(real)):
         raise ValueError(f"shapes differ: generated {np.shape(pred)}, real {np.shape(real)}"
@@ -50,20 +58,20 @@ def _check(pred: np.ndarray, real: np.ndarray, mask: np.ndarray | None = None) -
 def psnr(pred: np.ndarray, real: np.ndarray) -> float:
     """PSNR (dB) of a slice pair in [-1, 1], MONAI ``PSNRMetric(max_val=2)``; ``inf`` when identical."""
     _check(pred, real)
-    return float(PSNRMetric(max_val=DATA_RANGE)(_batch(pred), _batch(real)).item())
+    return _value(PSNRMetric(max_val=DATA_RANGE)(_batch(pred), _batch(real)))
 
 
 def ssim(pred: np.ndarray, real: np.ndarray) -> float:
     """SSIM of a slice pair in [-1, 1], MONAI ``SSIMMetric(spatial_dims=2, data_range=2)``."""
     _check(pred, real)
     metric = SSIMMetric(spatial_dims=2, data_range=DATA_RANGE, win_size=SSIM_KERNEL, kernel_sigma=SSIM_SIGMA)
-    return float(metric(_batch(pred), _batch(real)).item())
+    return _value(metric(_batch(pred), _batch(real)))
 
 
 def rmse(pred: np.ndarray, real: np.ndarray) -> float:
     """RMSE of a slice pair (in the model's units), MONAI ``RMSEMetric``."""
     _check(pred, real)
-    return float(RMSEMetric()(_batch(pred), _batch(real)).item())
+    return _value(RMSEMetric()(_batch(pred), _batch(real)))
 
 
 def masked_mse(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> float:
@@ -73,7 +81,7 @@ def masked_mse(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> float:
     if not mask.any():
         return math.nan
     inside = np.where(mask, pred, real)  # outside the mask both are equal and add 0 to the sum
-    full = float(MSEMetric()(_batch(inside), _batch(real)).item())
+    full = _value(MSEMetric()(_batch(inside), _batch(real)))
     return full * mask.size / float(mask.sum())
 
 

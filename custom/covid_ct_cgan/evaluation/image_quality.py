@@ -445,7 +445,8 @@ def evaluate_image_quality(
             fill = mean_lung_intensity(train_items, level, width)
             settings["mean_lung_intensity"] = {"model_scale": fill,
                                                "hu": float(intensity.from_model(np.float32(fill), "hu", level, width))}
-            baselines.append((MEAN_LUNG, lambda s, fill=np.float32(fill): fill, "slice size", "none (training-set mean)"))
+            baselines.append((MEAN_LUNG, lambda s, fill=np.float32(fill): fill,  # noqa: B008 - binds this value once
+                              "slice size", "none (training-set mean)"))
         if resampled_real_baseline and models:
             size = int(models[0].settings["image_size"])
             upscale = not int(models[0].settings.get("crop_size", 0))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ def stage_epochs(output_dir: str | Path, stages: Sequence[str]) -> str:
     return ", ".join(parts)
 
 
-def data_description(data_dir: str | Path, key: str, items: Sequence[dict]) -> str:
+def data_description(data_dir: str | Path, key: str, items: Sequence[Mapping[str, Any]]) -> str:
     """``"<data_dir>:<key> (12 slices, 2 patients)"``."""
     patients = len({str(it.get("patient", "?")) for it in items})
     return f"{data_dir}:{key} ({len(items)} slices, {patients} patient{'' if patients == 1 else 's'})"

@@ -322,7 +322,7 @@ def paired_region_crops(
         out_gen.append(region_crops(g, centres, size))
         groups.append(np.full(per_slice, k))
     if not groups:
-        return (np.zeros((0, size, size), np.float32),) * 2 + (np.zeros(0, np.int64),)  # type: ignore[return-value]
+        return (np.zeros((0, size, size), np.float32),) * 2 + (np.zeros(0, np.int64),)
     return np.concatenate(out_real), np.concatenate(out_gen), np.concatenate(groups)
 
 
@@ -446,7 +446,7 @@ class RealismSettings:
     two_sample: bool = True
 
     @classmethod
-    def from_config(cls, config: RealismSettings | Any | None) -> RealismSettings:
+    def from_config(cls, config: Any) -> RealismSettings:
         """Settings from a mapping (``evaluate.yaml``'s ``realism``), an instance or None (defaults).
 
         Raises:

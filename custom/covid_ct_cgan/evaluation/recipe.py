@@ -46,7 +46,7 @@ from ..settings import BundleCommand, run_bundle
 from .provenance import code_version
 from .image_quality import RESAMPLED_REAL, csv_text
 from .report import as_number as _num, markdown_table
-from .segmentation import CLASSES, read_csv, seed_list, seed_scores
+from .segmentation import read_csv, seed_list, seed_scores
 from .statistics import paired_bootstrap
 
 logger = logging.getLogger(__name__)
@@ -422,7 +422,7 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
         if not these:
             continue
         entry: dict[str, Any] = {"run": label, "generator": generator}
-        cells = [label, generator]
+        cells: list[Any] = [label, generator]
         info = _summary(rows, run, "infection")
         entry.update(train_real=info.get("train_real", ""), train_synthetic=info.get("train_synthetic", ""))
         seeds = list(dict.fromkeys(str(r.get("seed", "")) for r in these))

@@ -104,13 +104,13 @@ def image_quality_section(rows: Sequence[Mapping[str, str]]) -> tuple[str, list[
               "RMSE lung", "RMSE lung (HU)", "slices", "image size", "epochs", "seed"]
     table, wide = [], []
     for m in models:
-        c, l = get.get((m, "complemented"), {}), get.get((m, "lung_only"), {})
+        c, lung = get.get((m, "complemented"), {}), get.get((m, "lung_only"), {})
         table.append([m, _fmt(c.get("fid"), 3), _fmt(c.get("psnr")), _fmt(c.get("ssim"), 4), _fmt(c.get("rmse"), 4),
-                      _fmt(c.get("rmse_hu"), 1), _fmt(l.get("fid"), 3), _fmt(l.get("psnr")), _fmt(l.get("ssim"), 4),
-                      _fmt(l.get("rmse"), 4), _fmt(l.get("rmse_hu"), 1), c.get("images", ""), c.get("image_size", ""),
+                      _fmt(c.get("rmse_hu"), 1), _fmt(lung.get("fid"), 3), _fmt(lung.get("psnr")), _fmt(lung.get("ssim"), 4),
+                      _fmt(lung.get("rmse"), 4), _fmt(lung.get("rmse_hu"), 1), c.get("images", ""), c.get("image_size", ""),
                       c.get("epochs", ""), c.get("seed", "")])
         wide.append({"model": m, **{f"{k}_complemented": c.get(k, "") for k in ("fid", "psnr", "ssim", "rmse", "rmse_hu")},
-                     **{f"{k}_lung_only": l.get(k, "") for k in ("fid", "psnr", "ssim", "rmse", "rmse_hu")},
+                     **{f"{k}_lung_only": lung.get(k, "") for k in ("fid", "psnr", "ssim", "rmse", "rmse_hu")},
                      **{k: c.get(k, "") for k in ("images", "data", "image_size", "epochs", "seed", "commit", "checkpoint")}})
     feature = list(dict.fromkeys(r.get("feature_net", "") for r in rows))
     text = "\n\n".join([
@@ -141,16 +141,16 @@ def realism_section(rows: Sequence[Mapping[str, str]]) -> tuple[str, list[dict[s
               "two-sample accuracy [95% CI]", "folds", "crops per class"]
     table, wide = [], []
     for m in models:
-        c, l = get.get((m, "complemented"), {}), get.get((m, "lung_only"), {})
+        c, lung = get.get((m, "complemented"), {}), get.get((m, "lung_only"), {})
         acc = c.get("two_sample_accuracy")
         table.append([m, c.get("realism_region", ""), _fmt(c.get("fid"), 3), _pm(c.get("kid"), c.get("kid_sd"), 4),
-                      _fmt(l.get("fid"), 3), _pm(l.get("kid"), l.get("kid_sd"), 4), _fmt(c.get("vesselness_ratio")),
+                      _fmt(lung.get("fid"), 3), _pm(lung.get("kid"), lung.get("kid_sd"), 4), _fmt(c.get("vesselness_ratio")),
                       f"{_fmt(acc)} {_interval(c.get('two_sample_low'), c.get('two_sample_high'), 2)}"
                       if not math.isnan(as_number(acc)) else "n/a",
                       c.get("two_sample_folds", ""), c.get("two_sample_crops", "")])
         wide.append({"model": m, "realism_region": c.get("realism_region", ""),
                      **{f"{k}_complemented": c.get(k, "") for k in ("fid", "kid", "kid_sd")},
-                     **{f"{k}_lung_only": l.get(k, "") for k in ("fid", "kid", "kid_sd")},
+                     **{f"{k}_lung_only": lung.get(k, "") for k in ("fid", "kid", "kid_sd")},
                      **{k: c.get(k, "") for k in ("vesselness_ratio", "two_sample_accuracy", "two_sample_low",
                                                   "two_sample_high", "two_sample_folds", "two_sample_crops", "images",
                                                   "data", "image_size", "epochs", "seed", "commit")}})

@@ -329,7 +329,7 @@ class SliceMetricsWriter:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def _collect(self, engine: Engine) -> None:
-        batch = engine.state.batch
+        batch: Any = engine.state.batch  # the evaluator's batch: a list of items, or one
         items = batch if isinstance(batch, list) else [batch]
         for it in items:
             self._items.append({k: str(it.get(k, "")) for k in ("name", "patient", "slice")})
@@ -429,7 +429,8 @@ def summarise(
         patients = [str(r["patient"]) for r in first]
 
         def matrix(column: str) -> np.ndarray:
-            return np.stack([_num(g, column) for g in groups.values()], axis=1)  # (slices, seeds)
+            # called only inside this iteration of `run`, so the late-bound `groups` is this run's
+            return np.stack([_num(g, column) for g in groups.values()], axis=1)  # noqa: B023 - (slices, seeds)
 
         for name in CLASSES:
             tp, fp, tn, fn = (matrix(f"{c}_{name}") for c in COUNTS)
@@ -747,13 +748,14 @@ def _tables(
             run_dir = stage / "runs" / name / f"seed_{train_seed}"
             info = json.loads((run_dir / "training.json").read_text())
             sizes[name] = (int(info["train_real"]), int(info["train_synthetic"]))  # the same for every seed
-            for row in read_csv(run_dir / "slices.csv"):
-                all_rows.append({"run": name, "experiment": label, "ratio": ratio, **row, "seed": train_seed})
+            for slice_row in read_csv(run_dir / "slices.csv"):
+                all_rows.append({"run": name, "experiment": label, "ratio": ratio, **slice_row, "seed": train_seed})
     prov_parser = ConfigParser(copy.deepcopy(dict(raw)))
     prov_parser.parse(reset=True)
     prov = provenance(data_description(datalist.parent, split, test), prov_parser.get_parsed_content("image_size"),
                       prov_parser.get_parsed_content("epochs"), seed)
     rows_out = []
+    row: dict[str, Any]
     for row in summarise(all_rows, num_folds, n_boot, confidence, fold_method, seed):
         real_n, syn_n = sizes[row["run"]]
         row = {**row, "train_real": real_n, "train_synthetic": syn_n, **prov, "generator": source}

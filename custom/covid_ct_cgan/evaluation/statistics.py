@@ -185,13 +185,13 @@ def patient_bootstrap(
         ValueError: lengths differ, no values, ``n_boot < 1`` or confidence outside (0, 1).
     """
     values = np.asarray(values)
-    patients = np.asarray([str(p) for p in patients])
-    if len(values) != len(patients) or len(values) == 0:
-        raise ValueError(f"need one patient per value, got {len(values)} values and {len(patients)} patients")
+    patient_of = np.asarray([str(p) for p in patients])
+    if len(values) != len(patient_of) or len(values) == 0:
+        raise ValueError(f"need one patient per value, got {len(values)} values and {len(patient_of)} patients")
     if int(n_boot) < 1 or not 0.0 < confidence < 1.0:
         raise ValueError(f"need n_boot >= 1 and confidence in (0, 1), got {n_boot}, {confidence}")
-    ids = list(dict.fromkeys(patients.tolist()))  # first-seen order: reproducible for a given datalist
-    rows = {p: np.flatnonzero(patients == p) for p in ids}
+    ids = list(dict.fromkeys(patient_of.tolist()))  # first-seen order: reproducible for a given datalist
+    rows = {p: np.flatnonzero(patient_of == p) for p in ids}
     estimate = score(values)
     if len(ids) < 2:
         return BootstrapInterval(estimate, math.nan, math.nan, len(ids), 0)
@@ -278,7 +278,7 @@ def paired_bootstrap(
         raise ValueError(f"need n_boot >= 1 and confidence in (0, 1), got {n_boot}, {confidence}")
     ids = [c if c else f"slice {i}" for i, c in enumerate(ids)]
     keep = np.isfinite(diff).any(axis=1)
-    diff, ids = diff[keep], [c for c, k in zip(ids, keep) if k]
+    diff, ids = diff[keep], [c for c, k in zip(ids, np.asarray(keep)) if k]
     n_seeds = diff.shape[1]
     if diff.shape[0] == 0:
         return PairedInterval(math.nan, math.nan, math.nan, 0, n_seeds, 0, 0)

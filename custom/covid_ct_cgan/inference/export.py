@@ -121,8 +121,9 @@ class OnnxGenerator:
 
 def _calibration_reader(conditions: Sequence[torch.Tensor]) -> Any:
     quantization = _require("onnxruntime.quantization")
+    reader_base: Any = quantization.CalibrationDataReader  # imported at run time: an optional dependency
 
-    class _Reader(quantization.CalibrationDataReader):
+    class _Reader(reader_base):
         """Feeds the calibration conditions one slice at a time."""
 
         def __init__(self) -> None:

@@ -29,6 +29,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -190,7 +191,7 @@ def _from_folder(folder: Path) -> list[SynthesisInput]:
             if _stem(path) in labels:
                 raise InputError(f"several label maps share the name stem {_stem(path)!r}; keep one", labels_dir)
             labels[_stem(path)] = path
-    pairs = []
+    pairs: list[tuple[Path, Path, str | None]] = []
     for image in sorted(images_dir.iterdir(), key=lambda p: p.name):
         if image.name.startswith(".") or not (image.is_dir() or _suffix(image) in IMAGE_SUFFIXES):
             continue
@@ -232,7 +233,7 @@ def collect_inputs(
     if single:
         if not str(image or "").strip() or not str(label or "").strip():
             raise InputError("a single input needs both image and label")
-        image, label = Path(image).expanduser(), Path(label).expanduser()
+        image, label = Path(str(image)).expanduser(), Path(str(label)).expanduser()
         for path in (image, label):
             if not path.exists():
                 raise InputError("does not exist", path)
@@ -242,7 +243,7 @@ def collect_inputs(
         return _unique_names([(image, label, None)]), folders
     if not given:
         raise InputError("no input given: pass input (a datalist.json or a folder) or image + label")
-    path = Path(input).expanduser()
+    path = Path(str(input)).expanduser()
     if not path.exists():
         raise InputError(
             "input does not exist; pass input (a datalist.json or a folder) or image + label "
@@ -268,7 +269,7 @@ def collect_inputs(
 
 def _nifti_geometry(path: Path) -> Geometry:
     try:
-        img = nib.load(str(path))
+        img = cast(nib.Nifti1Image, nib.load(str(path)))  # NIfTI-2 images subclass it
     except Exception as err:  # noqa: BLE001 - load_image already read it; this is a safety net
         raise InputError(f"cannot read this NIfTI header ({' '.join(str(err).split())[:200]})", path) from None
     header = img.header.copy()

@@ -158,12 +158,13 @@ class LesionAugmenter:
             what = f"lesions of {donor.source}"
         if not source.any():
             return label.copy(), "unchanged (no lesion to move)"
-        area = np.count_nonzero((source > 0) & lung)  # what the untransformed lesions would keep
-        best, best_kept, best_desc = None, -1, ""
+        area = int(np.count_nonzero((source > 0) & lung))  # what the untransformed lesions would keep
+        best: np.ndarray | None = None
+        best_kept, best_desc = -1, ""
         for _ in range(self.max_tries):
             moved, desc = self._transform(source, box, rng)
             moved[~lung] = 0
-            kept = np.count_nonzero(moved)
+            kept = int(np.count_nonzero(moved))
             if kept > best_kept:
                 best, best_kept, best_desc = moved, kept, desc
             if kept > 0 and kept >= self.min_kept_fraction * max(area, 1):
@@ -172,6 +173,7 @@ class LesionAugmenter:
             if best_kept < self.min_kept_fraction * max(area, 1):
                 best = np.where(lung, source, 0).astype(np.uint8)
                 best_desc = "untransformed"
+        assert best is not None, "the first try, or the untransformed lesions, set it"
         out = np.where(lung, LUNG, OUTSIDE_LUNG).astype(label.dtype)
         out[best > 0] = best[best > 0]
         return out, f"{what}, {best_desc}"

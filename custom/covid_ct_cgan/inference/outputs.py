@@ -62,6 +62,7 @@ def write_like(
         if geometry.kind == "picture":
             Image.fromarray(np.ascontiguousarray(data.T)).save(tmp, format="PNG")
         elif geometry.kind == "nifti":
+            assert geometry.header is not None, "a NIfTI geometry keeps its header"
             header = geometry.header.copy()
             header.set_data_dtype(dtype)
             header.set_slope_inter(1.0, 0.0)

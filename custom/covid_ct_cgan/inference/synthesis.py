@@ -215,7 +215,7 @@ def compile_generator(network: torch.nn.Module, device: torch.device) -> Callabl
     """``torch.compile`` as synthesis uses it: static shapes, weights frozen on CPU; inductor's on-disk
     cache in :func:`~.tuning.use_inductor_cache`'s folder (unless ``TORCHINDUCTOR_CACHE_DIR`` is set)."""
     tuning.use_inductor_cache()
-    options = {"freezing": True} if device.type == "cpu" and COMPILE_BACKEND == "inductor" else None
+    options: dict[str, Any] | None = {"freezing": True} if device.type == "cpu" and COMPILE_BACKEND == "inductor" else None
     return torch.compile(network, backend=COMPILE_BACKEND, options=options, dynamic=False)
 
 

@@ -193,7 +193,8 @@ def probe_slicing(network: torch.nn.Module, device: torch.device, image_size: in
         for k in _candidates(batch_size):
             x = _example(network, device, image_size, k)
             network(x)
-            per_slice[str(k)] = round(_timed(lambda: network(x), device, PROBE_REPEATS) / k, 5)
+            # _timed calls the lambda before `x` changes
+            per_slice[str(k)] = round(_timed(lambda: network(x), device, PROBE_REPEATS) / k, 5)  # noqa: B023
     best = min(per_slice, key=per_slice.__getitem__)
     return {"samples_per_call": int(best), "seconds_per_slice": per_slice}
 
@@ -294,10 +295,12 @@ def choose(
     worth_probing = slices >= PROBE_MIN_BATCHES * batch_size
     reasons: list[str] = []
 
-    pixels = cpu_pixels_per_call
+    pixels: int | None = None
     if device.type != "cpu":
         pixels = None
-    elif pixels == AUTO:
+    elif cpu_pixels_per_call != AUTO:
+        pixels = None if cpu_pixels_per_call is None else int(cpu_pixels_per_call)
+    else:
         found = cache.get(machine, workload, "slicing")
         if found is None and worth_probing:
             found = slicing_probe(network, device, image_size, batch_size, amp)

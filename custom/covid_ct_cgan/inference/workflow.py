@@ -245,8 +245,9 @@ class SliceQueueInferer(Inferer):
         self.pending: list[tuple[dict[str, Any], int, torch.Tensor]] = []
         self.slices_done = 0
 
-    def __call__(self, inputs: Sequence[dict[str, Any]], network: Callable[[torch.Tensor], torch.Tensor],
-                 *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    # takes the queued items, not one tensor as monai's Inferer does: only SynthesisEvaluator calls it
+    def __call__(self, inputs: Sequence[dict[str, Any]],  # type: ignore[override]
+                 network: Callable[[torch.Tensor], torch.Tensor], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         finished = []
         for data in inputs:
             data["generated"], data["remaining"] = {}, len(data["conditions"])
@@ -406,10 +407,12 @@ class SynthesisEvaluator(Evaluator):
 
     def _iteration(self, engine: SynthesisEvaluator, batchdata: dict[str, Any]) -> dict[str, Any]:
         data = self.preprocessing({**batchdata, "output_root": self.stage})
+        assert self.runner is not None, "the runner is made when the run starts"
         self._finish(self.inferer([data], self.runner))
         return {"item": data["input"].name, "variant": data["variant"], "slices": len(data["conditions"])}
 
     def _flush(self, engine: SynthesisEvaluator) -> None:
+        assert self.runner is not None, "the runner is made when the run starts"
         self._finish(self.inferer.flush(self.runner))
 
     def _finish(self, finished: list[dict[str, Any]]) -> None:

@@ -1,7 +1,8 @@
 """Discriminators: pix2pixHD's N-layer PatchGAN, the multi-resolution discriminator, the local discriminator on
 crops around the synthesised region (with its crop geometry) and the DFM weighting net."""
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, cast
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ def in_channels_for(ndf: int, n_layers: int, feature_index: int) -> int:
     return feature_channels(ndf, n_layers)[feature_index]
 
 
-def receptive_field(strides: List[int], kernel: int = KERNEL) -> int:
+def receptive_field(strides: list[int], kernel: int = KERNEL) -> int:
     """Receptive field (pixels per side) of one output of a stack of ``kernel`` x ``kernel`` convolutions.
 
     ``1 + sum_i (kernel - 1) * prod_{j < i} stride_j``; padding does not change it.
@@ -115,7 +116,7 @@ class NLayerDiscriminator(nn.Module):
         norm: str = "instance",
         padding: int = PADDING,
         use_bias: bool = True,
-        init_gain: Optional[float] = None,
+        init_gain: float | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= padding <= KERNEL // 2:
@@ -154,8 +155,8 @@ class NLayerDiscriminator(nn.Module):
         """Input pixels (per side) that one patch score sees: 70 with ``n_layers`` 3."""
         return receptive_field(self.strides)
 
-    def forward(self, x: Tensor) -> List[Tensor]:
-        features: List[Tensor] = []
+    def forward(self, x: Tensor) -> list[Tensor]:
+        features: list[Tensor] = []
         for layer in self.layers:
             x = layer(x)
             features.append(x)
@@ -303,7 +304,7 @@ class MultiResolutionDiscriminator(nn.Module):
         norm: str = "instance",
         padding: int = PADDING,
         use_bias: bool = True,
-        init_gain: Optional[float] = None,
+        init_gain: float | None = None,
     ) -> None:
         super().__init__()
         if not 1 <= num_d <= 3:
@@ -314,8 +315,8 @@ class MultiResolutionDiscriminator(nn.Module):
             [NLayerDiscriminator(in_channels, ndf, n_layers, norm, padding, use_bias, init_gain) for _ in range(num_d)]
         )
 
-    def forward(self, x: Tensor) -> List[List[Tensor]]:
-        results: List[List[Tensor]] = []
+    def forward(self, x: Tensor) -> list[list[Tensor]]:
+        results: list[list[Tensor]] = []
         for i, disc in enumerate(self.discriminators):
             if i > 0:
                 x = downsample(x)
@@ -361,7 +362,7 @@ class MultiResolutionDiscriminator(nn.Module):
         for i, disc in enumerate(self.discriminators):
             if i > 0:
                 mask = nn.functional.max_pool2d(mask, 3, 2, 1)
-            out.append(read(disc, mask))
+            out.append(read(cast(NLayerDiscriminator, disc), mask))
         return out
 
 
@@ -401,14 +402,14 @@ class LocalDiscriminator(MultiResolutionDiscriminator):
         norm: str = "instance",
         padding: int = PADDING,
         use_bias: bool = True,
-        init_gain: Optional[float] = None,
+        init_gain: float | None = None,
     ) -> None:
         super().__init__(in_channels, ndf, n_layers, 1, norm, padding, use_bias, init_gain)
 
 
 def region_crop_boxes(
-    region: Tensor, size: int, generator: Optional[torch.Generator] = None
-) -> Tuple[List[Tuple[int, int]], Tensor]:
+    region: Tensor, size: int, generator: torch.Generator | None = None
+) -> tuple[list[tuple[int, int]], Tensor]:
     """Top-left corners of one ``size`` x ``size`` crop per sample, centred on a random component of its region.
 
     Per sample, one pixel of ``region > 0.5`` is drawn uniformly, which draws
@@ -441,8 +442,8 @@ def region_crop_boxes(
         raise ValueError(f"crop size must be in 1..{min(height, width)} for {height}x{width} images, got {size}")
     masks = (region.detach()[:, 0] > 0.5).cpu().numpy()
     structure = np.ones((3, 3), dtype=bool)
-    boxes: List[Tuple[int, int]] = []
-    flags: List[bool] = []
+    boxes: list[tuple[int, int]] = []
+    flags: list[bool] = []
 
     def draw(n: int) -> int:
         return int(torch.randint(n, (1,), generator=generator))
@@ -466,7 +467,7 @@ def region_crop_boxes(
     return boxes, torch.tensor(flags, dtype=torch.bool, device=region.device)
 
 
-def crop_patches(x: Tensor, boxes: Sequence[Tuple[int, int]], size: int) -> Tensor:
+def crop_patches(x: Tensor, boxes: Sequence[tuple[int, int]], size: int) -> Tensor:
     """Crop ``size`` x ``size`` patches at ``boxes`` (one per sample), differentiably.
 
     Args:
@@ -559,7 +560,7 @@ class DfmWeight(nn.Module):
         """Whether the weight comes from the CNN (so the trainer should optimise it)."""
         return self.mode in ("dynamic", "dynamic_from_half")
 
-    def forward(self, features: List[List[Tensor]]) -> Tensor:
+    def forward(self, features: list[list[Tensor]]) -> Tensor:
         """Compute ``b`` from the discriminator's features (list per scale of feature lists)."""
         if self.mode == "dynamic" or self.mode == "dynamic_from_half":
             scale = 0 if self.mode == "dynamic" else 1

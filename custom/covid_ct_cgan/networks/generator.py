@@ -7,7 +7,6 @@ training stage can train one of them alone, and replaces pix2pixHD's plain sum
 ``a * F1 + (1 - a) * F2`` with one weight ``a`` per sample.
 """
 
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -117,7 +116,7 @@ class LocalEnhancer(nn.Module):
         self.up = nn.Sequential(*upsample_layers(ngf * 2, ngf, upsampling), norm_layer(norm, ngf), nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, kernel_size=7), nn.Tanh())
 
-    def forward(self, x: Tensor, fused: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, fused: Tensor | None = None) -> Tensor:
         """Run G2.
 
         Args:
@@ -208,7 +207,7 @@ class GlobalLocalGenerator(nn.Module):
         ValueError: unknown ``mode``, ``desum`` or ``upsampling``, odd ``ngf``, ``desum_fixed_weight`` outside ``[0, 1]``.
     """
 
-    last_desum_weight: Optional[Tensor]
+    last_desum_weight: Tensor | None
 
     def __init__(
         self,
@@ -342,7 +341,7 @@ class UNetGenerator(nn.Module):
         norm: str = "batch",
         dropout: float = 0.5,
         use_bias: bool = True,
-        init_gain: Optional[float] = None,
+        init_gain: float | None = None,
     ) -> None:
         super().__init__()
         if depth < 1:

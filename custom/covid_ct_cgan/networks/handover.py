@@ -52,6 +52,7 @@ def load_generator_part(
     """
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    checkpoint: Mapping[str, Any]
     if isinstance(state_dict_or_path, (str, Path)):
         source = str(state_dict_or_path)
         if not Path(source).is_file():

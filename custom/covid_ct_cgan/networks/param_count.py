@@ -74,7 +74,7 @@ def build_networks(config_files: Sequence[str | Path], overrides: Mapping[str, A
             "config": values}
 
 
-def _label(names: Sequence[str], overrides: Mapping[str, Any], values: Mapping[str, Any], unet: bool) -> str:
+def _label(names: Sequence[str | Path], overrides: Mapping[str, Any], values: Mapping[str, Any], unet: bool) -> str:
     files = " + ".join(f"`{Path(n).name}`" for n in names)
     changed = "".join(f" `--{k} {v}`" for k, v in overrides.items())
     where = f"{files}{changed}"
@@ -105,7 +105,7 @@ def parameter_row(config_files: Sequence[str | Path], overrides: Mapping[str, An
     unet = any(part is None for part in parts)
     total = f"{count_parameters(generator):,}"
     if not unet:
-        total += " (" + " / ".join(f"{count_parameters(part):,}" for part in parts) + ")"
+        total += " (" + " / ".join(f"{count_parameters(part):,}" for part in parts if part is not None) + ")"
     dfm = f"{count_parameters(built['dfm']):,}" if getattr(built["dfm"], "learnable", False) else "–"
     label = _label(config_files, overrides, values, unet)
     return f"| {label} | {total} | {count_parameters(built['discriminator']):,} | {dfm} |"
