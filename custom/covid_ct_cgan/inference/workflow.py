@@ -513,16 +513,16 @@ def build_evaluator(
     (:func:`~covid_ct_cgan.checkpoint_settings.resolve_network_settings`: a checkpoint saved without a record
     takes train.yaml's defaults then).
     """
-    data = {"image_size": image_size, "crop_size": crop_size, "condition": condition, "context_region": context_region,
+    data: dict[str, Any] = {"image_size": image_size, "crop_size": crop_size, "condition": condition, "context_region": context_region,
             "context_dilation": context_dilation, "keep_effusion": keep_effusion, "window_level": window_level,
             "window_width": window_width}
     if any(value is None for value in data.values()):
         recorded = resolve_network_settings(checkpoint)
         data = {key: recorded[key] if value is None else value for key, value in data.items()}
-    keep_effusion = data["keep_effusion"]
+    keep_effusion = bool(data["keep_effusion"])
     # a model trained on crops sees slices at their own size, through windows of its crop size
     grid = ModelGrid(int(data["image_size"]), upscale=not int(data["crop_size"]), window=int(data["crop_size"]))
-    settings = SynthesisSettings(grid, count_classes(keep_effusion), data["condition"], data["context_region"],
+    settings = SynthesisSettings(grid, count_classes(keep_effusion), str(data["condition"]), str(data["context_region"]),
                                  int(data["context_dilation"]), float(data["window_level"]), float(data["window_width"]))
     augment = int(num_variants) > 1 if augment is None else bool(augment)
     device = torch.device(device) if device is not None else next(network.parameters()).device

@@ -60,7 +60,7 @@ def records_arguments(cls: ModuleClass) -> ModuleClass:
     Returns:
         ``cls``, its ``__init__`` wrapped.
     """
-    init = cls.__init__
+    init = cls.__init__  # type: ignore[misc]  # the class's own constructor, wrapped below
     signature = inspect.signature(init)
 
     @functools.wraps(init)
@@ -117,7 +117,7 @@ def default_arguments(target: str) -> dict[str, Any]:
     Raises:
         ValueError: ``target`` is not a network of this package.
     """
-    parameters = list(inspect.signature(_recorded_class(target).__init__).parameters.values())[1:]
+    parameters = list(inspect.signature(_recorded_class(target)).parameters.values())  # the constructor's, no self
     return {p.name: _plain(p.default) for p in parameters if p.default is not p.empty}
 
 
@@ -138,7 +138,7 @@ def build_recorded(record: Mapping[str, Any], **changes: Any) -> torch.nn.Module
     cls = _recorded_class(record.get(TARGET))
     arguments = {k: v for k, v in record.items() if k != TARGET}
     arguments.update(changes)
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    accepted = set(inspect.signature(cls).parameters)  # the constructor's, no self
     unknown = sorted(set(arguments) - accepted)
     if unknown:
         raise ValueError(f"{record.get(TARGET)} takes no argument {', '.join(unknown)}")
