@@ -73,6 +73,32 @@ def test_a_damaged_prepared_file_is_named_before_it_is_used(work: Path, capsys, 
     assert verify_prepared_files(data) is None
 
 
+@pytest.mark.parametrize("name", ["datalist.json", "raw_files.json"])
+def test_a_damaged_file_that_records_the_settings_is_named_not_read_as_other_settings(work: Path, capsys, name: str) -> None:
+    """Found by the fuzz test: a cut-short ``datalist.json`` was reported as "holds data prepared with other
+    settings" naming the folder; the recorded files are verified first, so it is named with the fix."""
+    damaged = work / "data" / name
+    damaged.write_bytes(damaged.read_bytes()[:50])
+    with pytest.raises(SystemExit) as stop:
+        _prepare(work)
+    assert stop.value.code == 2
+    [line] = _errors(capsys.readouterr().err)
+    assert line.startswith(f"ERROR: {damaged}: damaged: 50 bytes, ") and line.endswith(FIX)
+
+
+@pytest.mark.parametrize("damage", ["cut", "delete"])
+def test_a_damaged_summary_is_no_error(work: Path, capsys, damage: str) -> None:
+    """Found by the fuzz test: a damaged ``summary.json`` (written for people, not recorded) ended in a traceback."""
+    summary = work / "data" / "summary.json"
+    if damage == "cut":
+        summary.write_bytes(b"\xf7" + summary.read_bytes()[:10])
+    else:
+        summary.unlink()
+    result = prepare_if_needed("", str(work / "data"), phantom_dir=str(work / "phantom_raw"), **PHANTOM)
+    assert "prepared data found" in capsys.readouterr().out
+    assert result["num_classes"] == 4  # the datalist's properties stand in for the summary
+
+
 def test_a_damaged_record_is_named(work: Path, capsys) -> None:
     record = work / "data" / PREPARED_FILES
     record.write_text("{", encoding="utf-8")
