@@ -384,6 +384,31 @@ def verify_prepared_files(data_dir: str | Path) -> tuple[Path, str] | None:
     return None
 
 
+def _damaged_error(path: Path, problem: str) -> InputError:
+    """The error for a finding of :func:`verify_prepared_files`, with the fix."""
+    restore = "" if path.name == PREPARED_FILES else " (or restore the file)"
+    return InputError(f"{problem}; prepare the data again with --overwrite True{restore}", path)
+
+
+def check_prepared(datalist: str | Path) -> None:
+    """Verify the prepared folder that ``datalist`` belongs to before a run trusts it (:func:`verify_prepared_files`).
+
+    Called by the runs that read a prepared ``datalist.json`` without preparing it (synthesis, evaluation,
+    segmentation), before their first expensive step; training verifies through :func:`prepare_if_needed`.
+    A datalist with no ``prepared_files.json`` beside it was not written by ``prepare`` (a user's own, or
+    one a run wrote): it is not checked here.
+
+    Raises:
+        InputError: names the file that changed since preparation, and the fix.
+    """
+    folder = Path(datalist).expanduser().parent
+    if not (folder / PREPARED_FILES).exists():
+        return
+    damaged = verify_prepared_files(folder)
+    if damaged is not None:
+        raise _damaged_error(*damaged)
+
+
 def dataset_fingerprint(records: Mapping[str, Mapping[str, Any]]) -> str:
     """One hash of the names, sizes and contents in ``records`` (from :func:`hash_raw_files`); times left out."""
     digest = hashlib.sha256()
@@ -869,9 +894,7 @@ def _check_data_dir(
     damaged = verify_prepared_files(target)
     if damaged is not None:
         if not overwrite:
-            path, problem = damaged
-            restore = "" if path.name == PREPARED_FILES else " (or restore the file)"
-            raise InputError(f"{problem}; prepare the data again with --overwrite True{restore}", path)
+            raise _damaged_error(*damaged)
         print(f"{damaged[0]}: {damaged[1]}; preparing {target} again (overwrite)", flush=True)
         return False, {}
     try:

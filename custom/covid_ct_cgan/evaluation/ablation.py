@@ -42,8 +42,9 @@ from typing import Any
 
 import torch
 
+from ..data.prepare import check_prepared
 from ..errors import InputError, exit_on_input_error
-from ..fileio import staged_directory, write_json, write_text
+from ..fileio import check_writable, staged_directory, write_json, write_text
 from .fid_features import FIDFeatures
 from .image_quality import csv_text, evaluate_image_quality, load_datalist
 from .models import load_training_config, trained_model
@@ -147,6 +148,8 @@ class AblationStudy:
         unknown = [a for a in ablations if not (config_dir / FOLDER / f"{a}.yaml").is_file()]
         if unknown:
             raise InputError(f"no ablation overlay for {unknown} (expected {config_dir / FOLDER}/<name>.yaml)")
+        check_writable(output_dir)  # before the ablations train (hours): the scores are written there
+        check_prepared(datalist)  # a datalist that is there already is as prepared (training prepares a missing one)
         overrides = dict(self.training_overrides or {})
         configs = {a: [str(config_dir / "train.yaml"), str(config_dir / FOLDER / f"{a}.yaml")] for a in ablations}
         if self.train:
