@@ -10,10 +10,12 @@ bundle/docs/reliability.md.)
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,83 @@ def test_stale_temporaries_only_are_removed(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x")
     assert sorted(str(p.relative_to(tmp_path)) for p in remove_stale_temporaries(tmp_path)) == sorted(stale)
     assert all((tmp_path / name).exists() for name in keep)
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``folder`` as on a read-only mount: a temporary file or folder created in it fails with ``EROFS``."""
+    real = {name: getattr(tempfile, name) for name in ("mkstemp", "mkdtemp")}
+
+    def refusing(name: str):  # noqa: ANN202 - a tempfile function with its signature
+        def create(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if str(kwargs.get("dir", "")).startswith(str(folder)):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+            return real[name](*args, **kwargs)
+        return create
+
+    with monkeypatch.context() as patch:
+        for name in real:
+            patch.setattr(tempfile, name, refusing(name))
+        yield
+
+
+def _one_error(capsys: pytest.CaptureFixture) -> str:
+    [line] = _errors(capsys.readouterr().err)
+    return line
+
+
+def test_prepare_refuses_a_read_only_data_dir_before_reading_the_raw_files(
+    prepared: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from covid_ct_cgan.data import prepare
+
+    read = []
+    monkeypatch.setattr(prepare, "hash_raw_files", lambda *a, **k: read.append("hash"))
+    monkeypatch.setattr(prepare, "find_cases", lambda *a, **k: read.append("cases"))
+    with _read_only(tmp_path, monkeypatch), pytest.raises(SystemExit) as stop:
+        prepare.run_prepare(str(prepared / "phantom_raw"), str(tmp_path / "data"))
+    assert stop.value.code == 2 and read == []
+    assert _one_error(capsys) == (f"ERROR: {tmp_path / 'data'}: cannot write here (checked {tmp_path}, where it would be "
+                                  "created): Read-only file system; check its permissions or choose another folder")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_image_quality_refuses_a_read_only_output_before_the_fid_features_train(
+    prepared: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from covid_ct_cgan.errors import exit_on_input_error
+    from covid_ct_cgan.evaluation.fid_features import FIDFeatures
+    from covid_ct_cgan.evaluation.image_quality import evaluate_image_quality
+
+    trained = []
+    monkeypatch.setattr(FIDFeatures, "extractor", lambda *a, **k: trained.append("FID features"))
+    with _read_only(tmp_path, monkeypatch), pytest.raises(SystemExit) as stop:
+        exit_on_input_error(evaluate_image_quality)([], prepared / "data" / "datalist.json", tmp_path / "evaluation",
+                                                    mean_lung_baseline=True)
+    assert stop.value.code == 2 and trained == []
+    assert _one_error(capsys).startswith(f"ERROR: {tmp_path / 'evaluation'}: cannot write here (checked {tmp_path}, ")
+
+
+@pytest.mark.parametrize("fault", ["read_only", "no_segmentation_config"])
+def test_ablation_study_refuses_before_the_ablations_train(
+    prepared: Path, tmp_path: Path, monkeypatch, capsys, fault: str
+) -> None:
+    from covid_ct_cgan.evaluation import ablation
+
+    trained = []
+    monkeypatch.setattr(ablation, "train_ablation", lambda *a, **k: trained.append(a))
+    configs = REPO_ROOT / "bundle" / "configs"
+    out = tmp_path / "out" / "evaluation"
+    segmentation = configs / ("segmentation.yaml" if fault == "read_only" else "nope.yaml")
+    study = ablation.AblationStudy(out, prepared / "data" / "datalist.json", ablations=["ours"], config_dir=configs,
+                                   segmentation_config=segmentation)
+    with _read_only(tmp_path / "out", monkeypatch) if fault == "read_only" else contextlib.nullcontext():
+        (tmp_path / "out").mkdir()
+        with pytest.raises(SystemExit) as stop:
+            study.run()
+    assert stop.value.code == 2 and trained == []
+    line = _one_error(capsys)
+    if fault == "read_only":
+        assert line.startswith(f"ERROR: {out}: cannot write here (checked {tmp_path / 'out'}, ")
+    else:
+        assert line == f"ERROR: {segmentation}: segmentation config not found; set segmentation_config"

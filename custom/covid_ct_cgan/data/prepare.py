@@ -614,7 +614,8 @@ def prepare_dataset(
             voxels, no slice with infection, mixed intensity scales, too few
             patients for the split, ``split="predefined"`` without the dataset's
             ``train/`` and ``test/`` folders, ``data_dir`` exists without
-            ``overwrite``. Nothing is written then.
+            ``overwrite`` or cannot be written (checked before the raw files
+            are read). Nothing is written then.
     """
     if dataset_dir is None or str(dataset_dir).strip() == "":
         raise InputError("no dataset_dir given (run_prepare and prepare_if_needed generate a phantom dataset instead)")
@@ -628,6 +629,7 @@ def prepare_dataset(
     if split == "predefined":
         _check_predefined(source, layout)
     _check_folders(source, target)
+    check_writable(target)  # before every raw file is read and hashed (minutes on a large dataset)
     cases = find_cases(source, layout, patient_regex)
     raw_files = hash_raw_files(source)
     settings = _settings(
