@@ -209,3 +209,20 @@ def test_ablation_study_refuses_before_the_ablations_train(
         assert line.startswith(f"ERROR: {out}: cannot write here (checked {tmp_path / 'out'}, ")
     else:
         assert line == f"ERROR: {segmentation}: segmentation config not found; set segmentation_config"
+
+
+def test_synthesis_refuses_a_read_only_output_before_reading_its_inputs(
+    prepared: Path, tmp_path: Path, monkeypatch, capsys, kit, generator_checkpoint: Path
+) -> None:
+    from covid_ct_cgan.inference import SynthesisDataset, run_synthesis
+
+    expensive: list[str] = []
+    monkeypatch.setattr(SynthesisDataset, "prepare", lambda *a, **k: expensive.append("inputs read"))
+    generator = kit.make_generator()
+    generator.register_forward_hook(lambda *a: expensive.append("synthesis"))
+    with _read_only(tmp_path, monkeypatch), pytest.raises(SystemExit) as stop:
+        run_synthesis(generator, checkpoint=generator_checkpoint, output_dir=tmp_path / "synthesis",
+                      input=prepared / "data" / "datalist.json", image_size=kit.IMAGE_SIZE)
+    assert stop.value.code == 2 and expensive == []
+    assert _one_error(capsys).startswith(f"ERROR: {tmp_path / 'synthesis'}: cannot write here (checked {tmp_path}, ")
+    assert list(tmp_path.iterdir()) == []
