@@ -29,10 +29,11 @@ temporary file, staging folder or lock anywhere.
 
 The regression tests below pin the reader behaviours the fuzzer once found
 broken (a damaged NIfTI read by a fallback reader, a damaged DICOM slice skipped
-while its mask was blamed, a NaN float TIFF ending in a raw traceback) and the
-faults it found reported by the wrong name (a damaged ``datalist.json`` or
-``raw_files.json`` reported as other settings, a damaged ``summary.json`` ending
-in a traceback, a read-only folder reported without what to do).
+while its mask was blamed, a NaN float TIFF ending in a raw traceback). What it
+found under the faults is pinned beside the code it concerns: a damaged
+``datalist.json`` or ``raw_files.json`` reported as other settings and a damaged
+``summary.json`` ending in a traceback (``test_damaged_prepared_data.py``), a
+read-only folder's lock file reported without what to do (``test_locking.py``).
 """
 
 from __future__ import annotations
