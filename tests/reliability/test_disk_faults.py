@@ -5,7 +5,9 @@ The faults are simulated in the process: the checkpoint writer (``torch.save`` o
 raises ``OSError(ENOSPC)`` / ``OSError(EROFS)`` after writing part of its bytes, and a read-only
 ``output_dir`` refuses the probe file of :func:`covid_ct_cgan.fileio.check_writable`. (By hand, on a
 small ``tmpfs`` as ``output_dir`` filled once the first checkpoint exists, the same line is printed:
-bundle/docs/reliability.md.)
+bundle/docs/reliability.md.) Where the machine lets an unprivileged user mount (``unshare --user
+--map-root-user --mount``: a private mount namespace that ends with the process), ``prepare`` also
+runs on a real ``tmpfs``, too small for the prepared slices, and on a read-only one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import json
 import re
+import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,3 +232,48 @@ def test_synthesis_refuses_a_read_only_output_before_reading_its_inputs(
     assert stop.value.code == 2 and expensive == []
     assert _one_error(capsys).startswith(f"ERROR: {tmp_path / 'synthesis'}: cannot write here (checked {tmp_path}, ")
     assert list(tmp_path.iterdir()) == []
+
+
+# run in a private mount namespace: mount a tmpfs on argv[1] (options argv[2]), then prepare argv[3] into it and
+# list what is left there (the namespace, and with it the tmpfs, ends with the process)
+IN_TMPFS = """
+import json, sys
+from pathlib import Path
+from covid_ct_cgan.data.prepare import run_prepare
+mnt = Path(sys.argv[1])
+try:
+    run_prepare(sys.argv[2], str(mnt / "data"))
+finally:
+    print(json.dumps(sorted(str(p.relative_to(mnt)) for p in mnt.rglob("*"))), flush=True)
+"""
+
+
+def _prepare_in_tmpfs(mount_point: Path, options: str, raw: Path) -> subprocess.CompletedProcess:
+    mount = 'mount -t tmpfs -o "$1" tmpfs "$0" || exit 97; shift; exec "$@"'
+    cmd = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", mount, str(mount_point), options,
+           sys.executable, "-c", IN_TMPFS, str(mount_point), str(raw)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("fault", ["full", "read_only"])
+def test_prepare_on_a_real_tmpfs_that_is_too_small_or_read_only(prepared: Path, tmp_path: Path, fault: str) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) to mount a tmpfs in a private mount namespace")
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    size = sum(p.stat().st_size for p in (prepared / "data").rglob("*") if p.is_file())
+    options = f"size={size // 2}" + (",ro" if fault == "read_only" else "")  # half the prepared slices fit
+    done = _prepare_in_tmpfs(mount_point, options, prepared / "phantom_raw")
+    if done.returncode == 97 or "unshare:" in done.stderr:
+        pytest.skip(f"this machine does not let a user mount a tmpfs: {done.stderr.strip()[-200:]}")
+    assert done.returncode == 2, done.stderr[-2000:]
+    [line] = _errors(done.stderr)
+    data = mount_point / "data"
+    if fault == "full":
+        assert re.fullmatch(rf"ERROR: {re.escape(str(data))}/\S+: cannot write here \(No space left on device\); "
+                            "free some space or choose another folder", line), line
+    else:
+        assert line == (f"ERROR: {data}: cannot write here (checked {mount_point}, where it would be created): "
+                        "Read-only file system; check its permissions or choose another folder")
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []  # nothing partial, no temporary, no lock
+    assert _tracebacks(done.stderr) == 0
