@@ -24,7 +24,7 @@ def cached(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = ProgressCacheDataset._fill_cache
 
-    def fill_cache(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - CacheDataset's signature
+    def fill_cache(self, *args, **kwargs):
         calls.append(self.desc)
         return real(self, *args, **kwargs)
 
@@ -63,7 +63,7 @@ def test_too_little_space_for_the_checkpoints(work_dir: Path, capsys, cached: li
     real = shutil.disk_usage
     output = work_dir / "output"
 
-    def disk_usage(path):  # noqa: ANN001, ANN202 - shutil.disk_usage's signature
+    def disk_usage(path):
         return usage(1 << 30, (1 << 30) - 4096, 4096) if str(path).startswith(str(output)) else real(path)
 
     monkeypatch.setattr(shutil, "disk_usage", disk_usage)

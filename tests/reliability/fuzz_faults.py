@@ -33,7 +33,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-import covid_ct_cgan.fileio as fileio
+from covid_ct_cgan import fileio
 
 DAMAGES = ("cut", "byte", "garbage", "delete")
 PREPARED = ("images", "labels", "datalist.json", "raw_files.json", "prepared_files.json", "summary.json", "summary.md")

@@ -129,7 +129,7 @@ def test_a_lock_file_the_folder_refuses_says_what_to_do(tmp_path: Path, monkeypa
     reason only; it now says what to do, as every error of the place written to does (``fileio.write_hint``)."""
     real_open = os.open
 
-    def refusing_open(path, flags, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - os.open's signature
+    def refusing_open(path, flags, *args, **kwargs):
         if flags & os.O_CREAT:
             raise OSError(code, os.strerror(code), path)
         return real_open(path, flags, *args, **kwargs)
