@@ -75,12 +75,14 @@ def _write_error(err: OSError, path: Path) -> WriteError | None:
     """A WriteError naming ``path`` for an error of the place written to, else None."""
     if err.errno not in WRITE_ERRNOS:
         return None
-    reason = os.strerror(err.errno)
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        hint = "free some space or choose another folder"
-    else:
-        hint = "check the folder's permissions or choose another folder"
-    return WriteError(f"cannot write here ({reason}); {hint}", path)
+    return WriteError(f"cannot write here ({os.strerror(err.errno)}); {write_hint(err.errno)}", path)
+
+
+def write_hint(code: int | None) -> str:
+    """What to do when a folder refused a write with ``errno`` ``code``: free space, or check permissions."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space or choose another folder"
+    return "check the folder's permissions or choose another folder"
 
 
 def as_write_error(err: OSError, fallback: str | Path) -> WriteError:

@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import InputError
+from .fileio import WRITE_ERRNOS, write_hint
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,12 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def _cannot_create(err: OSError, what: str, path: Path) -> InputError:
+    """``what`` failed with ``err``: the reason, and what to do when the folder refused the write."""
+    hint = f"; {write_hint(err.errno)}" if err.errno in WRITE_ERRNOS else ""
+    return InputError(f"{what} ({err.strerror}){hint}", path)
 
 
 def _describe(holder: dict[str, Any] | None) -> str:
@@ -110,7 +117,7 @@ class OutputLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise InputError(f"cannot create the output folder ({err.strerror})", self.path.parent) from None
+            raise _cannot_create(err, "cannot create the output folder", self.path.parent) from None
         if fcntl is None:
             self._acquire_pid_file()
         else:
@@ -134,7 +141,7 @@ class OutputLock:
             except FileNotFoundError:  # removed by its holder between the two opens
                 continue
             except OSError as err:
-                raise InputError(f"cannot create the lock file {self.path.name} ({err.strerror})", self.folder) from None
+                raise _cannot_create(err, f"cannot create the lock file {self.path.name}", self.folder) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -179,7 +186,7 @@ class OutputLock:
                     continue
                 self._refuse(holder)
             except OSError as err:
-                raise InputError(f"cannot create the lock file {self.path.name} ({err.strerror})", self.folder) from None
+                raise _cannot_create(err, f"cannot create the lock file {self.path.name}", self.folder) from None
             self._fd = fd
             self._write_holder(fd)
             return

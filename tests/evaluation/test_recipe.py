@@ -224,3 +224,24 @@ def test_recipe_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     run_bundle("recipe", config_file=files, **tiny)
     assert summary.stat().st_mtime_ns == before
     assert (report / "report.md").read_text().count("## Targets") == 1
+
+
+@pytest.mark.parametrize("override, line", [
+    ({"recipe_lesion_inpainting": {"epoch": 1}},
+     "recipe_lesion_inpainting: unknown key 'epoch'; did you mean 'epochs'? (a key of lesion_inpainting.yaml)"),
+    ({"recipe_evaluation": {"fid#epoch": 1}}, "recipe_evaluation: "),
+    ({"recipe_models": ["ours", "mine"]}, "recipe_models: no entry ['mine'] in evaluate.yaml's models (entries: "),
+])
+def test_a_later_steps_bad_key_is_refused_before_the_first_step(tmp_path: Path, monkeypatch, capsys, override, line) -> None:
+    """The steps after the generators' training (hours) read keys of other configs: checked before step 1."""
+    from covid_ct_cgan.evaluation import recipe
+
+    steps: list[tuple] = []
+    monkeypatch.setattr(recipe, "run_bundle", lambda *a, **k: steps.append(a))
+    files = [str(CONFIGS / "train.yaml"), str(CONFIGS / "medseg.yaml")]
+    with pytest.raises(SystemExit) as stop:
+        run_bundle("recipe", config_file=files, work_dir=str(tmp_path / "work"), **override)
+    assert stop.value.code == 2 and steps == []
+    [error] = [e for e in capsys.readouterr().err.splitlines() if e.startswith("ERROR")]
+    assert error.startswith(f"ERROR: {line}")
+    assert not (tmp_path / "work").exists()

@@ -73,6 +73,32 @@ def test_a_damaged_prepared_file_is_named_before_it_is_used(work: Path, capsys, 
     assert verify_prepared_files(data) is None
 
 
+@pytest.mark.parametrize("name", ["datalist.json", "raw_files.json"])
+def test_a_damaged_file_that_records_the_settings_is_named_not_read_as_other_settings(work: Path, capsys, name: str) -> None:
+    """Found by the fuzz test: a cut-short ``datalist.json`` was reported as "holds data prepared with other
+    settings" naming the folder; the recorded files are verified first, so it is named with the fix."""
+    damaged = work / "data" / name
+    damaged.write_bytes(damaged.read_bytes()[:50])
+    with pytest.raises(SystemExit) as stop:
+        _prepare(work)
+    assert stop.value.code == 2
+    [line] = _errors(capsys.readouterr().err)
+    assert line.startswith(f"ERROR: {damaged}: damaged: 50 bytes, ") and line.endswith(FIX)
+
+
+@pytest.mark.parametrize("damage", ["cut", "delete"])
+def test_a_damaged_summary_is_no_error(work: Path, capsys, damage: str) -> None:
+    """Found by the fuzz test: a damaged ``summary.json`` (written for people, not recorded) ended in a traceback."""
+    summary = work / "data" / "summary.json"
+    if damage == "cut":
+        summary.write_bytes(b"\xf7" + summary.read_bytes()[:10])
+    else:
+        summary.unlink()
+    result = prepare_if_needed("", str(work / "data"), phantom_dir=str(work / "phantom_raw"), **PHANTOM)
+    assert "prepared data found" in capsys.readouterr().out
+    assert result["num_classes"] == 4  # the datalist's properties stand in for the summary
+
+
 def test_a_damaged_record_is_named(work: Path, capsys) -> None:
     record = work / "data" / PREPARED_FILES
     record.write_text("{", encoding="utf-8")
@@ -132,3 +158,55 @@ def test_train_yaml_hands_output_dir_to_prepare() -> None:
     parser = ConfigParser()
     parser.read_config(str(Path(__file__).resolve().parents[2] / "bundle" / "configs" / "train.yaml"))
     assert parser["prepare_args"]["output_dir"] == "@output_dir"
+
+
+def _replace_a_test_label(data: Path) -> Path:
+    """Overwrite the label map of the first ``test_synthesis`` slice with another slice's: a valid file, other content."""
+    import json
+
+    lists = json.loads((data / "datalist.json").read_text(encoding="utf-8"))
+    victim, other = data / lists["test_synthesis"][0]["label"], data / lists["training"][0]["label"]
+    assert victim.read_bytes() != other.read_bytes()
+    victim.write_bytes(other.read_bytes())
+    return victim
+
+
+def test_runs_that_read_a_prepared_folder_verify_it_before_their_first_expensive_step(
+    work: Path, tmp_path: Path, capsys, monkeypatch, kit, generator_checkpoint: Path
+) -> None:
+    """Synthesis, evaluation and segmentation read a prepared ``datalist.json`` without preparing it: a slice replaced
+    since preparation by a valid file of other content is named before the generator runs, the FID features train or
+    a slice is cached (before, each went on with the replaced slice)."""
+    from monai.bundle import ConfigParser
+
+    from covid_ct_cgan.data.cache import ProgressCacheDataset
+    from covid_ct_cgan.errors import exit_on_input_error
+    from covid_ct_cgan.evaluation.fid_features import FIDFeatures
+    from covid_ct_cgan.evaluation.image_quality import evaluate_image_quality
+    from covid_ct_cgan.evaluation.segmentation import run_experiments
+    from covid_ct_cgan.inference import run_synthesis
+
+    expensive: list[str] = []
+    monkeypatch.setattr(FIDFeatures, "extractor", lambda *a, **k: expensive.append("FID features"))
+    monkeypatch.setattr(ProgressCacheDataset, "_fill_cache", lambda *a, **k: expensive.append("caching"))
+    generator = kit.make_generator()
+    generator.register_forward_hook(lambda *a: expensive.append("synthesis"))
+    datalist = work / "data" / "datalist.json"
+    victim = _replace_a_test_label(work / "data")
+    segmentation_yaml = Path(__file__).resolve().parents[2] / "bundle" / "configs" / "segmentation.yaml"
+    runs = {
+        "synthesis": lambda out: run_synthesis(generator, checkpoint=generator_checkpoint, output_dir=out, input=datalist,
+                                               datalist_key="test_synthesis", image_size=kit.IMAGE_SIZE),
+        "evaluation": lambda out: exit_on_input_error(evaluate_image_quality)([], datalist, out, mean_lung_baseline=True),
+        "segmentation": lambda out: run_experiments(out, datalist, experiments=["A"], ratios=[0.0],
+                                                    config=ConfigParser.load_config_files(str(segmentation_yaml))),
+    }
+    for name, run in runs.items():
+        out = tmp_path / f"out_{name}"
+        with pytest.raises(SystemExit) as stop:
+            run(out)
+        assert stop.value.code == 2, name
+        [line] = _errors(capsys.readouterr().err)
+        assert line.startswith(f"ERROR: {victim}: damaged: ") and line.endswith(FIX), (name, line)
+        assert expensive == [], name
+        assert not out.exists(), name

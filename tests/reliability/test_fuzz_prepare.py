@@ -13,28 +13,50 @@ files) and runs ``prepare_dataset``. The outcome must be either
   that file or its partner), with no ``data_dir`` and no temporary left.
 
 Never another exception type, never a partial output, and no allowance: every
-example must follow these rules. The regression tests below pin the reader
-behaviours the fuzzer once found broken (a damaged NIfTI read by a fallback
-reader, a damaged DICOM slice skipped while its mask was blamed, a NaN float
-TIFF ending in a raw traceback).
+example must follow these rules.
+
+Beside the damaged input, each example draws a fault from :mod:`fuzz_faults`
+(or none): the output folder on a read-only mount, the disk full during a drawn
+file's write, or a file of the prepared folder damaged after a successful
+preparation and before a run that reads it (``prepare_if_needed``, the first step
+of every training run id). Half of the examples start with a previous
+``data_dir`` that the run may replace (``overwrite``). Every run goes through the
+entry point of its run id (``run_prepare``, ``run_prepare_if_needed``), so what
+is checked is what the user sees: exit status 2 and exactly one line on stderr,
+``ERROR: <path>: <problem>; <what to do>``, naming the file or folder the fault
+hit; the previous ``data_dir`` byte for byte as it was (none: none left) and no
+temporary file, staging folder or lock anywhere.
+
+The regression tests below pin the reader behaviours the fuzzer once found
+broken (a damaged NIfTI read by a fallback reader, a damaged DICOM slice skipped
+while its mask was blamed, a NaN float TIFF ending in a raw traceback). What it
+found under the faults is pinned beside the code it concerns: a damaged
+``datalist.json`` or ``raw_files.json`` reported as other settings and a damaged
+``summary.json`` ending in a traceback (``test_damaged_prepared_data.py``), a
+read-only folder's lock file reported without what to do (``test_locking.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import re
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from fuzz_inputs import apply, attempt, common_verdict, mentions, mutations, names_damaged
+from fuzz_faults import HINTS, DiskFault, damage_prepared, faults, snapshot, temporaries
+from fuzz_inputs import apply, common_verdict, mentions, mutations, names_damaged
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from covid_ct_cgan.data.prepare import prepare_dataset
+from covid_ct_cgan.data.prepare import PREPARED_FILES, prepare_dataset, run_prepare, run_prepare_if_needed
 from covid_ct_cgan.errors import InputError
 
 LAYOUTS = ("radiopaedia", "slices_png", "slices_png_no_lungs", "slices_nifti", "dicom")
@@ -134,41 +156,135 @@ def verdict(layout: str, done, outcome: str, err: BaseException | None, root: Pa
     return f"error names no changed file: {text}"
 
 
-def run_one(layout: str, muts: list, kit, scratch: Path) -> tuple[str | None, str]:
-    """Build a dataset in ``layout``, damage it with ``muts``, prepare it; returns (what broke the rules, outcome)."""
+def run_command(call: Callable[[], object]) -> tuple[str, BaseException | None, list[str]]:
+    """Run an entry point as the command would: ``(outcome, error, ERROR lines on stderr)``.
+
+    ``outcome`` is ``"ok"``, ``"error"`` (it exited with status 2; ``error`` is the :class:`InputError`
+    it reported) or ``"raw"`` (any other exception or exit status: a finding).
+    """
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            call()
+    except SystemExit as stop:
+        reported = stop.__context__  # exit_on_input_error raises SystemExit(2) from the InputError
+        lines = [line for line in stderr.getvalue().splitlines() if line.startswith("ERROR")]
+        if stop.code == 2 and isinstance(reported, InputError):
+            return "error", reported, lines
+        return "raw", stop, lines
+    except Exception as caught:  # noqa: BLE001 - the point: anything else is a finding
+        return "raw", caught, []
+    return "ok", None, [line for line in stderr.getvalue().splitlines() if line.startswith("ERROR")]
+
+
+def clean_failure(lines: list[str], err: BaseException | None, base: Path, out: Path, before: dict[str, bytes]) -> str | None:
+    """None when a failed run printed one ``ERROR`` line and left ``data_dir`` and its folder as they were."""
+    if lines != [f"ERROR: {err}"]:
+        return f"stderr's ERROR lines are {lines}, not one line for {err}"
+    if not before and out.exists():
+        return f"a failed run left {out}"
+    if snapshot(out) != before:
+        return f"the previous {out.name} was changed by a failed run"
+    left = temporaries(base)
+    return f"temporaries left: {left}" if left else None
+
+
+def write_fault_verdict(fault: DiskFault, outcome: str, err: BaseException | None, out: Path) -> str | None:
+    """None when a read-only or full disk was reported as such: the file or folder it hit, and what to do."""
+    if outcome != "error":
+        return f"{outcome} after {os.strerror(fault.code)} writing {fault.fired}: {err}"
+    text = str(err)
+    if not (os.strerror(fault.code) in text and HINTS[fault.code] in text and text.endswith("choose another folder")):
+        return f"the error does not say {os.strerror(fault.code)!r} and what to do ({HINTS[fault.code]!r}): {text}"
+    if err.path is None or not (Path(err.path) == out or Path(err.path).is_relative_to(out) or out.is_relative_to(err.path)):
+        return f"the error names {err.path}, not {out} or a file in it"
+    if fault.kind == "disk_full":
+        parts = fault.fired.relative_to(out.parent).parts  # written in a staging folder: named as in data_dir
+        if Path(err.path) != out.joinpath(*parts[1:]):
+            return f"the error names {err.path}, not the file whose write failed ({out.joinpath(*parts[1:])})"
+    return None
+
+
+def damaged_prepared_verdict(victim: Path, out: Path, outcome: str, err: BaseException | None, intact_record: bool) -> str | None:
+    """None when a run that reads a damaged prepared folder named the damaged file and the fix (or rightly went on)."""
+    if victim.name in ("summary.json", "summary.md") or (victim.name == PREPARED_FILES and intact_record):
+        # the summaries are for people, never read as data; a record whose content is unchanged is intact
+        return None if outcome == "ok" else f"{outcome} for a damaged {victim.name}, which no run reads: {err}"
+    if outcome != "error":
+        return f"{outcome} after {victim.name} was damaged: {err}"
+    text = str(err)
+    fix = "prepare the data again with --overwrite True" + ("" if victim.name == PREPARED_FILES else " (or restore the file)")
+    if not (text.startswith(f"{victim}: ") and text.endswith(fix)):
+        return f"the error does not name {victim} and the fix ({fix!r}): {text}"
+    return None
+
+
+def run_one(layout: str, muts: list, fault: tuple | None, previous: bool, kit, scratch: Path) -> tuple[str | None, str]:
+    """Build a dataset in ``layout``, damage it with ``muts``, prepare it under ``fault``; returns (what broke the
+    rules, outcome: ``ok``, ``error`` or the fault that was reported)."""
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         base = Path(tmp)
         root = base / "raw"
         files = build(layout, root, kit)
         done = apply(muts, files)
-        out = base / "data"
-        outcome, err = attempt(lambda: prepare_dataset(str(root), str(out), split="paper"))
+        out = base / "output" / "data"
+        if previous:  # a data_dir the run may replace, and must leave as it was when it fails
+            kit.save_nifti(np.zeros((4, 4), np.int16), out / "images" / "old.nii.gz")
+            (out / "datalist.json").write_text('{"training": []}\n', encoding="utf-8")
+        else:
+            out.parent.mkdir()
+        before = snapshot(out)
+        with DiskFault(fault, out.parent) as disk:
+            outcome, err, lines = run_command(lambda: run_prepare(str(root), str(out), split="paper", overwrite=previous))
         if outcome == "ok":
             check_output(out)
-            assert kit.leftovers(base, "data") == ["data"], "temporaries left next to the output"
-        else:
-            assert kit.leftovers(base, "data") == [], f"partial output after {type(err).__name__}: {err}"
-        return verdict(layout, done, outcome, err, root), outcome
+            assert "images/old.nii.gz" not in snapshot(out), "the previous data_dir was merged, not replaced"
+            if temporaries(base):
+                return f"temporaries left next to a complete output: {temporaries(base)}", outcome
+        elif outcome == "error":
+            broken = clean_failure(lines, err, base, out, before)
+            if broken:
+                return broken, outcome
+        if disk.fired is not None:
+            return write_fault_verdict(disk, outcome, err, out), str(fault[0])
+        broken = verdict(layout, done, outcome, err, root)
+        if broken or outcome != "ok" or not fault or fault[0] != "damaged_prepared":
+            return broken, outcome
+        record = json.loads((out / PREPARED_FILES).read_text(encoding="utf-8"))
+        victim = damage_prepared(out, *fault[1:])
+        try:
+            intact_record = json.loads((out / PREPARED_FILES).read_text(encoding="utf-8")) == record
+        except (OSError, ValueError):
+            intact_record = False
+        damaged = snapshot(out)
+        outcome, err, lines = run_command(lambda: run_prepare_if_needed(str(root), str(out), split="paper"))
+        if outcome == "error":
+            broken = clean_failure(lines, err, base, out, damaged)
+            if broken:
+                return broken, "damaged_prepared"
+        return damaged_prepared_verdict(victim, out, outcome, err, intact_record), "damaged_prepared"
 
 
 @pytest.mark.integration
-def test_prepare_survives_damaged_datasets(kit, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_prepare_survives_damaged_datasets_and_faults(kit, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     stats: Counter = Counter()
 
     @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None, phases=PHASES,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(layout=st.sampled_from(LAYOUTS), muts=mutations())
-    def check(layout: str, muts: list) -> None:
-        problem, outcome = run_one(layout, muts, kit, tmp_path)
+    @given(layout=st.sampled_from(LAYOUTS), muts=mutations(), fault=faults(), previous=st.booleans())
+    def check(layout: str, muts: list, fault: tuple | None, previous: bool) -> None:
+        problem, outcome = run_one(layout, muts, fault, previous, kit, tmp_path)
         stats["examples"] += 1
         stats[outcome] += 1
-        assert problem is None, f"{layout} with {muts}: {problem}"
+        assert problem is None, f"{layout} with {muts}, fault {fault}, previous data_dir {previous}: {problem}"
 
     check()
     with capsys.disabled():
         print(f"\nprepare fuzz: {dict(stats)}")
     assert stats["examples"] >= MAX_EXAMPLES * 0.9
-    assert stats["ok"] > 0 and stats["error"] > 0  # both outcomes were exercised
+    assert stats["ok"] > 0 and stats["error"] > 0  # both outcomes of bad input were exercised
+    for fault in ("read_only", "disk_full", "damaged_prepared"):  # and every fault was hit and checked
+        assert stats[fault] > 0, f"no example hit the fault {fault}"
 
 
 # --------------------------------------------------------------------------- regression tests of the fuzzer's findings

@@ -126,6 +126,27 @@ def test_pid_file_fallback_without_flock(tmp_path: Path, monkeypatch: pytest.Mon
         assert lock.previous_holder["pid"] == dead.pid
 
 
+@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC])
+def test_a_lock_file_the_folder_refuses_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """Found by the prepare fuzz test: on a read-only folder the lock file is the first write, and its error gave the
+    reason only; it now says what to do, as every error of the place written to does (``fileio.write_hint``)."""
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            raise OSError(code, os.strerror(code), path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    hint = {errno.EROFS: "check the folder's permissions", errno.ENOSPC: "free some space"}[code]
+    for lock, named in ((OutputLock(tmp_path), tmp_path), (sibling_lock(tmp_path / "data"), tmp_path / "data")):
+        with pytest.raises(InputError) as err:
+            lock.acquire()
+        assert str(err.value) == (f"{named}: cannot create the lock file {lock.path.name} ({os.strerror(code)}); "
+                                  f"{hint} or choose another folder")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_leftovers_of_a_killed_staged_run_are_cleaned_and_a_moved_away_folder_restored(tmp_path: Path) -> None:
     final = tmp_path / "out"
     stale_tmp = tmp_path / ".out.abcd1234.tmp"

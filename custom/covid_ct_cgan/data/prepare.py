@@ -384,6 +384,31 @@ def verify_prepared_files(data_dir: str | Path) -> tuple[Path, str] | None:
     return None
 
 
+def _damaged_error(path: Path, problem: str) -> InputError:
+    """The error for a finding of :func:`verify_prepared_files`, with the fix."""
+    restore = "" if path.name == PREPARED_FILES else " (or restore the file)"
+    return InputError(f"{problem}; prepare the data again with --overwrite True{restore}", path)
+
+
+def check_prepared(datalist: str | Path) -> None:
+    """Verify the prepared folder that ``datalist`` belongs to before a run trusts it (:func:`verify_prepared_files`).
+
+    Called by the runs that read a prepared ``datalist.json`` without preparing it (synthesis, evaluation,
+    segmentation), before their first expensive step; training verifies through :func:`prepare_if_needed`.
+    A datalist with no ``prepared_files.json`` beside it was not written by ``prepare`` (a user's own, or
+    one a run wrote): it is not checked here.
+
+    Raises:
+        InputError: names the file that changed since preparation, and the fix.
+    """
+    folder = Path(datalist).expanduser().parent
+    if not (folder / PREPARED_FILES).exists():
+        return
+    damaged = verify_prepared_files(folder)
+    if damaged is not None:
+        raise _damaged_error(*damaged)
+
+
 def dataset_fingerprint(records: Mapping[str, Mapping[str, Any]]) -> str:
     """One hash of the names, sizes and contents in ``records`` (from :func:`hash_raw_files`); times left out."""
     digest = hashlib.sha256()
@@ -589,7 +614,8 @@ def prepare_dataset(
             voxels, no slice with infection, mixed intensity scales, too few
             patients for the split, ``split="predefined"`` without the dataset's
             ``train/`` and ``test/`` folders, ``data_dir`` exists without
-            ``overwrite``. Nothing is written then.
+            ``overwrite`` or cannot be written (checked before the raw files
+            are read). Nothing is written then.
     """
     if dataset_dir is None or str(dataset_dir).strip() == "":
         raise InputError("no dataset_dir given (run_prepare and prepare_if_needed generate a phantom dataset instead)")
@@ -603,6 +629,7 @@ def prepare_dataset(
     if split == "predefined":
         _check_predefined(source, layout)
     _check_folders(source, target)
+    check_writable(target)  # before every raw file is read and hashed (minutes on a large dataset)
     cases = find_cases(source, layout, patient_regex)
     raw_files = hash_raw_files(source)
     settings = _settings(
@@ -851,8 +878,9 @@ def _check_data_dir(
         preparation (its ``datalist.json`` properties are returned).
 
     Raises:
-        InputError: ``data_dir`` is not a folder, or holds other data (another
-            preparation: the differing settings are named) and ``overwrite`` is false.
+        InputError: ``data_dir`` is not a folder, or, when ``overwrite`` is false, one of the files
+            recorded in its ``prepared_files.json`` changed since preparation (that file is named), or it
+            holds other data (another preparation: the differing settings are named).
     """
     if target.exists() and not target.is_dir():
         raise InputError("exists and is not a folder", target)
@@ -863,6 +891,13 @@ def _check_data_dir(
                 "holds other files and no datalist.json; pass --overwrite True to replace it, or choose another data_dir",
                 target,
             )
+        return False, {}
+    # the recorded files first: a damaged datalist.json or raw_files.json is named as such, not read as other settings
+    damaged = verify_prepared_files(target)
+    if damaged is not None:
+        if not overwrite:
+            raise _damaged_error(*damaged)
+        print(f"{damaged[0]}: {damaged[1]}; preparing {target} again (overwrite)", flush=True)
         return False, {}
     try:
         properties = json.loads(datalist.read_text(encoding="utf-8")).get("properties", {})
@@ -882,15 +917,7 @@ def _check_data_dir(
             if differ:
                 changes.append(f"the raw files in dataset_dir differ from those it was prepared from: {differ}")
     if not changes:
-        damaged = verify_prepared_files(target)
-        if damaged is None:
-            return True, properties
-        if not overwrite:
-            path, problem = damaged
-            restore = "" if path.name == PREPARED_FILES else " (or restore the file)"
-            raise InputError(f"{problem}; prepare the data again with --overwrite True{restore}", path)
-        print(f"{damaged[0]}: {damaged[1]}; preparing {target} again (overwrite)", flush=True)
-        return False, properties
+        return True, properties
     if not overwrite:
         raise InputError(
             f"holds data prepared with other settings or data: {'; '.join(changes)}; "
@@ -898,6 +925,19 @@ def _check_data_dir(
             target,
         )
     return False, properties
+
+
+def _read_summary(data_dir: Path, properties: dict[str, Any]) -> dict[str, Any]:
+    """``summary.json`` of a verified ``data_dir``, else its ``properties``.
+
+    The summary is written for people and left out of ``prepared_files.json`` (it names the folder it was
+    written in), so it is not verified: a damaged or deleted one is not an error, nothing else reads it.
+    """
+    try:
+        summary = json.loads((data_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return properties
+    return summary if isinstance(summary, dict) else properties
 
 
 def _read_raw_files(data_dir: Path) -> dict[str, dict[str, Any]] | None:
@@ -978,8 +1018,7 @@ def prepare_if_needed(
     ready, properties = _check_data_dir(target, None if phantom else source, source_settings, options, overwrite)
     if ready:
         print(f"prepared data found at {target}", flush=True)
-        summary_file = target / "summary.json"
-        return json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else properties
+        return _read_summary(target, properties)
     before = _read_datalist(target)
     with _removing_new_folders(target, source):
         if phantom and _phantom_needs_generating(source, params, overwrite):

@@ -57,9 +57,9 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("global", "local", "joint")
 __all__ = [  # checkpoint discovery lives in covid_ct_cgan.checkpoints (shared with inference); named here too
-    "SETTINGS_FILE", "STAGES", "STAGE_SECTION_IDS", "check_stage_settings", "check_stages", "checkpoint_candidates", "hand_over",
-    "load_latest_checkpoint", "read_stage_settings", "record_stage_settings", "resume", "run_ids", "run_stage",
-    "run_stages", "stage_config", "stage_overrides",
+    "SETTINGS_FILE", "STAGES", "STAGE_SECTION_IDS", "check_stage", "check_stage_settings", "check_stages",
+    "checkpoint_candidates", "hand_over", "load_latest_checkpoint", "read_stage_settings", "record_stage_settings",
+    "resume", "run_ids", "run_stage", "run_stages", "stage_config", "stage_overrides",
 ]
 # the entries of a stage's section in train.yaml and the ids they change for that stage alone: a mapping of
 # arguments (trainer, evaluator) or a list with one mapping of arguments per handler, in the handlers' order
@@ -213,6 +213,53 @@ def _write_errors_reported(trainer: Any, checkpoint_dir: Path) -> Any:
                          f"{trainer.state.epoch}, iteration {trainer.state.iteration}; {resumes})") from None
 
 
+def _is_rank0() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
+def check_stage(
+    checkpoint_dir: str | Path,
+    save_dict: Mapping[str, Any],
+    resume_training: bool = True,
+    handover: Mapping[str, str | Path] | None = None,
+    handover_discriminator: str | Path | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> None:
+    """Check what a stage needs that files and settings tell, before its slices are cached and it trains.
+
+    ``train.yaml``'s ``run`` calls it before ``stage_args`` builds the trainer (building ``train#dataset``
+    caches every training slice: minutes on real data), and :func:`run_stage` again with the stage's lock
+    held. Nothing is written but :func:`~covid_ct_cgan.fileio.check_writable`'s probe file.
+
+    Args:
+        checkpoint_dir, save_dict, resume_training, handover, handover_discriminator, settings: as
+            :func:`run_stage`.
+
+    Raises:
+        InputError: the stage folder cannot be written or lacks the space for its checkpoints (rank 0);
+            the stage would resume, or start from another stage, with other network settings; a stage it
+            starts from has no checkpoint.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if _is_rank0():
+        check_writable(checkpoint_dir, min_free_bytes=_checkpoint_space(save_dict))
+    resuming = bool(resume_training and checkpoint_candidates(checkpoint_dir))
+    if settings is not None:
+        if resuming:
+            check_stage_settings(checkpoint_dir, settings, "resume")
+        else:
+            for source in {*(handover or {}).values(), *([handover_discriminator] if handover_discriminator else [])}:
+                check_stage_settings(source, settings, "start from")
+    if not resuming:
+        for part, folder in (handover or {}).items():
+            if not checkpoint_candidates(folder):
+                raise InputError(f"no checkpoint to start '{part}' from; train that stage first", folder)
+
+
+run_check_stage = exit_on_input_error(check_stage)
+"""``train.yaml``'s entry point of :func:`check_stage`: bad input exits with one ``ERROR:`` line (status 2)."""
+
+
 @exit_on_input_error
 def run_stage(
     trainer: Any,
@@ -245,17 +292,11 @@ def run_stage(
             mismatched checkpoint to start from).
     """
     checkpoint_dir = Path(checkpoint_dir)
-    rank0 = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    rank0 = _is_rank0()
     with output_lock(checkpoint_dir) if rank0 else contextlib.nullcontext():
+        check_stage(checkpoint_dir, save_dict, resume_training, handover, handover_discriminator, settings)
         if rank0:
-            check_writable(checkpoint_dir, min_free_bytes=_checkpoint_space(save_dict))
             remove_stale_temporaries(checkpoint_dir)  # of a run killed (or failed) while writing; the lock is held
-        if settings is not None:
-            if resume_training and checkpoint_candidates(checkpoint_dir):
-                check_stage_settings(checkpoint_dir, settings, "resume")
-            else:
-                for source in {*(handover or {}).values(), *([handover_discriminator] if handover_discriminator else [])}:
-                    check_stage_settings(source, settings, "start from")
         loaded = resume(trainer, save_dict, checkpoint_dir) if resume_training else None
         if loaded is not None and trainer.state.epoch >= trainer.state.max_epochs:
             logger.info(f"stage in {checkpoint_dir} is complete ({trainer.state.epoch} epochs); skipping")

@@ -42,8 +42,9 @@ from typing import Any
 
 import torch
 
+from ..data.prepare import check_prepared
 from ..errors import InputError, exit_on_input_error
-from ..fileio import staged_directory, write_json, write_text
+from ..fileio import check_writable, staged_directory, write_json, write_text
 from .fid_features import FIDFeatures
 from .image_quality import csv_text, evaluate_image_quality, load_datalist
 from .models import load_training_config, trained_model
@@ -147,6 +148,14 @@ class AblationStudy:
         unknown = [a for a in ablations if not (config_dir / FOLDER / f"{a}.yaml").is_file()]
         if unknown:
             raise InputError(f"no ablation overlay for {unknown} (expected {config_dir / FOLDER}/<name>.yaml)")
+        # before the ablations train (hours): where the scores go, the data they are computed on, the UNets' config
+        check_writable(output_dir)
+        check_prepared(datalist)  # a datalist that is there already is as prepared (training prepares a missing one)
+        if not Path(self.segmentation_config).is_file():
+            raise InputError("segmentation config not found; set segmentation_config", self.segmentation_config)
+        seg_raw = ConfigParser.load_config_files(str(self.segmentation_config))
+        for key, value in (self.segmentation_overrides or {}).items():
+            seg_raw[key] = copy.deepcopy(value)
         overrides = dict(self.training_overrides or {})
         configs = {a: [str(config_dir / "train.yaml"), str(config_dir / FOLDER / f"{a}.yaml")] for a in ablations}
         if self.train:
@@ -160,9 +169,6 @@ class AblationStudy:
         width = float(overrides.get("window_width", 1500.0))
         train_items = [] if features.inception_weights else load_datalist(datalist, "training")
         extractor = features.extractor(train_items, level, width)
-        seg_raw = ConfigParser.load_config_files(str(self.segmentation_config))
-        for key, value in (self.segmentation_overrides or {}).items():
-            seg_raw[key] = copy.deepcopy(value)
         rows: list[dict[str, Any]] = []
         with staged_directory(target, overwrite=self.overwrite) as stage:
             for name in ablations:

@@ -67,7 +67,8 @@ import torch
 
 from .. import intensity
 from ..errors import InputError, exit_on_input_error
-from ..fileio import staged_directory, write_json, write_text
+from ..data.prepare import check_prepared
+from ..fileio import check_writable, staged_directory, write_json, write_text
 from ..logs import progress
 from ..inference import ModelGrid, SynthesisInput, load_input, write_like
 from ..labels import lung_region
@@ -392,6 +393,8 @@ def evaluate_image_quality(
         raise InputError("no model to evaluate")
     for model in models:  # before the FID features are trained (minutes)
         model.check_trained()
+    check_prepared(datalist)  # the slices every score is computed on: as prepared, before any work
+    check_writable(output_dir)  # the FID features are cached there once trained
     realism_settings = RealismSettings.from_config(realism)
     test_items = load_datalist(datalist, test_key)
     train_items = load_datalist(datalist, train_key)

@@ -42,7 +42,7 @@ import torch
 from ..errors import InputError, exit_on_input_error
 from ..fileio import staged_directory, write_json, write_text
 from ..figures import pyplot, write_figure
-from ..settings import BundleCommand, run_bundle
+from ..settings import BundleCommand, check_overrides, run_bundle
 from .provenance import code_version
 from .image_quality import RESAMPLED_REAL, csv_text
 from .report import as_number as _num, markdown_table
@@ -95,6 +95,34 @@ def _read_timings(work_dir: Path) -> dict[str, float]:
 
 
 @exit_on_input_error
+def _check_step_overrides(
+    steps: Mapping[str, tuple[Sequence[str], Mapping[str, Any]]], models: Sequence[str], evaluate_yaml: str
+) -> None:
+    """Check before the first step what the later steps hand their configs (each step checks them again).
+
+    Args:
+        steps: recipe key -> (the config files of the step it feeds, the overrides it gives them).
+        models: the evaluation's ``model_names``: entries of ``evaluate.yaml``'s ``models``.
+        evaluate_yaml: the evaluation config.
+
+    Raises:
+        InputError: naming the recipe key: an override that is not a key of its step's config, or a model
+            that ``evaluate.yaml`` does not define.
+    """
+    from monai.bundle import ConfigParser
+
+    for key, (files, overrides) in steps.items():
+        config = ConfigParser.load_config_files(list(files))
+        try:
+            check_overrides(config, overrides)
+        except InputError as err:
+            raise InputError(f"{err} (a key of {Path(files[-1]).name})", key) from None
+    defined = ConfigParser.load_config_files(evaluate_yaml).get("models", {})
+    unknown = [m for m in models if m not in defined]
+    if unknown:
+        raise InputError(f"no entry {unknown} in evaluate.yaml's models (entries: {', '.join(defined)})", "recipe_models")
+
+
 def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
     """Run the recipe's steps (see the module docstring) and write its report.
 
@@ -132,6 +160,11 @@ def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
     inpainting_files = [*files, str(configs_dir / "lesion_inpainting.yaml")]
     inpainting_overrides = {k: v for k, v in overrides.items() if k not in ("output_dir", "experiment_name")}
     inpainting_overrides.update(dict(args.get("lesion_inpainting") or {}))
+    _check_step_overrides({  # a later step's bad key would stop the recipe hours in, after the generators trained
+        "recipe_evaluation": ([evaluate_yaml], evaluation),
+        "recipe_segmentation": ([segmentation_yaml], segmentation),
+        "recipe_lesion_inpainting": (inpainting_files, dict(args.get("lesion_inpainting") or {})),
+    }, list(args["models"]), evaluate_yaml)
 
     def done(path: Path) -> Callable[[], bool]:
         return lambda: path.is_file() and not overwrite

@@ -84,6 +84,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from ..errors import InputError, exit_on_input_error
+from ..data.prepare import check_prepared
 from ..fileio import staged_directory, write_json, write_text
 from ..labels import CONSOLIDATION, GGO
 from ..settings import BundleCommand, load_config, using_command
@@ -674,6 +675,7 @@ def run_experiments(
     if not todo:
         print(f"segmentation: seeds {wanted} already in {target}, kept (--overwrite True trains them again)", flush=True)
         return read_csv(target / "summary.csv")
+    check_prepared(datalist)  # before synthesis and the UNets: the slices they train and test on are as prepared
     test = test_datalist(datalist, test_key, include_infection_free)  # refuses a missing datalist
     check_disjoint(datalist, train_key, test_key)
     source = json.loads((target / "settings.json").read_text()).get("synthetic", "") if done else ""

@@ -36,6 +36,7 @@ import numpy as np
 from nibabel import orientations
 
 from .. import intensity
+from ..data.prepare import check_prepared
 from ..data.readers import AXCODES, IMAGE_SUFFIXES, PICTURE_SUFFIXES, _is_dicom_file, load_image
 from ..errors import InputError
 from ..labels import check_label_map, lung_region
@@ -155,6 +156,7 @@ def _unique_names(pairs: list[tuple[Path, Path, str | None]]) -> list[SynthesisI
 
 
 def _from_datalist(path: Path, key: str) -> list[SynthesisInput]:
+    check_prepared(path)  # a datalist.json written by prepare: its slices as prepared
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

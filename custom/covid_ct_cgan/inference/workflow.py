@@ -43,7 +43,7 @@ from monai.transforms import Compose, Transform
 from .. import intensity
 from ..checkpoint_settings import resolve_network_settings
 from ..errors import InputError, exit_on_input_error
-from ..fileio import staged_directory, write_json, write_text
+from ..fileio import check_writable, staged_directory, write_json, write_text
 from ..labels import num_classes as count_classes
 from ..logs import progress as progress_bar, progress_handler
 from ..transforms import make_condition, slice_region, synthesis_region
@@ -443,6 +443,7 @@ class SynthesisEvaluator(Evaluator):
             logger.warning("num_variants > 1 without augment: the variants are identical")
         inputs = self.dataset.find()
         check_output_dir(self.output_dir, self.dataset.folders, inputs, self.overwrite)
+        check_writable(self.output_dir)  # before the inputs are read and the runner calibrated or compiled
         self.checkpoint_path = load_generator(self.network, self.checkpoint)
         self.dataset.prepare(lesion_map.needs_donors(num_variants))
         self.runner = make_runner(self.network, torch.device(self.state.device),
