@@ -63,17 +63,20 @@ class DropRecords(logging.Filter):
 
 
 def _reported_by_the_entry_point(err: BaseException | None) -> bool:
-    """A Ctrl-C, an :class:`~covid_ct_cgan.errors.InputError`, or a write refused by the disk (full, read-only):
-    the entry point reports each with one line (:func:`covid_ct_cgan.errors.exit_on_input_error`)."""
-    from .errors import InputError
+    """A Ctrl-C, an error the entry point reports (:func:`covid_ct_cgan.errors.reported_error`: an ``InputError``,
+    a stopped run), or a write refused by the disk (full, read-only): the entry point reports each with one line
+    (:func:`covid_ct_cgan.errors.exit_on_input_error`)."""
+    from .errors import reported_error
     from .fileio import is_write_error
 
-    return isinstance(err, (KeyboardInterrupt, InputError)) or (err is not None and is_write_error(err))
+    if err is None:
+        return False
+    return isinstance(err, KeyboardInterrupt) or reported_error(err) is not None or is_write_error(err)
 
 
 class DropInterruptRecords(logging.Filter):
     """Drop the error records and tracebacks that libraries log about a Ctrl-C (``KeyboardInterrupt``),
-    an ``InputError`` or a full / read-only disk.
+    an ``InputError``, a stopped run or a full / read-only disk.
 
     Ignite and MONAI's ``StatsHandler`` log the exception with its traceback before
     passing it on; the entry point prints one ``INTERRUPTED:`` or ``ERROR:`` line instead

@@ -13,7 +13,7 @@ from monai.bundle import run as monai_run
 from tiny_training import TINY, TRAIN_YAML
 
 from covid_ct_cgan.engines.stages import SETTINGS_FILE, check_stage_settings, run_stage, run_stages
-from covid_ct_cgan.errors import InputError
+from covid_ct_cgan.errors import InputError, entry_point
 from covid_ct_cgan.settings import run_bundle
 
 SETTINGS = {"generator": "covid_ct_cgan.networks.GlobalLocalGenerator", "image_size": 32, "ngf": 8, "desum": "dynamic"}
@@ -53,8 +53,8 @@ def test_fresh_stage_records_its_settings(tmp_path: Path) -> None:
 def test_resume_with_other_network_settings_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     stage = _stage_with(tmp_path / "local", SETTINGS)
     trainer = StubTrainer()
-    with pytest.raises(SystemExit) as stop:
-        run_stage(trainer, {}, stage, resume_training=True, settings={**SETTINGS, "image_size": 64, "ngf": 16})
+    with pytest.raises(SystemExit) as stop:  # as train.yaml's run id calls it
+        entry_point(run_stage, trainer, {}, stage, resume_training=True, settings={**SETTINGS, "image_size": 64, "ngf": 16})
     assert stop.value.code == 2
     assert _errors(capsys) == [
         f"ERROR: {stage / SETTINGS_FILE}: cannot resume this stage: it was trained with other network settings "
@@ -103,7 +103,7 @@ def test_joint_stage_refuses_sources_trained_with_other_settings(tmp_path: Path,
     local = _stage_with(tmp_path / "local", {**SETTINGS, "image_size": 64})
     trainer = StubTrainer()
     with pytest.raises(SystemExit) as stop:
-        run_stage(trainer, {}, tmp_path / "joint", True, {"global_net": tmp_path / "global", "local_net": local},
+        entry_point(run_stage, trainer, {}, tmp_path / "joint", True, {"global_net": tmp_path / "global", "local_net": local},
                   local, settings=SETTINGS)
     assert stop.value.code == 2
     assert _errors(capsys) == [
@@ -136,5 +136,5 @@ def test_stage_runner_needs_a_command(work_dir: Path, capsys: pytest.CaptureFixt
     errors = _errors(capsys)
     assert len(errors) == 1 and "re-reads its configuration" in errors[0] and "run_bundle" in errors[0]
     assert not (work_dir / "output").exists()
-    with pytest.raises(SystemExit):
+    with pytest.raises(InputError, match="re-reads its configuration"):
         run_stages(["local"], None)

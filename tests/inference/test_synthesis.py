@@ -28,7 +28,7 @@ def synth(builders, checkpoint_dir: Path, output_dir: Path, **kwargs):
     kwargs.setdefault("checkpoint", checkpoint_dir / "joint")
     kwargs.setdefault("image_size", IMAGE_SIZE)
     kwargs.setdefault("batch_size", 3)
-    return run_synthesis.__wrapped__(builders.make_generator(), output_dir=output_dir, **kwargs)
+    return run_synthesis(builders.make_generator(), output_dir=output_dir, **kwargs)
 
 
 def read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
@@ -163,7 +163,7 @@ def lesion_inpainting_synthesis(tmp_path: Path, builders, image: Path, label: Pa
     """Synthesis into ``tmp_path / "out"`` with a random lesion-inpainting generator (``map+context``, lesion)."""
     ckpt = tmp_path / "ctx.pt"
     torch.save({"generator": builders.make_generator(5).state_dict()}, ckpt)
-    run_synthesis.__wrapped__(builders.make_generator(5), ckpt, tmp_path / "out", image=image, label=label,
+    run_synthesis(builders.make_generator(5), ckpt, tmp_path / "out", image=image, label=label,
                               image_size=IMAGE_SIZE, condition="map+context", context_region="lesion",
                               context_dilation=1, **kwargs)
 

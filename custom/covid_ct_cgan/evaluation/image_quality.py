@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from .. import intensity
-from ..errors import InputError, exit_on_input_error
+from ..errors import InputError
 from ..fileio import staged_directory, write_json, write_text
 from ..logs import progress
 from ..inference import ModelGrid, SynthesisInput, load_input, write_like
@@ -554,7 +554,6 @@ class ImageQuality:
             raise InputError(f"model_names: a model is named twice in {names}")
         return {name: self.models[name] for name in names}
 
-    @exit_on_input_error
     def run(self) -> list[dict[str, Any]]:
         """Build the selected models from their training configs and score them (see the module docstring).
 
@@ -562,7 +561,7 @@ class ImageQuality:
             The summary rows (``image_quality.csv``).
 
         Raises:
-            SystemExit: status 2 with one ``ERROR:`` line on bad input.
+            InputError: bad input, naming the file (``evaluate.yaml`` reports it with one ``ERROR:`` line).
         """
         built = build_models(self.selected_models(), self.training_overrides, self.device)
         return evaluate_image_quality(

@@ -31,10 +31,6 @@ from ..inference import run_synthesis
 from ..inference.synthesis import INT8_PRECISIONS, PRECISIONS
 from .provenance import stage_epochs
 
-# run_synthesis exits the process on bad input (it is a bundle entry point); inside the evaluation the
-# InputError must reach the evaluation's own entry point instead
-_synthesise = getattr(run_synthesis, "__wrapped__", run_synthesis)
-
 SETTING_KEYS: tuple[str, ...] = (
     "image_size", "crop_size", "condition", "context_region", "context_dilation", "keep_effusion", "window_level",
     "window_width",
@@ -292,7 +288,7 @@ def synthesise(
         raise InputError(f"model {model.name!r} runs in {model.precision} and needs calibration_input: a datalist.json with "
                          f"training label maps")
     device = next(model.network.parameters()).device
-    return _synthesise(
+    return run_synthesis(
         network=model.network, checkpoint=model.checkpoint, output_dir=output_dir, input=input,
         datalist_key=datalist_key, num_variants=num_variants, seed=seed, augment=num_variants > 1,
         keep_original=True, overwrite=overwrite, batch_size=batch_size, amp=amp and model.precision == "float",
