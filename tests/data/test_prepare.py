@@ -410,10 +410,13 @@ def test_other_data_in_data_dir_refused_before_the_phantom(tmp_path, fake_phanto
     (work / "data").mkdir(parents=True)
     (work / "data" / "notes.txt").write_text("someone else's data")
     before = tree(tmp_path)
-    for call in (lambda: prepare_if_needed("", str(work / "data")), lambda: run_prepare("", str(work / "data"))):
+    for call, message in (
+        (lambda: prepare_if_needed("", str(work / "data")), "holds other files and no datalist.json; pass --overwrite True"),
+        (lambda: run_prepare("", str(work / "data")), "already exists and is not empty; pass --overwrite True"),
+    ):
         with pytest.raises(InputError) as err:
             call()
-        assert str(err.value).startswith(f"{work / 'data'}: holds other files and no datalist.json; pass --overwrite True")
+        assert str(err.value).startswith(f"{work / 'data'}: {message}")
         assert tree(tmp_path) == before and fake_phantom == []  # nothing generated, nothing written
     prepare_if_needed("", str(work / "data"), overwrite=True, phantom_patients=3, phantom_size=24, phantom_slices=2)
     assert load_datalist(work / "data")["properties"]["layout"] == "radiopaedia" and len(fake_phantom) == 1
