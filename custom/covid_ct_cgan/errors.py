@@ -205,9 +205,9 @@ def exit_on_input_error(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .logs import tidy_log_handlers  # the run's log handlers exist by now
+        from .logs import install_log_filters  # the run's log handlers exist by now
 
-        tidy_log_handlers()
+        install_log_filters()
         try:
             return func(*args, **kwargs)
         except KeyboardInterrupt as err:

@@ -1,6 +1,8 @@
 """Quiet, readable logs: noise filtered, final paths shown, progress as lines when not on a terminal.
 
-Installed once when :mod:`covid_ct_cgan` is imported (every bundle config imports it):
+Installed when an entry point starts (:func:`install_log_filters`, called by
+:func:`covid_ct_cgan.errors.exit_on_input_error`: every config's ``initialize`` and run ids, ``python -m``
+scripts), never on import:
 
 * :class:`DropRecords` drops MONAI's ``nvImageCodec is not available`` warning,
   which MONAI logs once per DICOM reader it builds (once per file read);
@@ -133,7 +135,11 @@ def final_paths(text: str) -> str:
 
 
 def install_log_filters() -> None:
-    """Drop the records and warnings that carry no information (idempotent; called on import of the package)."""
+    """Drop the records and warnings that carry no information, and tidy the log handlers (:func:`tidy_log_handlers`).
+
+    Idempotent. Called when an entry point starts (:func:`covid_ct_cgan.errors.exit_on_input_error`); a
+    program that uses the package from Python may call it too.
+    """
     for name, prefix in QUIET_RECORDS:
         target = logging.getLogger(name)
         if not any(isinstance(f, DropRecords) and prefix in f.prefixes for f in target.filters):
