@@ -7,9 +7,9 @@ loss); Python callers catch them like any exception. Only the entry points
 turn them into a single ``ERROR: ...`` line on stderr and an exit status
 (2, or 1 for a stopped run), instead of a traceback from deep inside a
 library: the bundle configs call into Python through :func:`entry_point`
-(``run: ["$covid_ct_cgan.errors.entry_point(covid_ct_cgan.engines.stages.run_stage, **@stage_args)"]``),
-and the ``main`` of a ``python -m`` script is decorated with
-:func:`exit_on_input_error`.
+(``imports: ["$from covid_ct_cgan.errors import entry_point"]``,
+``run: ["$entry_point(covid_ct_cgan.engines.stages.run_stage, **@stage_args)"]``),
+and the ``main`` of a ``python -m`` script is wrapped in :func:`exit_on_input_error`.
 
 The same wrapper turns Ctrl-C (``KeyboardInterrupt``) into one
 ``INTERRUPTED: ...`` line saying where the run stopped and the command that
@@ -229,7 +229,7 @@ def exit_on_input_error(func: F) -> F:
 
 def entry_point(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """Call ``func(*args, **kwargs)`` as an entry point (:func:`exit_on_input_error`): where a bundle config
-    calls into Python, e.g. ``"$covid_ct_cgan.errors.entry_point(covid_ct_cgan.settings.check_command)"``.
+    calls into Python, e.g. ``"$entry_point(covid_ct_cgan.settings.check_command)"`` (the configs import it).
 
     Arguments that are config references (``@evaluator``) are built before the call, outside it.
 

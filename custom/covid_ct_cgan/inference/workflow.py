@@ -3,7 +3,7 @@
 ``inference.yaml`` wires these parts the way model-zoo bundles wire theirs
 (``inference#dataset``, ``inference#preprocessing``, ``inference#inferer``,
 ``inference#postprocessing``, ``inference#handlers``, ``evaluator``;
-``run: $covid_ct_cgan.errors.entry_point(covid_ct_cgan.inference.run_evaluator, @evaluator)``), and
+``run: $entry_point(covid_ct_cgan.inference.run_evaluator, @evaluator)``), and
 :func:`run_synthesis` builds the same parts in Python for callers of the API
 (the evaluation, the segmentation study, the MONAI Label app).
 
