@@ -309,4 +309,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from covid_ct_cgan.errors import exit_on_input_error  # bad input (a dataset folder): one ERROR line
+
+    raise SystemExit(exit_on_input_error(main)())

@@ -648,4 +648,6 @@ def main(argv: list[str]) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from covid_ct_cgan.errors import exit_on_input_error  # bad input (a dataset folder): one ERROR line
+
+    exit_on_input_error(main)(sys.argv[1:])

@@ -16,10 +16,17 @@ from pathlib import Path
 import monai.bundle
 import pytest
 
-import covid_ct_cgan  # noqa: F401 - installs the filters, as every bundle config does
 from covid_ct_cgan.errors import exit_on_input_error, interrupt_note, resume_command
 from covid_ct_cgan.fileio import atomic_path, staged_directory
-from covid_ct_cgan.logs import LineProgress, ProgressLogger, final_paths, progress, progress_handler, tidy_log_handlers
+from covid_ct_cgan.logs import (
+    LineProgress,
+    ProgressLogger,
+    final_paths,
+    install_log_filters,
+    progress,
+    progress_handler,
+    tidy_log_handlers,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CLI = [
@@ -29,6 +36,13 @@ TINY_CLI = [
 ]
 
 
+@pytest.fixture
+def quiet_logs() -> None:
+    """The filters every entry point installs when it starts."""
+    install_log_filters()
+
+
+@pytest.mark.usefixtures("quiet_logs")
 def test_nvimagecodec_warning_is_dropped_and_other_records_pass(caplog: pytest.LogCaptureFixture) -> None:
     plugin = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
     with caplog.at_level(logging.INFO):
@@ -40,6 +54,7 @@ def test_nvimagecodec_warning_is_dropped_and_other_records_pass(caplog: pytest.L
     ]
 
 
+@pytest.mark.usefixtures("quiet_logs")
 def test_the_real_plugin_warning_is_not_shown(caplog: pytest.LogCaptureFixture) -> None:
     from monai.data.nvimgcodec_pydicom_plugin import is_nvimgcodec_available, register_as_decoder_plugin
 

@@ -187,10 +187,10 @@ def test_tracking_settings_are_accepted_with_tracking(tmp_path: Path) -> None:
     with using_command(command):
         from covid_ct_cgan.settings import check_command
 
-        check_command.__wrapped__()  # no error: tracking_uri is a key --tracking adds
+        check_command()  # no error: tracking_uri is a key --tracking adds
     with using_command(BundleCommand.from_arguments(config_file=TRAIN, tracking_uri="sqlite:///x.db")):
         with pytest.raises(InputError, match="unknown key 'tracking_uri'"):
-            check_command.__wrapped__()
+            check_command()
 
 
 # --------------------------------------------------------------------------- bad training values

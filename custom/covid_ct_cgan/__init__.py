@@ -1,5 +1,6 @@
-"""Conditional-GAN synthesis of COVID-19 chest CT slices from lesion label maps."""
+"""Conditional-GAN synthesis of COVID-19 chest CT slices from lesion label maps.
 
-from .logs import install_log_filters as _install_log_filters
-
-_install_log_filters()  # quiet, readable logs wherever the package is used (see covid_ct_cgan.logs)
+Importing the package changes nothing global (log filters, warning filters, environment): the entry points
+install the project's log and warning filters when they start (:func:`covid_ct_cgan.errors.exit_on_input_error`,
+:func:`covid_ct_cgan.logs.install_log_filters`).
+"""

@@ -452,5 +452,7 @@ def resolve_network_settings(checkpoint: str | Path, legacy_settings: Mapping[st
     return _legacy_record(flat, path)
 
 
-# the same, for config expressions: bad settings exit with one ERROR line (status 2)
+# inference.yaml's `trained` component: resolve_network_settings as an entry point (one ERROR line, status 2).
+# Evaluated when the config builds network_def, also by `monai.bundle ckpt_export` / `onnx_export`, which run
+# no config expression of ours around it; Python callers use resolve_network_settings, which raises.
 checkpoint_network_settings = exit_on_input_error(resolve_network_settings)

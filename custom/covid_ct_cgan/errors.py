@@ -1,12 +1,17 @@
 """User-facing errors: one clear line naming the file and the problem.
 
 Library code raises :class:`InputError` (bad data or arguments given by the
-user) with a message that names the file. Entry points that the bundle
-configs call are wrapped in :func:`exit_on_input_error`, which turns the
-error into a single ``ERROR: ...`` line on stderr and exit status 2, instead
-of a traceback from deep inside a library.
+user) with a message that names the file, and :class:`StoppedError` when a run
+stops itself for a reason the user must read (training hit a non-finite
+loss); Python callers catch them like any exception. Only the entry points
+turn them into a single ``ERROR: ...`` line on stderr and an exit status
+(2, or 1 for a stopped run), instead of a traceback from deep inside a
+library: the bundle configs call into Python through :func:`entry_point`
+(``imports: ["$from covid_ct_cgan.errors import entry_point"]``,
+``run: ["$entry_point(covid_ct_cgan.engines.stages.run_stage, **@stage_args)"]``),
+and the ``main`` of a ``python -m`` script is wrapped in :func:`exit_on_input_error`.
 
-The same decorator turns Ctrl-C (``KeyboardInterrupt``) into one
+The same wrapper turns Ctrl-C (``KeyboardInterrupt``) into one
 ``INTERRUPTED: ...`` line saying where the run stopped and the command that
 resumes it, and exit status 130 (128 + SIGINT, as a shell reports it), and the command then ends
 at once (:func:`prepare_quick_exit`). Code
@@ -32,11 +37,69 @@ _WHERE = "_covid_ct_cgan_where"  # attribute of the KeyboardInterrupt: where the
 
 
 class InputError(ValueError):
-    """Bad input from the user: a file, a folder, a value. The message says which and why."""
+    """Bad input from the user: a file, a folder, a value. The message says which and why.
+
+    An entry point reports it with one ``ERROR:`` line and exit status :attr:`exit_status`.
+    """
+
+    exit_status = 2
 
     def __init__(self, message: str, path: str | Path | None = None) -> None:
         self.path = None if path is None else str(path)
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class StoppedError(RuntimeError):
+    """A run that stopped itself for a reason the user must read (training hit a non-finite loss).
+
+    An entry point reports it with one ``ERROR:`` line and exit status :attr:`exit_status`.
+    """
+
+    exit_status = 1
+
+
+REPORTED = (InputError, StoppedError)  # the errors an entry point reports with one ERROR line
+
+
+def reported_error(err: BaseException) -> InputError | StoppedError | None:
+    """The :data:`REPORTED` error ``err`` is or carries, else ``None``.
+
+    MONAI's config parser re-raises an error of an expression or a component as a ``RuntimeError``
+    ("Failed to evaluate ...", "Failed to instantiate ...") whose ``__cause__`` is the error; such
+    wrappers are looked through.
+
+    Args:
+        err: the exception that reached the entry point.
+
+    Returns:
+        The error to report, or ``None`` for any other exception (it keeps its traceback).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, REPORTED):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ if type(current) is RuntimeError else None
+    return None
+
+
+def exit_status(err: BaseException) -> int:
+    """The exit status an entry point ends with for ``err`` (a ``SystemExit`` keeps its own).
+
+    Args:
+        err: the exception that ended the work.
+
+    Returns:
+        2 for bad input, 1 for a stopped run or any other error, 130 for Ctrl-C.
+    """
+    if isinstance(err, SystemExit):
+        code = err.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    if isinstance(err, KeyboardInterrupt):
+        return INTERRUPTED_STATUS
+    reported = reported_error(err)
+    return reported.exit_status if reported is not None else 1
 
 
 class interrupt_note:  # noqa: N801 - used like contextlib's lower-case context managers
@@ -129,25 +192,56 @@ def prepare_quick_exit() -> None:
 
 
 def exit_on_input_error(func: F) -> F:
-    """Decorate an entry point: an :class:`InputError` exits with one ``ERROR:`` line and status 2,
-    Ctrl-C with one ``INTERRUPTED:`` line (where it stopped, how to resume) and status 130."""
+    """Make ``func`` an entry point: an :class:`InputError` (or a :class:`StoppedError`) exits with one ``ERROR:``
+    line and its status (2, or 1), Ctrl-C with one ``INTERRUPTED:`` line (where it stopped, how to resume) and
+    status 130. For the ``main`` of a ``python -m`` script; the bundle configs call :func:`entry_point`.
+
+    Args:
+        func: the entry point's work.
+
+    Returns:
+        ``func``, wrapped.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .logs import tidy_log_handlers  # the run's log handlers exist by now
+        from .logs import install_log_filters  # the run's log handlers exist by now
 
-        tidy_log_handlers()
+        install_log_filters()
         try:
             return func(*args, **kwargs)
-        except InputError as err:
-            print(f"ERROR: {err}", file=sys.stderr, flush=True)
-            prepare_quick_exit()
-            raise SystemExit(2) from None
         except KeyboardInterrupt as err:
             if not _is_secondary_rank():  # under torchrun, one line from rank 0
-                where = getattr(err, _WHERE, None) or f"in {func.__name__}"
+                where = getattr(err, _WHERE, None) or f"in {getattr(func, '__name__', func)}"
                 print(f"INTERRUPTED: stopped {where}; resume with: {resume_command()}", file=sys.stderr, flush=True)
             prepare_quick_exit()
             raise SystemExit(INTERRUPTED_STATUS) from None
+        except Exception as err:
+            reported = reported_error(err)
+            if reported is None:
+                raise
+            print(f"ERROR: {reported}", file=sys.stderr, flush=True)
+            prepare_quick_exit()
+            raise SystemExit(reported.exit_status) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def entry_point(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Call ``func(*args, **kwargs)`` as an entry point (:func:`exit_on_input_error`): where a bundle config
+    calls into Python, e.g. ``"$entry_point(covid_ct_cgan.settings.check_command)"`` (the configs import it).
+
+    Arguments that are config references (``@evaluator``) are built before the call, outside it.
+
+    Args:
+        func: the library function (or bound method) the config runs.
+        args: its positional arguments.
+        kwargs: its keyword arguments.
+
+    Returns:
+        ``func``'s result.
+
+    Raises:
+        SystemExit: 2 (bad input) or 1 (a stopped run) after one ``ERROR:`` line, 130 after Ctrl-C.
+    """
+    return exit_on_input_error(func)(*args, **kwargs)

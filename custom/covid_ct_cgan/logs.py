@@ -1,6 +1,8 @@
 """Quiet, readable logs: noise filtered, final paths shown, progress as lines when not on a terminal.
 
-Installed once when :mod:`covid_ct_cgan` is imported (every bundle config imports it):
+Installed when an entry point starts (:func:`install_log_filters`, called by
+:func:`covid_ct_cgan.errors.exit_on_input_error`: every config's ``initialize`` and run ids, ``python -m``
+scripts), never on import:
 
 * :class:`DropRecords` drops MONAI's ``nvImageCodec is not available`` warning,
   which MONAI logs once per DICOM reader it builds (once per file read);
@@ -63,17 +65,20 @@ class DropRecords(logging.Filter):
 
 
 def _reported_by_the_entry_point(err: BaseException | None) -> bool:
-    """A Ctrl-C, an :class:`~covid_ct_cgan.errors.InputError`, or a write refused by the disk (full, read-only):
-    the entry point reports each with one line (:func:`covid_ct_cgan.errors.exit_on_input_error`)."""
-    from .errors import InputError
+    """A Ctrl-C, an error the entry point reports (:func:`covid_ct_cgan.errors.reported_error`: an ``InputError``,
+    a stopped run), or a write refused by the disk (full, read-only): the entry point reports each with one line
+    (:func:`covid_ct_cgan.errors.exit_on_input_error`)."""
+    from .errors import reported_error
     from .fileio import is_write_error
 
-    return isinstance(err, (KeyboardInterrupt, InputError)) or (err is not None and is_write_error(err))
+    if err is None:
+        return False
+    return isinstance(err, KeyboardInterrupt) or reported_error(err) is not None or is_write_error(err)
 
 
 class DropInterruptRecords(logging.Filter):
     """Drop the error records and tracebacks that libraries log about a Ctrl-C (``KeyboardInterrupt``),
-    an ``InputError`` or a full / read-only disk.
+    an ``InputError``, a stopped run or a full / read-only disk.
 
     Ignite and MONAI's ``StatsHandler`` log the exception with its traceback before
     passing it on; the entry point prints one ``INTERRUPTED:`` or ``ERROR:`` line instead
@@ -130,7 +135,11 @@ def final_paths(text: str) -> str:
 
 
 def install_log_filters() -> None:
-    """Drop the records and warnings that carry no information (idempotent; called on import of the package)."""
+    """Drop the records and warnings that carry no information, and tidy the log handlers (:func:`tidy_log_handlers`).
+
+    Idempotent. Called when an entry point starts (:func:`covid_ct_cgan.errors.exit_on_input_error`); a
+    program that uses the package from Python may call it too.
+    """
     for name, prefix in QUIET_RECORDS:
         target = logging.getLogger(name)
         if not any(isinstance(f, DropRecords) and prefix in f.prefixes for f in target.filters):

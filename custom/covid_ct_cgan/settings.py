@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputError, exit_on_input_error
+from .errors import InputError
 from .fileio import check_writable
 from .losses import D_TARGETS, GAN_MODES
 from .networks.diffaugment import parse_policy
@@ -678,7 +678,6 @@ def check_training(raw: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- the check each config runs
 
 
-@exit_on_input_error
 def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -> None:
     """Check the current bundle command (``initialize`` of every config): unknown keys and booleans given words,
     then ``validate``.
@@ -690,7 +689,9 @@ def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -
         validate: checks the values of the resulting raw config (``train.yaml``: :func:`check_training`).
 
     Raises:
-        SystemExit: status 2 and one ``ERROR:`` line.
+        InputError: an unknown key, a boolean given as a word, a network built otherwise than its record
+            says, or what ``validate`` refuses (the configs call this through
+            :func:`covid_ct_cgan.errors.entry_point`: one ``ERROR:`` line, exit status 2).
     """
     command = current_command()
     if command is None:

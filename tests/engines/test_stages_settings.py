@@ -15,7 +15,7 @@ from monai.bundle import ConfigParser
 from tiny_training import REPO_ROOT, TINY, TRAIN_YAML
 
 from covid_ct_cgan.engines.stages import SETTINGS_FILE, check_stage_settings, run_stage, run_stages
-from covid_ct_cgan.errors import InputError
+from covid_ct_cgan.errors import InputError, entry_point
 from covid_ct_cgan.networks import recorded_arguments
 from covid_ct_cgan.settings import run_bundle
 
@@ -57,8 +57,8 @@ def test_fresh_stage_records_its_settings(tmp_path: Path) -> None:
 def test_resume_with_other_network_settings_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     stage = _stage_with(tmp_path / "local", SETTINGS)
     trainer = StubTrainer()
-    with pytest.raises(SystemExit) as stop:
-        run_stage(trainer, {}, stage, resume_training=True, settings={**SETTINGS, "image_size": 64, "ngf": 16})
+    with pytest.raises(SystemExit) as stop:  # as train.yaml's run id calls it
+        entry_point(run_stage, trainer, {}, stage, resume_training=True, settings={**SETTINGS, "image_size": 64, "ngf": 16})
     assert stop.value.code == 2
     assert _errors(capsys) == [
         f"ERROR: {stage / SETTINGS_FILE}: cannot resume this stage: it was trained with other network settings "
@@ -107,7 +107,7 @@ def test_joint_stage_refuses_sources_trained_with_other_settings(tmp_path: Path,
     local = _stage_with(tmp_path / "local", {**SETTINGS, "image_size": 64})
     trainer = StubTrainer()
     with pytest.raises(SystemExit) as stop:
-        run_stage(trainer, {}, tmp_path / "joint", True, {"global_net": tmp_path / "global", "local_net": local},
+        entry_point(run_stage, trainer, {}, tmp_path / "joint", True, {"global_net": tmp_path / "global", "local_net": local},
                   local, settings=SETTINGS)
     assert stop.value.code == 2
     assert _errors(capsys) == [
@@ -143,7 +143,7 @@ def test_stage_runner_needs_a_command(work_dir: Path, capsys: pytest.CaptureFixt
     errors = _errors(capsys)
     assert len(errors) == 1 and "re-reads its configuration" in errors[0] and "run_bundle" in errors[0]
     assert not (work_dir / "output").exists()
-    with pytest.raises(SystemExit):
+    with pytest.raises(InputError, match="re-reads its configuration"):
         run_stages(["local"], None)
 
 

@@ -14,6 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from covid_ct_cgan.engines.stages import checkpoint_candidates, run_stage
+from covid_ct_cgan.errors import entry_point
 
 from tiny_training import REPO_ROOT, TINY, TRAIN_YAML, OracleGenerator, PoisonImage, tiny_cli, tiny_parser
 
@@ -69,8 +70,8 @@ def test_non_finite_loss_with_grad_scaler_stops_cleanly(
     save_dict = parser.get_parsed_content("save_dict")
     PoisonImage(bad_iteration).attach(trainer)
     stage_dir = Path(parser.get_parsed_content("stage_dir"))
-    with pytest.raises(SystemExit) as stop:
-        run_stage(trainer, save_dict, stage_dir)
+    with pytest.raises(SystemExit) as stop:  # as train.yaml's run id calls it
+        entry_point(run_stage, trainer, save_dict, stage_dir)
     assert stop.value.code == 1
     assert trainer.scaler is scaler and trainer.state.epoch_length == 2  # 3 training slices, batch 2
     assert trainer.state.iteration == bad_iteration  # stopped right there

@@ -8,6 +8,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from covid_ct_cgan.errors import entry_point
 from covid_ct_cgan.evaluation.ablation import ABLATIONS, AblationStudy
 from covid_ct_cgan.evaluation.models import load_training_config, trained_model
 
@@ -61,8 +62,8 @@ def test_one_generator_is_g1_alone_at_full_resolution(tmp_path: Path) -> None:
 
 def test_unknown_ablation_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     study = AblationStudy(tmp_path / "evaluation", tmp_path / "datalist.json", ablations=["nope"], config_dir=CONFIGS)
-    with pytest.raises(SystemExit) as err:
-        study.run()
+    with pytest.raises(SystemExit) as err:  # as evaluate.yaml's ablation run id calls it
+        entry_point(study.run)
     assert err.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"ERROR: no ablation overlay for ['nope'] (expected {CONFIGS / 'ablation'}/<name>.yaml)"]

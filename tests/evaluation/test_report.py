@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from covid_ct_cgan.errors import InputError
 from covid_ct_cgan.evaluation import ablation, image_quality, segmentation
 from covid_ct_cgan.evaluation.report import run_report
 
@@ -110,7 +111,7 @@ def test_report_has_every_table_csv_and_figure(dataset: Path, tmp_path: Path) ->
     plot = Image.open(folder / "dice_vs_ratio.png")
     assert grid.size[0] > grid.size[1]  # 2 rows, 2 + 3 columns
     assert plot.size == (1000, 400)
-    with pytest.raises(SystemExit):  # exists, no overwrite
+    with pytest.raises(InputError, match="overwrite"):  # exists, no overwrite
         run_report(out, segmentation_dir=tmp_path / "segmentation" / "results")
     run_report(out, segmentation_dir=tmp_path / "segmentation" / "results", overwrite=True)
 
@@ -120,6 +121,5 @@ def test_missing_sections_are_reported_and_nothing_at_all_is_an_error(tmp_path: 
     text = run_report(tmp_path / "evaluation", segmentation_dir=tmp_path / "seg").read_text()
     assert "## Table II: image quality\n\nNot run" in text and "## Table V: ablations\n\nNot run" in text
     assert "## Table III" in text and "Not run (no rows" not in text
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(InputError, match="^nothing to report"):
         run_report(tmp_path / "empty")
-    assert err.value.code == 2

@@ -134,7 +134,7 @@ def test_tiny_experiments_end_to_end(dataset: Path, tmp_path: Path) -> None:
     raw = _tiny_config()
     raw.update({"datalist": str(dataset)})
     out = tmp_path / "seg"
-    rows = seg.run_experiments.__wrapped__(
+    rows = seg.run_experiments(
         out, dataset, experiments=["A", "B"], ratios=[0.0, 0.5], synthetic_datalist=synthetic, n_boot=50, config=raw,
     )
     results = out / "results"
@@ -161,9 +161,8 @@ def test_tiny_experiments_end_to_end(dataset: Path, tmp_path: Path) -> None:
         assert total == 32 * 32
         denominator = 2 * tp["infection"] + int(s["fp_infection"]) + int(s["fn_infection"])
         assert float(s["dice_infection"]) == pytest.approx(2 * tp["infection"] / denominator, abs=1e-5)
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(InputError, match="overwrite"):  # results exist and overwrite is false
         seg.run_experiments(out, dataset, experiments=["A"], ratios=[0.0], config=raw)
-    assert err.value.code == 2  # results exist and overwrite is false
 
 
 def test_infection_free_test_slices_measure_false_positives(tmp_path: Path, dataset_factory) -> None:
@@ -173,7 +172,7 @@ def test_infection_free_test_slices_measure_false_positives(tmp_path: Path, data
     assert len(items) == 6 and items[0]["name"] == "images/p2_0000.nii.gz"
     raw = _tiny_config()
     raw.update({"datalist": str(dataset), "include_infection_free": True})
-    rows = seg.run_experiments.__wrapped__(tmp_path / "seg", dataset, experiments=["A"], ratios=[0.0],
+    rows = seg.run_experiments(tmp_path / "seg", dataset, experiments=["A"], ratios=[0.0],
                                            include_infection_free=True, n_boot=20, config=raw)
     fp = [r for r in rows if r["metric"] == "fp_slice_rate"]
     assert len(fp) == 1 and fp[0]["class"] == "infection" and 0.0 <= fp[0]["estimate"] <= 100.0
@@ -189,9 +188,8 @@ def test_training_on_the_test_slices_is_refused(dataset: Path, tmp_path: Path) -
     with pytest.raises(InputError, match=rf"share {n} slice\(s\).*use --train_key training"):
         seg.check_disjoint(leaky, "test_synthesis", "test_segmentation")
     seg.check_disjoint(leaky, "training", "test_segmentation")  # disjoint lists pass
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(InputError, match=rf"share {n} slice\(s\)"):
         seg.run_experiments(tmp_path / "seg", leaky, experiments=["A"], ratios=[0.0], config=_tiny_config())
-    assert err.value.code == 2
     assert not (tmp_path / "seg" / "results").exists()
 
 
@@ -230,7 +228,7 @@ def test_more_seeds_resume_and_keep_the_earlier_ones(dataset: Path, tmp_path: Pa
     raw = _tiny_config()
     raw.update({"datalist": str(dataset)})
     out = tmp_path / "seg"
-    run = seg.run_experiments.__wrapped__
+    run = seg.run_experiments
     run(out, dataset, experiments=["A"], ratios=[0.0], n_boot=20, config=raw, seeds=[0])
     results = out / "results"
     first = results / "runs" / "real_only" / "seed_0" / "unet.pt"
@@ -250,7 +248,7 @@ def test_more_seeds_resume_and_keep_the_earlier_ones(dataset: Path, tmp_path: Pa
     kept = run(out, dataset, experiments=["A"], ratios=[0.0], n_boot=20, config=raw, seeds=[1])
     assert (results / "summary.csv").stat().st_mtime_ns == mtime and len(kept) == len(rows)
     # other settings are refused without overwrite
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(InputError):
         seg.run_experiments(out, dataset, experiments=["A"], ratios=[0.0], num_folds=5, config=dict(raw, epochs=2),
                             seeds=[2])
-    assert err.value.code == 2 and not (results / "runs" / "real_only" / "seed_2").exists()
+    assert not (results / "runs" / "real_only" / "seed_2").exists()

@@ -109,8 +109,8 @@ def test_calibration_conditions_are_synthesis_inputs(tmp_path: Path, builders) -
 def test_run_synthesis_int8_end_to_end(tmp_path: Path, builders, checkpoint_dir: Path) -> None:
     datalist = tiny_datalist(tmp_path, builders)
     common = dict(checkpoint=checkpoint_dir / "joint", input=datalist, image_size=IMAGE_SIZE, batch_size=2)
-    run_synthesis.__wrapped__(make_generator(), output_dir=tmp_path / "fp32", **common)
-    run_synthesis.__wrapped__(make_generator(), output_dir=tmp_path / "int8", precision="int8_onnxruntime",
+    run_synthesis(make_generator(), output_dir=tmp_path / "fp32", **common)
+    run_synthesis(make_generator(), output_dir=tmp_path / "int8", precision="int8_onnxruntime",
                               calibration_input=datalist, **common)
     import nibabel as nib
 
@@ -129,10 +129,10 @@ def test_run_synthesis_int8_end_to_end(tmp_path: Path, builders, checkpoint_dir:
 def test_run_synthesis_int8_refuses_missing_calibration(tmp_path: Path, builders, checkpoint_dir: Path) -> None:
     datalist = tiny_datalist(tmp_path, builders)
     with pytest.raises(InputError, match="calibration_input"):
-        run_synthesis.__wrapped__(make_generator(), checkpoint_dir / "joint", tmp_path / "out", input=datalist,
+        run_synthesis(make_generator(), checkpoint_dir / "joint", tmp_path / "out", input=datalist,
                                   image_size=IMAGE_SIZE, precision="int8")
     with pytest.raises(InputError, match="precision must be one of"):
-        run_synthesis.__wrapped__(make_generator(), checkpoint_dir / "joint", tmp_path / "out", input=datalist,
+        run_synthesis(make_generator(), checkpoint_dir / "joint", tmp_path / "out", input=datalist,
                                   image_size=IMAGE_SIZE, precision="int4")
 
 

@@ -93,8 +93,8 @@ def test_run_synthesis_int8_records_its_precision(tmp_path: Path, builders, chec
     datalist = tiny_datalist(tmp_path, builders)
     common = dict(checkpoint=checkpoint_dir / "joint", input=datalist, image_size=IMAGE_SIZE, batch_size=2,
                   calibration_input=datalist)
-    run_synthesis.__wrapped__(make_generator(), output_dir=tmp_path / "int8", precision="int8", **common)
-    run_synthesis.__wrapped__(make_generator(), output_dir=tmp_path / "ort", precision="int8_onnxruntime", **common)
+    run_synthesis(make_generator(), output_dir=tmp_path / "int8", precision="int8", **common)
+    run_synthesis(make_generator(), output_dir=tmp_path / "ort", precision="int8_onnxruntime", **common)
     import nibabel as nib
 
     outputs = {}

@@ -31,7 +31,7 @@ def synth(builders, checkpoint_dir: Path, output_dir: Path, **kwargs):
     kwargs.setdefault("checkpoint", checkpoint_dir / "joint")
     kwargs.setdefault("image_size", IMAGE_SIZE)
     kwargs.setdefault("batch_size", 3)
-    return run_synthesis.__wrapped__(builders.make_generator(), output_dir=output_dir, **kwargs)
+    return run_synthesis(builders.make_generator(), output_dir=output_dir, **kwargs)
 
 
 def read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
@@ -166,7 +166,7 @@ def lesion_inpainting_synthesis(tmp_path: Path, builders, image: Path, label: Pa
     """Synthesis into ``tmp_path / "out"`` with a random lesion-inpainting generator (``map+context``, lesion)."""
     ckpt = tmp_path / "ctx.pt"
     torch.save({"generator": builders.make_generator(5).state_dict()}, ckpt)
-    run_synthesis.__wrapped__(builders.make_generator(5), ckpt, tmp_path / "out", image=image, label=label,
+    run_synthesis(builders.make_generator(5), ckpt, tmp_path / "out", image=image, label=label,
                               image_size=IMAGE_SIZE, condition="map+context", context_region="lesion",
                               context_dilation=1, **kwargs)
 
@@ -345,8 +345,7 @@ def test_python_synthesis_takes_the_data_settings_of_the_checkpoints_record(tmp_
     torch.save({"generator": generator.state_dict(),
                 "network_settings": network_record(data, {"generator": generator})}, stage / "checkpoint_epoch=1.pt")
     image, label = nifti_2d
-    run_synthesis.__wrapped__(generator, checkpoint=stage, output_dir=tmp_path / "out", image=image, label=label,
-                              batch_size=2)
+    run_synthesis(generator, checkpoint=stage, output_dir=tmp_path / "out", image=image, label=label, batch_size=2)
     written = json.loads((tmp_path / "out" / "settings.json").read_text())
     assert {k: written[k] for k in ("image_size", "window_level", "window_width", "condition")} == {
         "image_size": IMAGE_SIZE, "window_level": -500, "window_width": 1400, "condition": "map"}  # not 128, -600, 1500

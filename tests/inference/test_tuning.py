@@ -172,7 +172,7 @@ def test_run_synthesis_resolves_auto(cache: ProbeCache, tmp_path: Path, builders
     hu, label = builders.tiny_volume(nz=3)
     image = builders.save_nifti(hu, tmp_path / "in" / "v.nii.gz")
     lab = builders.save_nifti(label, tmp_path / "in" / "v_label.nii.gz")
-    run_synthesis.__wrapped__(make_generator(), checkpoint_dir / "joint", tmp_path / "out", image=image,
+    run_synthesis(make_generator(), checkpoint_dir / "joint", tmp_path / "out", image=image,
                                         label=lab, image_size=IMAGE_SIZE, batch_size=1, compile="auto",
                                         cpu_pixels_per_call="auto")
     settings = json.loads((tmp_path / "out" / "settings.json").read_text())

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from covid_ct_cgan.data.prepare import PREPARED_FILES, prepare_if_needed, run_prepare_if_needed, verify_prepared_files
+from covid_ct_cgan.data.prepare import PREPARED_FILES, prepare_if_needed, verify_prepared_files
+from covid_ct_cgan.errors import entry_point
 
 PHANTOM = dict(phantom_patients=3, phantom_slices=4, phantom_size=64, seed=0)
 FIX = "; prepare the data again with --overwrite True (or restore the file)"
@@ -34,7 +35,8 @@ def work(prepared_once: Path, tmp_path: Path) -> Path:
 
 
 def _prepare(work: Path, **extra) -> None:
-    run_prepare_if_needed("", str(work / "data"), phantom_dir=str(work / "phantom_raw"), **PHANTOM, **extra)
+    """``prepare_if_needed`` as train.yaml's ``prepare_if_needed`` calls it: bad input is one ERROR line, exit 2."""
+    entry_point(prepare_if_needed, "", str(work / "data"), phantom_dir=str(work / "phantom_raw"), **PHANTOM, **extra)
 
 
 def _damage(path: Path, how: str, rng: random.Random) -> None:
@@ -144,8 +146,8 @@ def test_overwrite_with_other_data_retires_the_stages_trained_on_the_old(work: P
     _prepare(work, overwrite=True, output_dir=str(output))
     assert (output / "global" / "checkpoint_epoch=10.pt").is_file()
     # other data (one more patient): the stages trained on the old data are moved aside, named in one line
-    run_prepare_if_needed("", str(work / "data"), phantom_dir=str(work / "phantom_raw"),
-                          **{**PHANTOM, "phantom_patients": 4}, overwrite=True, output_dir=str(output))
+    prepare_if_needed("", str(work / "data"), phantom_dir=str(work / "phantom_raw"),
+                      **{**PHANTOM, "phantom_patients": 4}, overwrite=True, output_dir=str(output))
     [retired] = list(output.glob(f"{RETIRED_PREFIX}*"))
     assert sorted(p.name for p in output.iterdir()) == [retired.name]
     assert (retired / "global" / "checkpoint_epoch=10.pt").read_bytes() == b"weights of the old data"

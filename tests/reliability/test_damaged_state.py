@@ -14,7 +14,7 @@ import torch
 from ignite.engine import Engine
 
 from covid_ct_cgan.engines.stages import hand_over, load_latest_checkpoint, resume, run_stage
-from covid_ct_cgan.errors import InputError
+from covid_ct_cgan.errors import InputError, entry_point
 from covid_ct_cgan.inference import load_generator
 from covid_ct_cgan.locking import output_lock
 from covid_ct_cgan.networks import GlobalLocalGenerator
@@ -102,8 +102,8 @@ def _trainer_that_must_not_run() -> types.SimpleNamespace:
 def test_training_refuses_a_stage_folder_in_use(tmp_path: Path, capsys) -> None:
     stage = tmp_path / "output" / "local"
     with output_lock(stage):
-        with pytest.raises(SystemExit) as stop:
-            run_stage(_trainer_that_must_not_run(), {}, stage, resume_training=False)
+        with pytest.raises(SystemExit) as stop:  # as train.yaml's run id calls it
+            entry_point(run_stage, _trainer_that_must_not_run(), {}, stage, resume_training=False)
     assert stop.value.code == 2
     assert f"ERROR: {stage}: is in use by another run (pid {os.getpid()}" in capsys.readouterr().err
 
@@ -115,6 +115,6 @@ def test_training_refuses_a_read_only_stage_folder_before_training(tmp_path: Pat
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     stage = tmp_path / "output" / "local"
     with pytest.raises(SystemExit) as stop:
-        run_stage(_trainer_that_must_not_run(), {}, stage, resume_training=False)
+        entry_point(run_stage, _trainer_that_must_not_run(), {}, stage, resume_training=False)
     assert stop.value.code == 2
     assert "Read-only file system" in capsys.readouterr().err

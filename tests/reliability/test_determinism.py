@@ -55,7 +55,7 @@ def test_same_seed_same_synthesis_outputs(phantoms: dict[str, Path], tmp_path: P
 
     def synthesise(name: str, seed: int) -> dict[str, str]:
         out = tmp_path / name
-        run_synthesis.__wrapped__(
+        run_synthesis(
             kit.make_generator(), checkpoint=generator_checkpoint, output_dir=out, input=data / "datalist.json",
             datalist_key="training", num_variants=3, seed=seed, image_size=kit.IMAGE_SIZE, batch_size=4,
         )

@@ -21,7 +21,7 @@ file's write, or a file of the prepared folder damaged after a successful
 preparation and before a run that reads it (``prepare_if_needed``, the first step
 of every training run id). Half of the examples start with a previous
 ``data_dir`` that the run may replace (``overwrite``). Every run goes through the
-entry point of its run id (``run_prepare``, ``run_prepare_if_needed``), so what
+entry point of its run id (``entry_point(run_prepare)``, ``entry_point(prepare_if_needed)``), so what
 is checked is what the user sees: exit status 2 and exactly one line on stderr,
 ``ERROR: <path>: <problem>; <what to do>``, naming the file or folder the fault
 hit; the previous ``data_dir`` byte for byte as it was (none: none left) and no
@@ -56,8 +56,8 @@ from fuzz_inputs import apply, common_verdict, mentions, mutations, names_damage
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from covid_ct_cgan.data.prepare import PREPARED_FILES, prepare_dataset, run_prepare, run_prepare_if_needed
-from covid_ct_cgan.errors import InputError
+from covid_ct_cgan.data.prepare import PREPARED_FILES, prepare_dataset, prepare_if_needed, run_prepare
+from covid_ct_cgan.errors import InputError, entry_point
 
 LAYOUTS = ("radiopaedia", "slices_png", "slices_png_no_lungs", "slices_nifti", "dicom")
 MAX_EXAMPLES = 120
@@ -167,7 +167,7 @@ def run_command(call: Callable[[], object]) -> tuple[str, BaseException | None, 
         with contextlib.redirect_stderr(stderr):
             call()
     except SystemExit as stop:
-        reported = stop.__context__  # exit_on_input_error raises SystemExit(2) from the InputError
+        reported = stop.__context__  # entry_point raises SystemExit(2) from the InputError
         lines = [line for line in stderr.getvalue().splitlines() if line.startswith("ERROR")]
         if stop.code == 2 and isinstance(reported, InputError):
             return "error", reported, lines
@@ -235,7 +235,8 @@ def run_one(layout: str, muts: list, fault: tuple | None, previous: bool, kit, s
             out.parent.mkdir()
         before = snapshot(out)
         with DiskFault(fault, out.parent) as disk:
-            outcome, err, lines = run_command(lambda: run_prepare(str(root), str(out), split="paper", overwrite=previous))
+            outcome, err, lines = run_command(
+                lambda: entry_point(run_prepare, str(root), str(out), split="paper", overwrite=previous))
         if outcome == "ok":
             check_output(out)
             assert "images/old.nii.gz" not in snapshot(out), "the previous data_dir was merged, not replaced"
@@ -257,7 +258,7 @@ def run_one(layout: str, muts: list, fault: tuple | None, previous: bool, kit, s
         except (OSError, ValueError):
             intact_record = False
         damaged = snapshot(out)
-        outcome, err, lines = run_command(lambda: run_prepare_if_needed(str(root), str(out), split="paper"))
+        outcome, err, lines = run_command(lambda: entry_point(prepare_if_needed, str(root), str(out), split="paper"))
         if outcome == "error":
             broken = clean_failure(lines, err, base, out, damaged)
             if broken:

@@ -116,7 +116,7 @@ def run_one(fmt: str, muts: list, kit, checkpoint: Path, scratch: Path) -> tuple
         done = apply(muts, files)
         out = base / "out"
         source = root / "datalist.json" if fmt == "datalist" else root
-        outcome, err = attempt(lambda: run_synthesis.__wrapped__(
+        outcome, err = attempt(lambda: run_synthesis(
             kit.make_generator(), checkpoint=checkpoint, output_dir=out, input=source,
             image_size=kit.IMAGE_SIZE, batch_size=4,
         ))
@@ -152,7 +152,7 @@ def test_thin_slice_is_refused_with_a_clear_error(kit, generator_checkpoint: Pat
     image = kit.save_nifti(np.full((1, 120), -800, np.int16), tmp_path / "in" / "thin.nii.gz")
     label = kit.save_nifti(np.ones((1, 120), np.uint8), tmp_path / "in" / "thin_label.nii.gz")
     with pytest.raises(InputError) as err:
-        run_synthesis.__wrapped__(kit.make_generator(), checkpoint=generator_checkpoint, output_dir=tmp_path / "out",
+        run_synthesis(kit.make_generator(), checkpoint=generator_checkpoint, output_dir=tmp_path / "out",
                                   image=image, label=label, image_size=kit.IMAGE_SIZE)
     assert str(image) in str(err.value)
     assert not (tmp_path / "out").exists()

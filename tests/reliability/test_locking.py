@@ -103,7 +103,7 @@ def test_prepare_and_synthesis_refuse_an_output_being_built(tmp_path: Path, kit,
     label = kit.save_nifti(kit.label_map(lung, codes), tmp_path / "in" / "a_label.nii.gz")
     with sibling_lock(tmp_path / "synth"):
         with pytest.raises(InputError, match="is in use by another run"):
-            run_synthesis.__wrapped__(kit.make_generator(), checkpoint=generator_checkpoint, output_dir=tmp_path / "synth",
+            run_synthesis(kit.make_generator(), checkpoint=generator_checkpoint, output_dir=tmp_path / "synth",
                                       image=image, label=label, image_size=kit.IMAGE_SIZE)
     assert not (tmp_path / "data").exists() and not (tmp_path / "synth").exists()
 

@@ -27,8 +27,10 @@ training and validation come from ``train/``, and ``test_synthesis`` and
 published test set is scored whole; no ``test/`` slice is ever in training
 or validation).
 
-:func:`run_prepare` is the bundle entry point (bad input: one ``ERROR:``
-line, exit status 2); :func:`prepare_if_needed` generates the phantom when no
+:func:`run_prepare` is the ``prepare`` run id's work, :func:`prepare_if_needed`
+the training run ids' (the configs call both through
+:func:`covid_ct_cgan.errors.entry_point`: bad input is one ``ERROR:`` line,
+exit status 2). :func:`prepare_if_needed` generates the phantom when no
 dataset is given and skips the work when ``data_dir`` is already prepared
 with the same settings from the same raw files. Both check everything they
 can before they write anything (a refusal leaves the disk as it was), and a
@@ -54,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from .. import labels as lab
-from ..errors import InputError, exit_on_input_error
+from ..errors import InputError
 from ..fileio import check_writable, staged_directory, write_json, write_nifti, write_text
 from ..logs import progress
 from ..intensity import to_storage
@@ -1030,7 +1032,6 @@ def prepare_if_needed(
     return summary
 
 
-@exit_on_input_error
 def run_prepare(
     dataset_dir: str | None,
     data_dir: str,
@@ -1049,12 +1050,11 @@ def run_prepare(
     phantom_slices: int = 12,
     output_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Bundle entry point of the ``prepare`` run id: :func:`prepare_dataset`, phantom when no dataset.
+    """The ``prepare`` run id's work: :func:`prepare_dataset`, phantom when no dataset.
 
     Unlike :func:`prepare_if_needed` it always prepares, so an existing
     non-empty ``data_dir`` needs ``overwrite``; that is checked (as are the
-    options and the phantom folder) before a phantom is generated. Bad input
-    exits with status 2 and one ``ERROR: <file>: <problem>`` line on stderr.
+    options and the phantom folder) before a phantom is generated.
 
     Args:
         dataset_dir: raw dataset folder; None or ``""`` generates the phantom
@@ -1066,6 +1066,9 @@ def run_prepare(
 
     Returns:
         The summary.
+
+    Raises:
+        InputError: bad input, naming the file; nothing is written then.
     """
     options = _prepare_options(dict(
         split=split, split_ratios=split_ratios, validation_fraction=validation_fraction,
@@ -1103,6 +1106,3 @@ def run_prepare(
     retire_outputs(output_dir, target, before)
     return summary
 
-
-run_prepare_if_needed = exit_on_input_error(prepare_if_needed)
-"""Bundle entry point of the training run ids: :func:`prepare_if_needed`; bad input exits with one line."""

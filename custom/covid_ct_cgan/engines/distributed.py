@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import torch.distributed as dist
 
+from ..errors import exit_status
+
 T = TypeVar("T")
 
 
@@ -28,23 +30,13 @@ def distributed_rank() -> int | None:
     return None
 
 
-def _exit_status(err: BaseException) -> int:
-    """The exit status a rank ends with when rank 0 ended with ``err``."""
-    if isinstance(err, SystemExit):
-        code = err.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    if isinstance(err, KeyboardInterrupt):
-        return 130
-    return 1
-
-
 def run_on_rank0(func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     """Call ``func(*args, **kwargs)`` on rank 0 only; the other ranks wait until it is done.
 
     Outside a process group (a plain ``monai.bundle run``) this is just the call.
 
     Args:
-        func: the work, e.g. ``covid_ct_cgan.data.prepare.run_prepare_if_needed``.
+        func: the work, e.g. ``covid_ct_cgan.data.prepare.prepare_if_needed``.
         args: its positional arguments.
         kwargs: its keyword arguments.
 
@@ -52,9 +44,10 @@ def run_on_rank0(func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         ``func``'s result on rank 0 (and outside a process group); ``None`` on the other ranks.
 
     Raises:
-        SystemExit: on ranks > 0 when rank 0 failed: the status rank 0 ended with (2 after an
-            ``ERROR:`` line, 130 after Ctrl-C, 1 after another error), with one line saying so;
-            rank 0 itself re-raises its own error once the others know.
+        SystemExit: on ranks > 0 when rank 0 failed: the status rank 0 ends with
+            (:func:`covid_ct_cgan.errors.exit_status`: 2 for an ``InputError``, 130 for Ctrl-C, 1 for another
+            error), with one line saying so; rank 0 itself re-raises its own error once the others know
+            (its entry point reports it).
     """
     rank = distributed_rank()
     if rank is None:
@@ -66,7 +59,7 @@ def run_on_rank0(func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
             result = func(*args, **kwargs)
         except BaseException as err:  # noqa: BLE001 - shared with the other ranks, then re-raised
             failure = err
-    outcome = [None if failure is None else _exit_status(failure)]
+    outcome = [None if failure is None else exit_status(failure)]
     dist.broadcast_object_list(outcome, src=0)  # the other ranks wait here while rank 0 works
     if outcome[0] is not None:
         # every rank stops: leave the process group, and end the process with its status once Python has

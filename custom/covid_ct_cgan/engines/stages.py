@@ -1,7 +1,8 @@
 """Running the training stages: resume, stage hand-over, skipping finished stages.
 
 ``train.yaml`` builds everything for one stage, chosen by its top-level
-``stage`` key (``global``, ``local`` or ``joint``). Its run ids call into here:
+``stage`` key (``global``, ``local`` or ``joint``). Its run ids call into here
+(through :func:`covid_ct_cgan.errors.entry_point`, which reports errors with one line):
 
 * ``run`` -> :func:`run_stage` on the config's own ``train#trainer``;
 * ``train_global`` / ``train_local`` / ``train_joint`` / ``training`` ->
@@ -45,7 +46,7 @@ from ..checkpoints import (
     read_checkpoint,
     read_stage_settings,
 )
-from ..errors import InputError, exit_on_input_error, interrupt_note, resume_command
+from ..errors import InputError, StoppedError, interrupt_note, resume_command
 from ..fileio import as_write_error, check_writable, is_write_error, remove_stale_temporaries, write_json
 from ..locking import output_lock
 from ..networks.handover import load_generator_part
@@ -256,11 +257,6 @@ def check_stage(
                 raise InputError(f"no checkpoint to start '{part}' from; train that stage first", folder)
 
 
-run_check_stage = exit_on_input_error(check_stage)
-"""``train.yaml``'s entry point of :func:`check_stage`: bad input exits with one ``ERROR:`` line (status 2)."""
-
-
-@exit_on_input_error
 def run_stage(
     trainer: Any,
     save_dict: Mapping[str, Any],
@@ -287,9 +283,9 @@ def run_stage(
             before anything is loaded, then recorded there.
 
     Raises:
-        SystemExit: status 1 and one ``ERROR:`` line when training hit a non-finite loss;
-            status 2 and one ``ERROR: <file>: <problem>`` line for bad input (a missing or
-            mismatched checkpoint to start from).
+        StoppedError: training hit a non-finite loss (the message names it and the stage folder).
+        InputError: bad input, naming the file: a missing or mismatched checkpoint to start from,
+            a folder that cannot be written.
     """
     checkpoint_dir = Path(checkpoint_dir)
     rank0 = _is_rank0()
@@ -310,10 +306,7 @@ def run_stage(
             trainer.run()
     reason = getattr(trainer.state, "stop_reason", None)
     if reason:
-        import sys
-
-        print(f"ERROR: {reason}; checkpoints in {checkpoint_dir}", file=sys.stderr, flush=True)
-        raise SystemExit(1)
+        raise StoppedError(f"{reason}; checkpoints in {checkpoint_dir}")
 
 
 def run_ids(parser: Any, keys: Sequence[str]) -> None:
@@ -404,7 +397,6 @@ def check_stages(raw: Mapping[str, Any]) -> None:
         stage_overrides(raw, stage)
 
 
-@exit_on_input_error
 def run_stages(stages: Sequence[str], config: BundleCommand | Mapping[str, Any] | None) -> None:
     """Run stages in order, each built from the same configuration by :func:`stage_config`.
 
@@ -415,9 +407,9 @@ def run_stages(stages: Sequence[str], config: BundleCommand | Mapping[str, Any] 
             ``ConfigParser``).
 
     Raises:
-        SystemExit: status 2 and one ``ERROR:`` line when there is no configuration to read, a stage's
-            section has a bad entry (every stage's is checked before the first one trains) or a stage
-            refuses its input.
+        InputError: there is no configuration to read, a stage's section has a bad entry (every stage's is
+            checked before the first one trains) or a stage refuses its input.
+        StoppedError: a stage's training hit a non-finite loss.
     """
     from monai.bundle import ConfigParser
 

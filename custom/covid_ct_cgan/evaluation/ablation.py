@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from ..data.prepare import check_prepared
-from ..errors import InputError, exit_on_input_error
+from ..errors import InputError
 from ..fileio import check_writable, staged_directory, write_json, write_text
 from .fid_features import FIDFeatures
 from .image_quality import csv_text, evaluate_image_quality, load_datalist
@@ -128,7 +128,6 @@ class AblationStudy:
     train: bool = True
     device: str | torch.device = "cpu"
 
-    @exit_on_input_error
     def run(self) -> list[dict[str, Any]]:
         """Train and score every ablation (see the module docstring).
 
@@ -136,7 +135,7 @@ class AblationStudy:
             The rows of ``ablation.csv``.
 
         Raises:
-            SystemExit: status 2 with one ``ERROR:`` line on bad input.
+            InputError: bad input, naming the file (``evaluate.yaml`` reports it with one ``ERROR:`` line).
         """
         from monai.bundle import ConfigParser
 
@@ -178,7 +177,7 @@ class AblationStudy:
                     [model], datalist, stage / name, seed=seed, mean_lung_baseline=False, resampled_real_baseline=False,
                     features=extractor, device=device,
                 )
-                seg = run_experiments.__wrapped__(  # type: ignore[attr-defined]  # errors reach this entry point
+                seg = run_experiments(
                     stage / name / "segmentation", datalist, experiments=["A"], ratios=[ratio],
                     generator={"configs": configs[name], "overrides": overrides}, seed=seed, device=device,
                     config=seg_raw,

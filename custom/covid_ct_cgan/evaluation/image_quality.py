@@ -66,8 +66,8 @@ import numpy as np
 import torch
 
 from .. import intensity
-from ..errors import InputError, exit_on_input_error
 from ..data.prepare import check_prepared
+from ..errors import InputError
 from ..fileio import check_writable, staged_directory, write_json, write_text
 from ..logs import progress
 from ..inference import ModelGrid, SynthesisInput, load_input, write_like
@@ -558,7 +558,6 @@ class ImageQuality:
             raise InputError(f"model_names: a model is named twice in {names}")
         return {name: self.models[name] for name in names}
 
-    @exit_on_input_error
     def run(self) -> list[dict[str, Any]]:
         """Build the selected models from their training configs and score them (see the module docstring).
 
@@ -566,7 +565,7 @@ class ImageQuality:
             The summary rows (``image_quality.csv``).
 
         Raises:
-            SystemExit: status 2 with one ``ERROR:`` line on bad input.
+            InputError: bad input, naming the file (``evaluate.yaml`` reports it with one ``ERROR:`` line).
         """
         built = build_models(self.selected_models(), self.training_overrides, self.device)
         return evaluate_image_quality(

@@ -35,10 +35,6 @@ from ..networks import build_recorded
 from ..networks.recording import TARGET
 from .provenance import stage_epochs
 
-# run_synthesis exits the process on bad input (it is a bundle entry point); inside the evaluation the
-# InputError must reach the evaluation's own entry point instead
-_synthesise = getattr(run_synthesis, "__wrapped__", run_synthesis)
-
 DATA_SETTINGS = "data_settings"  # train.yaml's settings of the data its networks are trained on (recorded with them)
 CLASS_KEYS = tuple(key for key, (_, argument) in LEGACY_ARGUMENTS.items() if argument == TARGET)  # generator, discriminator
 
@@ -301,7 +297,7 @@ def synthesise(
         raise InputError(f"model {model.name!r} runs in {model.precision} and needs calibration_input: a datalist.json with "
                          f"training label maps")
     device = next(model.network.parameters()).device
-    return _synthesise(
+    return run_synthesis(
         network=model.network, checkpoint=model.checkpoint, output_dir=output_dir, input=input,
         datalist_key=datalist_key, num_variants=num_variants, seed=seed, augment=num_variants > 1,
         keep_original=True, overwrite=overwrite, batch_size=batch_size, amp=amp and model.precision == "float",

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError, exit_on_input_error
+from ..errors import InputError
 from ..fileio import staged_directory, write_json, write_text
 from ..figures import pyplot, write_figure
 from ..settings import BundleCommand, check_overrides, run_bundle
@@ -94,7 +94,6 @@ def _read_timings(work_dir: Path) -> dict[str, float]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-@exit_on_input_error
 def _check_step_overrides(
     steps: Mapping[str, tuple[Sequence[str], Mapping[str, Any]]], models: Sequence[str], evaluate_yaml: str
 ) -> None:
@@ -140,7 +139,8 @@ def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
         The report folder.
 
     Raises:
-        SystemExit: status 2 and one ``ERROR:`` line on bad input (a step's own errors included).
+        InputError: bad input (``medseg.yaml`` reports it with one ``ERROR:`` line, exit status 2).
+        SystemExit: a step's bundle run ended with its own ``ERROR:`` line and status.
     """
     if command is None or not command.config_files:
         raise InputError("the recipe runs as a bundle command: python -m monai.bundle run recipe --config_file "

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .. import intensity
-from ..errors import InputError, exit_on_input_error
+from ..errors import InputError
 from ..figures import label_picture, pyplot, to_uint8_picture, write_figure
 from ..fileio import staged_directory, write_text
 from ..inference import SynthesisInput, load_input
@@ -315,7 +315,6 @@ def ablation_section(rows: Sequence[Mapping[str, str]]) -> tuple[str, list[dict[
 # --------------------------------------------------------------------------- entry point
 
 
-@exit_on_input_error
 def run_report(
     output_dir: str | Path,
     image_quality_dir: str | Path | None = None,
@@ -342,7 +341,8 @@ def run_report(
         The path of ``report.md``.
 
     Raises:
-        SystemExit: status 2 with one ``ERROR:`` line when no input exists or the report exists without ``overwrite``.
+        InputError: no input exists, or the report exists without ``overwrite`` (``evaluate.yaml`` reports it
+            with one ``ERROR:`` line).
     """
     output_dir = Path(output_dir)
     iq_dir = Path(image_quality_dir) if image_quality_dir else output_dir / "image_quality"
@@ -423,6 +423,6 @@ class EvaluationReport:
         """Write the report (:func:`run_report`); the path of ``report.md``.
 
         Raises:
-            SystemExit: status 2 with one ``ERROR:`` line, as :func:`run_report`.
+            InputError: as :func:`run_report`.
         """
         return run_report(**asdict(self))

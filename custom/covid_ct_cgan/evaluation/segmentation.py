@@ -83,8 +83,8 @@ from ignite.engine import Engine, Events
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from ..errors import InputError, exit_on_input_error
 from ..data.prepare import check_prepared
+from ..errors import InputError
 from ..fileio import staged_directory, write_json, write_text
 from ..labels import CONSOLIDATION, GGO
 from ..settings import BundleCommand, load_config, using_command
@@ -584,7 +584,6 @@ def _keep_earlier_seeds(target: Path, stage: Path) -> None:
                     ignore=lambda folder, names: [n for n in names if Path(folder) == target and n in _REBUILT])
 
 
-@exit_on_input_error
 def run_experiments(
     output_dir: str | Path,
     datalist: str | Path,
@@ -647,7 +646,7 @@ def run_experiments(
         The summary rows (``summary.csv``; when every seed was there already, as read from it).
 
     Raises:
-        SystemExit: status 2 with one ``ERROR:`` line on bad input.
+        InputError: bad input, naming the file (``segmentation.yaml`` reports it with one ``ERROR:`` line).
     """
     from monai.bundle import ConfigParser
 

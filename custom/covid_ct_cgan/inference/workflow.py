@@ -3,7 +3,7 @@
 ``inference.yaml`` wires these parts the way model-zoo bundles wire theirs
 (``inference#dataset``, ``inference#preprocessing``, ``inference#inferer``,
 ``inference#postprocessing``, ``inference#handlers``, ``evaluator``;
-``run: $covid_ct_cgan.inference.run_evaluator(@evaluator)``), and
+``run: $entry_point(covid_ct_cgan.inference.run_evaluator, @evaluator)``), and
 :func:`run_synthesis` builds the same parts in Python for callers of the API
 (the evaluation, the segmentation study, the MONAI Label app).
 
@@ -42,7 +42,7 @@ from monai.transforms import Compose, Transform
 
 from .. import intensity
 from ..checkpoint_settings import resolve_network_settings
-from ..errors import InputError, exit_on_input_error
+from ..errors import InputError
 from ..fileio import check_writable, staged_directory, write_json, write_text
 from ..labels import num_classes as count_classes
 from ..logs import progress as progress_bar, progress_handler
@@ -478,15 +478,17 @@ class SynthesisEvaluator(Evaluator):
               f"(checkpoint {self.checkpoint_path})", flush=True)
 
 
-@exit_on_input_error
 def run_evaluator(evaluator: SynthesisEvaluator) -> list[dict[str, Any]]:
-    """Run a :class:`SynthesisEvaluator` (bundle run id ``run``); an InputError exits with one ``ERROR:`` line.
+    """Run a :class:`SynthesisEvaluator` (bundle run id ``run``, through :func:`covid_ct_cgan.errors.entry_point`).
 
     Args:
         evaluator: the configured evaluator.
 
     Returns:
         The manifest rows.
+
+    Raises:
+        InputError: bad input or settings; nothing is written then.
     """
     evaluator.run()
     return evaluator.rows
@@ -541,7 +543,6 @@ def build_evaluator(
     )
 
 
-@exit_on_input_error
 def run_synthesis(network: torch.nn.Module, checkpoint: str | Path, output_dir: str | Path,
                   **kwargs: Any) -> list[dict[str, Any]]:
     """Synthesise composited CT slices from label maps (see :mod:`.synthesis`), from Python.
@@ -565,8 +566,7 @@ def run_synthesis(network: torch.nn.Module, checkpoint: str | Path, output_dir: 
         The manifest rows.
 
     Raises:
-        InputError: bad input or settings (a bundle run exits with one ``ERROR:`` line and status 2);
-            nothing is written then.
+        InputError: bad input or settings; nothing is written then.
     """
     evaluator = build_evaluator(network, checkpoint, output_dir, **kwargs)
     evaluator.run()

@@ -20,7 +20,6 @@ Request parameters (``params`` of ``POST /infer/synthesis?image=<id>``):
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import shutil
@@ -41,8 +40,6 @@ from .lesion_segmentation import LABELS
 
 logger = logging.getLogger(__name__)
 
-# run_evaluator exits the process on bad input (for the command line); the server wants the InputError
-_run_evaluator = inspect.unwrap(run_evaluator)
 SOURCE_TAGS = (DefaultLabelTag.FINAL.value, DefaultLabelTag.ORIGINAL.value)
 
 
@@ -98,7 +95,7 @@ class Synthesis(InferTask):
             "num_variants": int(request.get("num_variants", 1)),
             "seed": int(request.get("seed", 0)),
         })
-        return _run_evaluator(parser.get_parsed_content("evaluator"))
+        return run_evaluator(parser.get_parsed_content("evaluator"))
 
     def _new_image_id(self, image_id: str, variant: int) -> str:
         existing = set(self.datastore.list_images())
