@@ -182,7 +182,6 @@ def test_runs_that_read_a_prepared_folder_verify_it_before_their_first_expensive
     from monai.bundle import ConfigParser
 
     from covid_ct_cgan.data.cache import ProgressCacheDataset
-    from covid_ct_cgan.errors import exit_on_input_error
     from covid_ct_cgan.evaluation.fid_features import FIDFeatures
     from covid_ct_cgan.evaluation.image_quality import evaluate_image_quality
     from covid_ct_cgan.evaluation.segmentation import run_experiments
@@ -199,14 +198,14 @@ def test_runs_that_read_a_prepared_folder_verify_it_before_their_first_expensive
     runs = {
         "synthesis": lambda out: run_synthesis(generator, checkpoint=generator_checkpoint, output_dir=out, input=datalist,
                                                datalist_key="test_synthesis", image_size=kit.IMAGE_SIZE),
-        "evaluation": lambda out: exit_on_input_error(evaluate_image_quality)([], datalist, out, mean_lung_baseline=True),
+        "evaluation": lambda out: evaluate_image_quality([], datalist, out, mean_lung_baseline=True),
         "segmentation": lambda out: run_experiments(out, datalist, experiments=["A"], ratios=[0.0],
                                                     config=ConfigParser.load_config_files(str(segmentation_yaml))),
-    }
+    }  # called through entry_point, as the configs call them
     for name, run in runs.items():
         out = tmp_path / f"out_{name}"
         with pytest.raises(SystemExit) as stop:
-            run(out)
+            entry_point(run, out)
         assert stop.value.code == 2, name
         [line] = _errors(capsys.readouterr().err)
         assert line.startswith(f"ERROR: {victim}: damaged: ") and line.endswith(FIX), (name, line)

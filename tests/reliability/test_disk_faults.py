@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from covid_ct_cgan.errors import entry_point
 from covid_ct_cgan.settings import run_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -171,7 +172,7 @@ def test_prepare_refuses_a_read_only_data_dir_before_reading_the_raw_files(
     monkeypatch.setattr(prepare, "hash_raw_files", lambda *a, **k: read.append("hash"))
     monkeypatch.setattr(prepare, "find_cases", lambda *a, **k: read.append("cases"))
     with _read_only(tmp_path, monkeypatch), pytest.raises(SystemExit) as stop:
-        prepare.run_prepare(str(prepared / "phantom_raw"), str(tmp_path / "data"))
+        entry_point(prepare.run_prepare, str(prepared / "phantom_raw"), str(tmp_path / "data"))
     assert stop.value.code == 2 and read == []
     assert _one_error(capsys) == (f"ERROR: {tmp_path / 'data'}: cannot write here (checked {tmp_path}, where it would be "
                                   "created): Read-only file system; check its permissions or choose another folder")
@@ -181,15 +182,14 @@ def test_prepare_refuses_a_read_only_data_dir_before_reading_the_raw_files(
 def test_image_quality_refuses_a_read_only_output_before_the_fid_features_train(
     prepared: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    from covid_ct_cgan.errors import exit_on_input_error
     from covid_ct_cgan.evaluation.fid_features import FIDFeatures
     from covid_ct_cgan.evaluation.image_quality import evaluate_image_quality
 
     trained = []
     monkeypatch.setattr(FIDFeatures, "extractor", lambda *a, **k: trained.append("FID features"))
     with _read_only(tmp_path, monkeypatch), pytest.raises(SystemExit) as stop:
-        exit_on_input_error(evaluate_image_quality)([], prepared / "data" / "datalist.json", tmp_path / "evaluation",
-                                                    mean_lung_baseline=True)
+        entry_point(evaluate_image_quality, [], prepared / "data" / "datalist.json", tmp_path / "evaluation",
+                    mean_lung_baseline=True)
     assert stop.value.code == 2 and trained == []
     assert _one_error(capsys).startswith(f"ERROR: {tmp_path / 'evaluation'}: cannot write here (checked {tmp_path}, ")
 
@@ -210,7 +210,7 @@ def test_ablation_study_refuses_before_the_ablations_train(
     with _read_only(tmp_path / "out", monkeypatch) if fault == "read_only" else contextlib.nullcontext():
         (tmp_path / "out").mkdir()
         with pytest.raises(SystemExit) as stop:
-            study.run()
+            entry_point(study.run)
     assert stop.value.code == 2 and trained == []
     line = _one_error(capsys)
     if fault == "read_only":
@@ -229,7 +229,7 @@ def test_synthesis_refuses_a_read_only_output_before_reading_its_inputs(
     generator = kit.make_generator()
     generator.register_forward_hook(lambda *a: expensive.append("synthesis"))
     with _read_only(tmp_path, monkeypatch), pytest.raises(SystemExit) as stop:
-        run_synthesis(generator, checkpoint=generator_checkpoint, output_dir=tmp_path / "synthesis",
+        entry_point(run_synthesis, generator, checkpoint=generator_checkpoint, output_dir=tmp_path / "synthesis",
                       input=prepared / "data" / "datalist.json", image_size=kit.IMAGE_SIZE)
     assert stop.value.code == 2 and expensive == []
     assert _one_error(capsys).startswith(f"ERROR: {tmp_path / 'synthesis'}: cannot write here (checked {tmp_path}, ")
@@ -242,9 +242,10 @@ IN_TMPFS = """
 import json, sys
 from pathlib import Path
 from covid_ct_cgan.data.prepare import run_prepare
+from covid_ct_cgan.errors import entry_point
 mnt = Path(sys.argv[1])
 try:
-    run_prepare(sys.argv[2], str(mnt / "data"))
+    entry_point(run_prepare, sys.argv[2], str(mnt / "data"))
 finally:
     print(json.dumps(sorted(str(p.relative_to(mnt)) for p in mnt.rglob("*"))), flush=True)
 """
