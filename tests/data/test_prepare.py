@@ -323,8 +323,9 @@ def test_data_dir_that_could_delete_data_refused(tmp_path, builders, monkeypatch
 
 @pytest.mark.integration
 def test_run_prepare_exits_with_one_error_line(tmp_path):
-    code = (f"from covid_ct_cgan.data.prepare import run_prepare; "
-            f"run_prepare(dataset_dir=r'{tmp_path / 'missing'}', data_dir=r'{tmp_path / 'data'}')")
+    """As the configs call it (through entry_point): one ERROR line, status 2, nothing written."""
+    code = (f"from covid_ct_cgan.data.prepare import run_prepare; from covid_ct_cgan.errors import entry_point; "
+            f"entry_point(run_prepare, dataset_dir=r'{tmp_path / 'missing'}', data_dir=r'{tmp_path / 'data'}')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]

@@ -184,7 +184,7 @@ def test_mlflow_tracking_records_metrics_params_and_artifacts(work_dir: Path) ->
     assert {"train_loss", "train_d_loss", "train_desum_weight", "train_dfm_weight", "lr", "val_ssim", "val_psnr"} <= metrics
     assert {"train_dfm_weight_at_low", "train_dfm_weight_at_high"} <= metrics  # the learned b's spread per epoch
     assert {"d1_ranking", "d2_ranking"} <= metrics  # what the critics can tell, beside the losses
-    assert {"learning_rate", "batch_size", "image_size", "desum", "dfm", "stage"} <= params
+    assert {"learning_rate", "batch_size", "image_size", "generator.desum", "generator.ngf", "dfm.mode", "stage"} <= params  # the record, flat
     artifacts = {p.relative_to(work_dir / "output").as_posix() for p in (work_dir / "output").rglob("*") if "mlruns" in p.parts and p.is_file()}
     names = {a.split("/artifacts/", 1)[1] for a in artifacts if "/artifacts/" in a}
     assert {"samples/epoch_0002.png", "validation_curve.png", "validation.csv"} <= names

@@ -128,10 +128,9 @@ class DiskFault:
         self._undo.close()
 
 
-def damage_prepared(data_dir: Path, which: str, seed: int, how: str) -> Path:
-    """Damage one file of a prepared ``data_dir`` (``which``, see :func:`faults`) as ``how`` says; returns it."""
-    rng = random.Random(seed)
-    victim = rng.choice(sorted((data_dir / which).iterdir())) if (data_dir / which).is_dir() else data_dir / which
+def damage_file(victim: Path, how: str, rng: random.Random) -> None:
+    """Damage ``victim`` as ``how`` says: ``cut`` short, one ``byte`` changed (same size), replaced by ``garbage``,
+    or (anything else) deleted."""
     data = victim.read_bytes()
     if how == "cut":
         victim.write_bytes(data[: rng.randrange(len(data))])
@@ -142,6 +141,13 @@ def damage_prepared(data_dir: Path, which: str, seed: int, how: str) -> Path:
         victim.write_bytes(rng.randbytes(rng.randrange(1, 400)))
     else:
         victim.unlink()
+
+
+def damage_prepared(data_dir: Path, which: str, seed: int, how: str) -> Path:
+    """Damage one file of a prepared ``data_dir`` (``which``, see :func:`faults`) as ``how`` says; returns it."""
+    rng = random.Random(seed)
+    victim = rng.choice(sorted((data_dir / which).iterdir())) if (data_dir / which).is_dir() else data_dir / which
+    damage_file(victim, how, rng)
     return victim
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from covid_ct_cgan.data.prepare import PREPARED_FILES, prepare_if_needed, verify_prepared_files
 from covid_ct_cgan.errors import entry_point
+from fuzz_faults import damage_file
 
 PHANTOM = dict(phantom_patients=3, phantom_slices=4, phantom_size=64, seed=0)
 FIX = "; prepare the data again with --overwrite True (or restore the file)"
@@ -39,17 +40,6 @@ def _prepare(work: Path, **extra) -> None:
     entry_point(prepare_if_needed, "", str(work / "data"), phantom_dir=str(work / "phantom_raw"), **PHANTOM, **extra)
 
 
-def _damage(path: Path, how: str, rng: random.Random) -> None:
-    data = path.read_bytes()
-    if how == "cut":
-        path.write_bytes(data[: rng.randrange(len(data))])
-    elif how == "byte":  # same size, one byte changed
-        i = rng.randrange(len(data))
-        path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
-    else:
-        path.unlink()
-
-
 def test_an_intact_prepared_folder_is_used(work: Path, capsys) -> None:
     assert (work / "data" / PREPARED_FILES).is_file() and verify_prepared_files(work / "data") is None
     _prepare(work)
@@ -63,7 +53,7 @@ def test_a_damaged_prepared_file_is_named_before_it_is_used(work: Path, capsys, 
     candidates = sorted(p for p in data.rglob("*.nii.gz"))
     victim = rng.choice(candidates)
     how = ["cut", "byte", "delete"][seed % 3]
-    _damage(victim, how, rng)
+    damage_file(victim, how, rng)
     with pytest.raises(SystemExit) as stop:
         _prepare(work)
     assert stop.value.code == 2
