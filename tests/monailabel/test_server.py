@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 import sample_files
 
+from covid_ct_cgan.checkpoint_settings import network_record
 from covid_ct_cgan.inference import ModelGrid
 from covid_ct_cgan.intensity import to_model
 from covid_ct_cgan.networks import GlobalLocalGenerator
@@ -58,8 +60,9 @@ def model_grid(hu: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.T
     return image[None].float(), lab
 
 
-def fitted_generator(hu: np.ndarray, label: np.ndarray, steps: int = 15) -> dict[str, torch.Tensor]:
-    """A tiny generator fitted (L1) to the test slice: a trained checkpoint in seconds."""
+def fitted_generator(hu: np.ndarray, label: np.ndarray, steps: int = 15) -> dict[str, Any]:
+    """A tiny generator fitted (L1) to the test slice, saved as training saves its best generator (the weights and
+    the record of the network and the data it was trained on): a trained checkpoint in seconds."""
     torch.manual_seed(0)
     net = GlobalLocalGenerator(4, 1, mode="joint", **GAN)
     real, lab = model_grid(hu, label)
@@ -69,7 +72,9 @@ def fitted_generator(hu: np.ndarray, label: np.ndarray, steps: int = 15) -> dict
         opt.zero_grad()
         F.l1_loss(net(cond), real).backward()
         opt.step()
-    return net.state_dict()
+    data = {"image_size": IMAGE_SIZE, "crop_size": 0, "condition": "map", "context_region": "lung",
+            "context_dilation": 3, "keep_effusion": False, "window_level": -600, "window_width": 1500}
+    return {"generator": net.state_dict(), "network_settings": network_record(data, {"generator": net})}
 
 
 def fitted_unet(hu: np.ndarray, label: np.ndarray, steps: int = 100) -> dict[str, torch.Tensor]:
@@ -145,7 +150,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, repo_root: Path):
     save_nifti(label, work / "case1_label.nii.gz")
     save_nifti(hu, work / "case2.nii.gz")
     (work / "output" / "joint").mkdir(parents=True)  # as a training run leaves it: its best generator
-    torch.save({"generator": fitted_generator(hu, label)}, work / "output" / "joint" / "best_generator.pt")
+    torch.save(fitted_generator(hu, label), work / "output" / "joint" / "best_generator.pt")
     torch.save(fitted_unet(hu, label), work / "unet.pt")  # a bare state dict, as CheckpointSaver writes unet.pt
 
     port = free_port()
