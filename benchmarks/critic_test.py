@@ -92,7 +92,8 @@ def load_slices(dataset_dir: Path, work: Path) -> dict[str, Any]:
     parser.update({"work_dir": str(work), "data_dir": str(data_dir), "stage": "joint", "dataset_dir": str(dataset_dir)})
     transform = Compose(parser.get_parsed_content("train#deterministic"))
     settings = {key: parser.get_parsed_content(key) for key in
-                ("image_size", "ndf", "n_layers_d", "num_d", "local_crop", "num_classes", "context_dilation")}
+                ("image_size", "ndf", "n_layers_d", "num_d", "local_crop", "num_classes", "context_dilation",
+                 "d_norm", "local_d_norm")}
     out: dict[str, Any] = {"settings": settings}
     for key in ("training", "validation"):
         items = load_decathlon_datalist(str(data_dir / "datalist.json"), True, key)
@@ -129,15 +130,6 @@ def generator_pairs(name: str, output_dir: Path, data: dict[str, Any]) -> dict[s
             model.network, labels, images, data["settings"]["num_classes"], st["condition"], st["context_region"],
             st["context_dilation"], composite=st["condition"] == "map+context", window=int(st.get("crop_size") or 0))
     return out
-
-
-def default_norms() -> dict[str, str]:
-    """The norms ``medseg.yaml`` gives the two discriminators (``d_norm``, ``local_d_norm``)."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "medseg.yaml")])
-    return {"global": parser.get_parsed_content("d_norm"), "local": parser.get_parsed_content("local_d_norm")}
 
 
 def pairs_for(labels: torch.Tensor, images: torch.Tensor, region: str, kind: str, num_classes: int, dilation: int):
@@ -290,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {env['cpu']}; preparing {args.dataset_dir} ...", flush=True)
     with tempfile.TemporaryDirectory(prefix="critic_test_") as tmp:
         data = load_slices(args.dataset_dir, Path(tmp))
-    args.default_norms = default_norms()
+    args.default_norms = {"global": data["settings"]["d_norm"], "local": data["settings"]["local_d_norm"]}
     if args.generator:
         data["generators"] = {name: generator_pairs(name, folder, data) for name, folder in args.generator}
     rows = plan(args)
