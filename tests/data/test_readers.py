@@ -1,4 +1,4 @@
-"""Layout detection and case reading for every raw layout of SPEC section 1."""
+"""Layout detection and case reading for every raw layout of bundle/docs/data.md ("Sources read by prepare")."""
 
 from __future__ import annotations
 

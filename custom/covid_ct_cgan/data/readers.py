@@ -1,4 +1,4 @@
-"""Read the raw dataset layouts of SPEC section 1 into validated cases.
+"""Read the raw dataset layouts (bundle/docs/data.md, "Sources read by prepare") into validated cases.
 
 Every file goes through MONAI's ``LoadImage`` (``NibabelReader`` for NIfTI,
 ``PILReader`` for PNG/JPEG/TIFF, ``ITKReader`` for DICOM series folders), so

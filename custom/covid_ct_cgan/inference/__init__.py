@@ -1,4 +1,4 @@
-"""Synthesis from label maps (SPEC section 4): lesion-map augmentation, the generator run, compositing.
+"""Synthesis from label maps (bundle/docs/usage.md, "Synthesis"): lesion-map augmentation, the generator run, compositing.
 
 - :mod:`.inputs`: find and read (real image, label map) pairs, keep their geometry;
 - :mod:`.lesion_augment`: new lesion layouts inside the same lung;
