@@ -210,6 +210,15 @@ def test_a_path_below_a_computed_value_is_refused() -> None:
     check_overrides(toy, ["alias", "alias#inplace"])
 
 
+@pytest.mark.integration
+def test_a_path_below_a_computed_value_is_refused_before_monai_applies_it(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        run_bundle("training", config_file=TRAIN, work_dir=str(tmp_path / "work"), **{"network_settings#ngf": 32})
+    assert stop.value.code == 2
+    assert _errors(capsys.readouterr().err) == [f"ERROR: {COMPUTED_NETWORK_SETTINGS}"]
+    assert not (tmp_path / "work").exists()
+
+
 def test_tracking_settings_are_accepted_with_tracking(tmp_path: Path) -> None:
     command = BundleCommand.from_arguments(config_file=TRAIN, tracking="mlflow", tracking_uri="sqlite:///x.db")
     with using_command(command):

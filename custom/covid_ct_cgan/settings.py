@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, exit_on_input_error
 from .fileio import check_writable
 from .losses import D_TARGETS, GAN_MODES
 from .networks.diffaugment import parse_policy
@@ -249,11 +249,15 @@ def run_bundle(run_id: str = "run", config_file: str | Sequence[str] | None = No
     ``args_file``, overrides as keywords).
 
     Raises:
-        SystemExit: status 2 and one ``ERROR:`` line for an unknown key or a bad setting.
+        SystemExit: status 2 and one ``ERROR:`` line for an unknown key or a bad setting (overrides are
+            checked before MONAI applies them as well as in the config's ``initialize``).
     """
     import monai.bundle
 
     command = BundleCommand.from_arguments(config_file=config_file, run_id=run_id, **kwargs)
+    # before MONAI applies the overrides: it fails with a traceback on a #-path below a computed value,
+    # before the config's own check (check_command, in ``initialize``) runs
+    exit_on_input_error(_check_given_overrides)(command)
     with using_command(command):
         monai.bundle.run(run_id=run_id, config_file=config_file, **kwargs)
 
@@ -713,6 +717,12 @@ def check_training(raw: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- the check each config runs
 
 
+def _check_given_overrides(command: BundleCommand) -> None:
+    """:func:`check_overrides` on a command's overrides, against its config files (without the overrides)."""
+    files = command.load(overrides=False, tracking=False)
+    check_overrides(files, dict(command.overrides), sorted(_tracking_keys(command.tracking)))
+
+
 def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -> None:
     """Check the current bundle command (``initialize`` of every config): unknown keys and booleans given words,
     then ``validate``.
@@ -731,8 +741,7 @@ def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -
     command = current_command()
     if command is None:
         return
-    files = command.load(overrides=False, tracking=False) if command.base is None else None
-    if files is not None:
-        check_overrides(files, dict(command.overrides), sorted(_tracking_keys(command.tracking)))
+    if command.base is None:
+        _check_given_overrides(command)
     if validate is not None:
         validate(command.load(tracking=False))
