@@ -176,8 +176,8 @@ def last_loss(trainer: Any) -> float:
 def synthesis_conditions(data_dir: Path, image_size: int, batch: int) -> torch.Tensor:
     """``(batch, C, S, S)`` generator inputs from the phantom's ``test_synthesis`` slices, made as synthesis makes them."""
     from covid_ct_cgan import intensity
+    from covid_ct_cgan.inference.grid import ModelGrid
     from covid_ct_cgan.inference.inputs import collect_inputs, load_input
-    from covid_ct_cgan.inference.synthesis import ModelGrid
     from covid_ct_cgan.labels import num_classes
     from covid_ct_cgan.transforms import make_condition
 

@@ -46,6 +46,4 @@ def test_check_label_map_and_regions() -> None:
         labels.check_label_map(np.array([[4]]))
     labels.check_label_map(np.array([[4]]), keep_effusion=True)
     assert labels.lung_region(lab).tolist() == [[False, True, True, True]]
-    assert labels.infection_region(lab).tolist() == [[False, False, True, True]]
     assert labels.num_classes() == 4 and labels.num_classes(True) == 5
-    assert labels.lesion_classes() == (2, 3)

@@ -10,7 +10,8 @@ functions) is read with :mod:`ast` and checked against the layers:
 3. ``engines`` (training) and ``inference``, side by side: neither imports the other;
 4. ``evaluation``.
 
-A module imports only from its own layer or the ones below. The bundle's configs keep
+A module imports only from its own layer or the ones below, and not the modules of its own
+layer that ``MUST_NOT_IMPORT`` names (cycles). The bundle's configs keep
 naming things that exist (``covid_ct_cgan.engines.amp_by_default`` ...).
 """
 
@@ -37,6 +38,11 @@ LAYERS: dict[str, int] = {
     "evaluation": 4,
 }
 SIDE_BY_SIDE = {("engines", "inference"), ("inference", "engines")}
+# module -> modules it must not import, within a layer: the int8 export is one of synthesis's engines,
+# so synthesis imports it and it takes the model grid from ``inference.grid``, never from synthesis
+MUST_NOT_IMPORT: dict[str, set[str]] = {
+    f"{ROOT}.inference.export": {f"{ROOT}.inference.synthesis", f"{ROOT}.inference.workflow"},
+}
 
 
 def module_name(path: Path, package: Path = PACKAGE) -> str:
@@ -98,6 +104,19 @@ def test_every_import_points_down_and_engines_and_inference_stay_apart() -> None
             elif target_rank > rank:
                 problems.append(f"{where}: layer {rank} ({importer or ROOT}) imports layer {target_rank} ({imported})")
     assert checked > 100  # the imports were found
+    assert not problems, "\n".join(problems)
+
+
+def test_modules_kept_apart_within_a_layer() -> None:
+    modules = known_modules()
+    assert set(MUST_NOT_IMPORT) <= modules, "MUST_NOT_IMPORT names a module that no longer exists"
+    problems = [
+        f"{path.relative_to(REPO_ROOT)}:{line} imports {target}, which {importer} must not import"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (importer := module_name(path)) in MUST_NOT_IMPORT
+        for line, target in imported_modules(path, modules)
+        if target in MUST_NOT_IMPORT[importer]
+    ]
     assert not problems, "\n".join(problems)
 
 

@@ -182,6 +182,43 @@ def test_what_monai_adds_stays_accepted() -> None:
     check_overrides(_file_keys(str(CONFIGS / "evaluate.yaml")), ["models#mine", "extra_training_overrides#ngf"])
 
 
+COMPUTED_NETWORK_SETTINGS = (
+    "network_settings#ngf: network_settings is computed by the config "
+    "($covid_ct_cgan.checkpoint_settings.network_record(@data_settings, @save_dict)) and has no entries to set; "
+    "set the keys it is computed from instead (data_settings, save_dict); ngf is also a key of its own: --ngf"
+)
+
+
+def test_a_path_below_a_computed_value_is_refused() -> None:
+    # MONAI cannot set an entry of a string: it fails with a traceback where the path is applied
+    config = _file_keys(TRAIN)
+    with pytest.raises(InputError) as err:
+        check_overrides(config, {"network_settings#ngf": 32})
+    assert str(err.value) == COMPUTED_NETWORK_SETTINGS
+    with pytest.raises(InputError, match=r"^saved_network_settings#ngf#x: saved_network_settings is computed by "
+                                         r"the config \(\$.+\(@network_settings\)\) .+ \(network_settings\)$"):
+        check_overrides(config, ["saved_network_settings#ngf#x"])
+    # an @ reference: the entry is set where the reference points (a section), or the value it refers to
+    toy = {"net": {"_target_": "torch.nn.Identity"}, "alias": "@net", "epochs": 3, "stage_epochs": "@epochs"}
+    with pytest.raises(InputError, match=r"^alias#inplace: alias refers to @net and has no entries of its own to set; "
+                                         r"set --net#inplace instead$"):
+        check_overrides(toy, ["alias#inplace"])
+    with pytest.raises(InputError, match=r"^stage_epochs#0: stage_epochs refers to @epochs .+; set --epochs instead$"):
+        check_overrides(toy, ["stage_epochs#0"])
+    # another override that first makes the value a structure: MONAI's to judge, as before
+    check_overrides(config, {"network_settings": {"ngf": 16}, "network_settings#ngf": 32})
+    check_overrides(toy, ["alias", "alias#inplace"])
+
+
+@pytest.mark.integration
+def test_a_path_below_a_computed_value_is_refused_before_monai_applies_it(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        run_bundle("training", config_file=TRAIN, work_dir=str(tmp_path / "work"), **{"network_settings#ngf": 32})
+    assert stop.value.code == 2
+    assert _errors(capsys.readouterr().err) == [f"ERROR: {COMPUTED_NETWORK_SETTINGS}"]
+    assert not (tmp_path / "work").exists()
+
+
 def test_tracking_settings_are_accepted_with_tracking(tmp_path: Path) -> None:
     command = BundleCommand.from_arguments(config_file=TRAIN, tracking="mlflow", tracking_uri="sqlite:///x.db")
     with using_command(command):

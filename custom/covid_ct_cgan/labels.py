@@ -48,11 +48,6 @@ def num_classes(keep_effusion: bool = False) -> int:
     return 5 if keep_effusion else 4
 
 
-def lesion_classes(keep_effusion: bool = False) -> tuple[int, ...]:
-    """Label-map codes that count as infection (lesion) classes."""
-    return (GGO, CONSOLIDATION, EFFUSION) if keep_effusion else (GGO, CONSOLIDATION)
-
-
 def merge_label_map(
     lung_mask: np.ndarray,
     lesion_mask: np.ndarray,
@@ -119,8 +114,3 @@ def check_label_map(label: np.ndarray, keep_effusion: bool = False) -> None:
 def lung_region(label: np.ndarray) -> np.ndarray:
     """Boolean lung mask (lung and lesions) of a label map."""
     return np.asarray(label) > OUTSIDE_LUNG
-
-
-def infection_region(label: np.ndarray) -> np.ndarray:
-    """Boolean infection mask (any lesion class) of a label map."""
-    return np.asarray(label) >= GGO

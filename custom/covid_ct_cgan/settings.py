@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, exit_on_input_error
 from .fileio import check_writable
 from .losses import D_TARGETS, GAN_MODES
 from .networks.diffaugment import parse_policy
@@ -249,11 +249,15 @@ def run_bundle(run_id: str = "run", config_file: str | Sequence[str] | None = No
     ``args_file``, overrides as keywords).
 
     Raises:
-        SystemExit: status 2 and one ``ERROR:`` line for an unknown key or a bad setting.
+        SystemExit: status 2 and one ``ERROR:`` line for an unknown key or a bad setting (overrides are
+            checked before MONAI applies them as well as in the config's ``initialize``).
     """
     import monai.bundle
 
     command = BundleCommand.from_arguments(config_file=config_file, run_id=run_id, **kwargs)
+    # before MONAI applies the overrides: it fails with a traceback on a #-path below a computed value,
+    # before the config's own check (check_command, in ``initialize``) runs
+    exit_on_input_error(_check_given_overrides)(command)
     with using_command(command):
         monai.bundle.run(run_id=run_id, config_file=config_file, **kwargs)
 
@@ -315,8 +319,34 @@ def _target_parameters(component: Mapping[str, Any]) -> tuple[set[str], bool] | 
     return names, True
 
 
-def _unknown_path(config: Mapping[str, Any], parts: list[str]) -> str | None:
-    """Problem with a ``#``-path into ``config`` (whose first part exists), or ``None`` when it is accepted."""
+_SHOWN_EXPRESSION = 100  # characters of a computed value quoted in a message
+
+
+def _computed_value_problem(config: Mapping[str, Any], parts: list[str], depth: int, value: str) -> str:
+    """Why a ``#``-path cannot go below ``value``, the ``$`` expression or ``@`` reference at ``parts[:depth]``."""
+    key, parent = _SEP.join(parts), _SEP.join(parts[:depth])
+    rest = _SEP.join(parts[depth:])
+    if _REFERENCE.fullmatch(value):
+        target = value[1:].replace("::", _SEP)
+        found, referred, _ = _raw_at(config, target.split(_SEP))
+        instead = f"--{target}{_SEP}{rest}" if found and isinstance(referred, (dict, list)) else f"--{target}"
+        return f"{key}: {parent} refers to {value} and has no entries of its own to set; set {instead} instead"
+    shown = value if len(value) <= _SHOWN_EXPRESSION else value[: _SHOWN_EXPRESSION - 3] + "..."
+    sources = list(dict.fromkeys(ref.replace("::", _SEP) for ref in _REFERENCE.findall(value)))
+    problem = f"{key}: {parent} is computed by the config ({shown}) and has no entries to set; set the keys it is computed from instead"
+    if sources:
+        problem += f" ({', '.join(sources)})"
+    if depth == len(parts) - 1 and rest in config and rest not in (parent, *sources):
+        problem += f"; {rest} is also a key of its own: --{rest}"
+    return problem
+
+
+def _unknown_path(config: Mapping[str, Any], parts: list[str], replaced: Sequence[str] = ()) -> str | None:
+    """Problem with a ``#``-path into ``config`` (whose first part exists), or ``None`` when it is accepted.
+
+    ``replaced``: the other overrides' ``#``-paths; one of them may give a computed value (``$``, ``@``)
+    the structure that this path goes into.
+    """
     node: Any = config[parts[0]]
     for depth, part in enumerate(parts[1:], start=1):
         prefix = _SEP.join(parts[:depth]) + _SEP
@@ -326,7 +356,12 @@ def _unknown_path(config: Mapping[str, Any], parts: list[str]) -> str | None:
             node = node[int(part)]
             continue
         if not isinstance(node, dict):
-            return None  # a value replaced by a structure: MONAI's to judge
+            if (
+                isinstance(node, str) and node.startswith(("$", "@"))
+                and not any(_SEP.join(parts[:d]) in replaced for d in range(1, depth + 1))
+            ):
+                return _computed_value_problem(config, parts, depth, node)
+            return None  # a literal, or a value another override replaces by a structure: MONAI's to judge
         if part in node:
             node = node[part]
             continue
@@ -478,7 +513,8 @@ def check_overrides(
     """Refuse overrides that are not keys of ``config`` (the config files without the overrides).
 
     A top-level key must exist (or be one of ``extra_keys``, keys MONAI adds); a ``#``-path may add
-    a keyword that a component's ``_target_`` accepts, or a name to an open mapping. Given the
+    a keyword that a component's ``_target_`` accepts, or a name to an open mapping, but may not go
+    below a value the config computes (a ``$`` expression or an ``@`` reference). Given the
     overrides' values too, a boolean setting must be given a boolean, wherever it is: a top-level key
     or a ``#``-path, whose default is ``true``/``false``, an expression that yields one (``amp``,
     ``augment``), or a component's boolean keyword. The command line reads ``--overwrite true`` as the
@@ -486,16 +522,19 @@ def check_overrides(
     too), so anything but ``True``/``False`` is refused with the spelling that works.
 
     Raises:
-        InputError: ``unknown key 'epoch'; did you mean 'epochs'?``, or a boolean setting given a word.
+        InputError: ``unknown key 'epoch'; did you mean 'epochs'?``, a ``#``-path below a computed value
+            (``network_settings#ngf: network_settings is computed by the config ...``), or a boolean
+            setting given a word.
     """
     known = set(config) | set(extra_keys) | {"_meta_"}
     values = overrides if isinstance(overrides, Mapping) else {}
+    paths = [str(key).replace("::", _SEP) for key in overrides]
     for key in overrides:
         parts = str(key).replace("::", _SEP).split(_SEP)
         if parts[0] not in known:
             raise InputError(f"unknown key '{key}'{_suggestion(parts[0], sorted(known - {'_meta_'}))}")
         if len(parts) > 1 and parts[0] in config:
-            problem = _unknown_path(config, parts)
+            problem = _unknown_path(config, parts, paths)
             if problem:
                 raise InputError(problem)
         if key in values and not isinstance(values[key], bool) and _is_boolean_key(config, str(key)):
@@ -678,6 +717,12 @@ def check_training(raw: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- the check each config runs
 
 
+def _check_given_overrides(command: BundleCommand) -> None:
+    """:func:`check_overrides` on a command's overrides, against its config files (without the overrides)."""
+    files = command.load(overrides=False, tracking=False)
+    check_overrides(files, dict(command.overrides), sorted(_tracking_keys(command.tracking)))
+
+
 def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -> None:
     """Check the current bundle command (``initialize`` of every config): unknown keys and booleans given words,
     then ``validate``.
@@ -696,8 +741,7 @@ def check_command(validate: Callable[[Mapping[str, Any]], None] | None = None) -
     command = current_command()
     if command is None:
         return
-    files = command.load(overrides=False, tracking=False) if command.base is None else None
-    if files is not None:
-        check_overrides(files, dict(command.overrides), sorted(_tracking_keys(command.tracking)))
+    if command.base is None:
+        _check_given_overrides(command)
     if validate is not None:
         validate(command.load(tracking=False))

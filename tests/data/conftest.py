@@ -1,4 +1,4 @@
-"""Tiny raw datasets in every layout of SPEC section 1, written by the tests themselves."""
+"""Tiny raw datasets in every layout of bundle/docs/data.md ("Sources read by prepare"), written by the tests themselves."""
 
 from __future__ import annotations
 

@@ -1,12 +1,23 @@
-"""Layout detection and case reading for every raw layout of SPEC section 1."""
+"""Layout detection and case reading for every raw layout of bundle/docs/data.md ("Sources read by prepare")."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from covid_ct_cgan.data.readers import Case, detect_layout, find_cases, iter_cases, load_image
+from covid_ct_cgan.data.readers import Case, detect_layout, find_cases, load_case, load_image
 from covid_ct_cgan.errors import InputError
+
+
+def iter_cases(
+    dataset_dir: str | Path, layout: str | None = None, patient_regex: str | None = None, require_lesion: bool = True
+) -> Iterator[Case]:
+    """Read a raw dataset's cases one by one: :func:`find_cases`, then :func:`load_case` on each."""
+    for files in find_cases(dataset_dir, layout, patient_regex, require_lesion):
+        yield load_case(files)
 
 
 def test_radiopaedia_volume_keeps_phantom_geometry(tmp_path, builders):

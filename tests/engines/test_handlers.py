@@ -1,8 +1,9 @@
-"""Trainer handlers on a plain Ignite engine: the spread of the learned DFM weight."""
+"""Trainer handlers on a plain Ignite engine: the spread of the learned DFM weight, MLflow's params and losses."""
 
 from __future__ import annotations
 
 import math
+import types
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from ignite.engine import Engine, Events
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from covid_ct_cgan.engines.handlers import DfmWeightSpread
+from covid_ct_cgan.engines.handlers import DfmWeightSpread, log_missing_params
 
 
 def _engine(batches: list[list[float]]) -> Engine:
@@ -85,6 +86,34 @@ def test_checkpoints_left_by_a_killed_run_are_removed_once_superseded(tmp_path: 
         "checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt", "checkpoint_iteration=15.pt"]
 
 
+class _FakeMlflowClient:
+    """The two calls of MLflow's client that :func:`log_missing_params` makes, on a run holding ``logged``."""
+
+    def __init__(self, logged: dict[str, str]) -> None:
+        self.logged = logged
+        self.batches: list[list[tuple[str, str]]] = []
+
+    def get_run(self, run_id: str) -> types.SimpleNamespace:
+        assert run_id == "r1"
+        return types.SimpleNamespace(data=types.SimpleNamespace(params=dict(self.logged)))
+
+    def log_batch(self, run_id: str, params: list) -> None:
+        assert run_id == "r1"
+        self.batches.append([(p.key, p.value) for p in params])
+
+
+def test_log_missing_params_keeps_logged_values_and_batches_by_mlflows_limit() -> None:
+    client = _FakeMlflowClient({"stage": "global"})
+    log_missing_params(client, "r1", {"stage": "local", "ngf": 32, **{f"p{i:03d}": i for i in range(150)}})
+    assert [len(b) for b in client.batches] == [100, 51]  # MLflow takes at most 100 params a call
+    logged = dict(pair for batch in client.batches for pair in batch)
+    assert "stage" not in logged  # a resumed run keeps the value it holds (MLflow refuses to change one)
+    assert logged["ngf"] == "32" and logged["p149"] == "149"
+    client = _FakeMlflowClient({"stage": "global"})
+    log_missing_params(client, "r1", {"stage": "global"})
+    assert client.batches == []
+
+
 @pytest.mark.integration
 def test_mlflow_keeps_iteration_losses_apart_from_the_epoch_means(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
@@ -106,3 +135,7 @@ def test_mlflow_keeps_iteration_losses_apart_from_the_epoch_means(tmp_path: Path
     iterations = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss_iteration")]
     assert sorted(epochs) == [(1, 2.0), (2, 5.0)]
     assert sorted(iterations) == [(i, float(i)) for i in range(1, 7)]
+    params = client.get_run(run.info.run_id).data.params  # with MONAI's own (max_epochs, epoch_length)
+    assert params["stage"] == "global"
+    log_missing_params(client, run.info.run_id, {"stage": "local", "ngf": 32})  # as a resumed run: nothing refused
+    assert client.get_run(run.info.run_id).data.params == {**params, "ngf": "32"}

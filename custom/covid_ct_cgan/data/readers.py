@@ -1,4 +1,4 @@
-"""Read the raw dataset layouts of SPEC section 1 into validated cases.
+"""Read the raw dataset layouts (bundle/docs/data.md, "Sources read by prepare") into validated cases.
 
 Every file goes through MONAI's ``LoadImage`` (``NibabelReader`` for NIfTI,
 ``PILReader`` for PNG/JPEG/TIFF, ``ITKReader`` for DICOM series folders), so
@@ -46,7 +46,6 @@ always holds air near -1000.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -560,23 +559,3 @@ def load_case(files: CaseFiles) -> Case:
         patient_per_slice=files.patient_per_slice,
     )
 
-
-def iter_cases(
-    dataset_dir: str | Path, layout: str | None = None, patient_regex: str | None = None, require_lesion: bool = True
-) -> Iterator[Case]:
-    """Read the cases of a dataset one by one (see :func:`find_cases`, :func:`load_case`).
-
-    Args:
-        dataset_dir: raw dataset folder.
-        layout: one of :data:`LAYOUTS`, or None to detect it.
-        patient_regex: slice folders only, see :func:`find_cases`.
-        require_lesion: DICOM only: a series without a lesion mask is an error.
-
-    Yields:
-        One :class:`Case` per volume or slice file.
-
-    Raises:
-        InputError: naming the offending file.
-    """
-    for files in find_cases(dataset_dir, layout, patient_regex, require_lesion):
-        yield load_case(files)

@@ -513,6 +513,28 @@ def attached_mlflow_handler(engine: Engine) -> Any:
     return None
 
 
+MLFLOW_PARAMS_PER_BATCH = 100  # MLflow refuses a log_batch call with more params (its MAX_PARAMS_TAGS_PER_BATCH)
+
+
+def log_missing_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log the ``params`` that the MLflow run does not hold yet, through MLflow's public client.
+
+    A param already logged (a resumed run) keeps its value: MLflow refuses to change one.
+    Values are logged as strings; MLflow itself truncates one longer than its limit.
+
+    Args:
+        client: an ``mlflow.tracking.MlflowClient`` (``MLFlowHandler.client``).
+        run_id: the run to log to.
+        params: name -> value.
+    """
+    from mlflow.entities import Param
+
+    logged = client.get_run(run_id).data.params
+    missing = [Param(str(key), str(value)) for key, value in params.items() if str(key) not in logged]
+    for start in range(0, len(missing), MLFLOW_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=missing[start : start + MLFLOW_PARAMS_PER_BATCH])
+
+
 ITERATION_SUFFIX = "_iteration"  # MLflow: each iteration's value, beside the epoch mean of the same name
 
 
@@ -580,7 +602,7 @@ class TrackingExtras:
             tracker.tag_name = f"{tracker.tag_name}{ITERATION_SUFFIX}"
         if tracker.cur_run is None:
             return
-        tracker._log_params(self.params)  # noqa: SLF001 - MONAI's own param logging (skips logged ones)
+        log_missing_params(tracker.client, tracker.cur_run.info.run_id, self.params)
         if self.config is not None and self.config_file is not None:
             from ..fileio import write_json
 

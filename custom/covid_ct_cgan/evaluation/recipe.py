@@ -45,7 +45,7 @@ from ..figures import pyplot, write_figure
 from ..settings import BundleCommand, check_overrides, run_bundle
 from .provenance import code_version
 from .image_quality import RESAMPLED_REAL, csv_text
-from .report import as_number as _num, markdown_table
+from .report import as_number, markdown_table
 from .segmentation import read_csv, seed_list, seed_scores
 from .statistics import paired_bootstrap
 
@@ -365,7 +365,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
     return read_csv(path) if path.is_file() else []
 
 
-def _f(value: float, digits: int = 1) -> str:
+def _number(value: float, digits: int = 1) -> str:
+    """``value`` with ``digits`` decimals; ``n/a`` when it is not finite."""
     return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
 
 
@@ -387,7 +388,7 @@ def _discriminator_rows(stage_dirs: Mapping[str, Path]) -> list[dict[str, Any]]:
         if not rows:
             continue
         last = rows[-1]
-        out.append({"stage": stage, "epochs": len(rows), **{k: _num(last.get(k)) for k in
+        out.append({"stage": stage, "epochs": len(rows), **{k: as_number(last.get(k)) for k in
                     ("d1_ranking", "d2_ranking", "local_d_ranking", "d_loss", "g_gan", "g_fm", "d_local", "g_local",
                      "g_local_fm")}})
     return out
@@ -402,8 +403,8 @@ def _discriminator_figure(stage_dirs: Mapping[str, Path], path: Path) -> Path | 
         if not rows:
             continue
         epochs = [int(r["epoch"]) for r in rows]
-        axes[0].plot(epochs, [_num(r["d_loss"]) for r in rows], marker=".", label=stage)
-        axes[1].plot(epochs, [_num(r.get("d_local")) for r in rows], marker=".", label=stage)
+        axes[0].plot(epochs, [as_number(r["d_loss"]) for r in rows], marker=".", label=stage)
+        axes[1].plot(epochs, [as_number(r.get("d_local")) for r in rows], marker=".", label=stage)
         drawn = True
     if not drawn:
         plt.close(fig)
@@ -469,17 +470,17 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
         cells += [entry["train_real"], entry["train_synthetic"], len(seeds)]
         for cls in ("infection", "ggo", "consolidation"):
             r = _summary(rows, run, cls)
-            est, lo, hi = _num(r.get("estimate")), _num(r.get("boot_low")), _num(r.get("boot_high"))
-            mean, half = _num(r.get("mean")), _num(r.get("fold_half_width"))
+            est, lo, hi = as_number(r.get("estimate")), as_number(r.get("boot_low")), as_number(r.get("boot_high"))
+            mean, half = as_number(r.get("mean")), as_number(r.get("fold_half_width"))
             entry.update({f"{cls}_dice": est, f"{cls}_boot_low": lo, f"{cls}_boot_high": hi,
                           f"{cls}_fold_mean": mean, f"{cls}_fold_half_width": half})
-            cells.append(f"{_f(est)} [{_f(lo)}, {_f(hi)}]" + (f"<br>{_f(mean)} ± {_f(half)}" if cls == "infection" else ""))
+            cells.append(f"{_number(est)} [{_number(lo)}, {_number(hi)}]" + (f"<br>{_number(mean)} ± {_number(half)}" if cls == "infection" else ""))
         scores = {(r["seed"], r["class"]): r["value"] for r in seed_scores(these) if r["metric"] == "dice"}
         for s in seeds:
             values = {cls: scores[(s, cls)] for cls in ("infection", "ggo", "consolidation")}
             seed_rows.append({"run": label, "generator": generator, "seed": s,
                               **{f"{cls}_dice": v for cls, v in values.items()}})
-            seed_table.append([label, generator, s or "-", *(_f(v) for v in values.values())])
+            seed_table.append([label, generator, s or "-", *(_number(v) for v in values.values())])
         if run != "real_only" and base:
             paired = []
             for cls in ("infection", "ggo", "consolidation"):
@@ -523,24 +524,24 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
                    f"{_signed(e.get('consolidation_diff_high', math.nan))}]",
                    bool(low > 0) if math.isfinite(low) else None)
     best = max((e["infection_dice"] for e in seg_rows if math.isfinite(e.get("infection_dice", math.nan))), default=math.nan)
-    target("infection Dice >= Inf-Net's 68.2 (plain MONAI UNet)", f"best {_f(best)}",
+    target("infection Dice >= Inf-Net's 68.2 (plain MONAI UNet)", f"best {_number(best)}",
            bool(best >= 68.2) if math.isfinite(best) else None)
     ceiling = next((r for r in realism if r["model"] == RESAMPLED_REAL), None)
 
     def beside_ceiling(key: str) -> str:  # what a perfect generator at the models' image size scores
         if ceiling is None:
             return ""
-        return f" (the real slice at the {ceiling['image_size']}-px grid: {_f(_num(ceiling[key]), 2)})"
+        return f" (the real slice at the {ceiling['image_size']}-px grid: {_number(as_number(ceiling[key]), 2)})"
 
     for model, label, (v_low, v_high), acc_max in REALISM_TARGETS:
         row = next((r for r in realism if r["model"] == model), None)
         if row is None:
             continue
-        v, acc = _num(row["vesselness_ratio"]), _num(row["two_sample_accuracy"])
+        v, acc = as_number(row["vesselness_ratio"]), as_number(row["two_sample_accuracy"])
         wanted = f"within {v_low}-{v_high}" if math.isfinite(v_high) else f"at least {v_low}"
-        target(f"{label}: vesselness ratio {wanted}", _f(v, 2) + beside_ceiling("vesselness_ratio"),
+        target(f"{label}: vesselness ratio {wanted}", _number(v, 2) + beside_ceiling("vesselness_ratio"),
                bool(v_low <= v <= v_high) if math.isfinite(v) else None)
-        target(f"{label}: two-sample accuracy at most {acc_max}", _f(acc, 2) + beside_ceiling("two_sample_accuracy"),
+        target(f"{label}: two-sample accuracy at most {acc_max}", _number(acc, 2) + beside_ceiling("two_sample_accuracy"),
                bool(acc <= acc_max) if math.isfinite(acc) else None)
     if timings:
         target("whole recipe within 2 h on this machine", f"{total / 60:.0f} min", bool(total <= TIME_BUDGET_S))
@@ -599,11 +600,11 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
             "352 px, on GPUs, Semi-Inf-Net with 1,600 pseudo-labelled slices more.",
             "",
             markdown_table(["method", "infection", "GGO", "consolidation"],
-                           [[m, _f(v), "", ""] for m, v in PUBLISHED_INFECTION]
-                           + [["Semi-Inf-Net + multi-class U-Net", "", _f(PUBLISHED_CLASSES["ggo"]),
-                               _f(PUBLISHED_CLASSES["consolidation"])]]
-                           + [[f"ours: {e['run']} ({e['generator']})", _f(e["infection_dice"]), _f(e["ggo_dice"]),
-                               _f(e["consolidation_dice"])] for e in seg_rows]),
+                           [[m, _number(v), "", ""] for m, v in PUBLISHED_INFECTION]
+                           + [["Semi-Inf-Net + multi-class U-Net", "", _number(PUBLISHED_CLASSES["ggo"]),
+                               _number(PUBLISHED_CLASSES["consolidation"])]]
+                           + [[f"ours: {e['run']} ({e['generator']})", _number(e["infection_dice"]), _number(e["ggo_dice"]),
+                               _number(e["consolidation_dice"])] for e in seg_rows]),
             "",
             "## Realism on the test slices",
             "",
@@ -618,10 +619,10 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
             "image size would score, the ceiling that resolution alone sets.",
             "",
             markdown_table(["model", "region", "PSNR (dB)", "SSIM", "FID", "KID", "vesselness ratio", "two-sample acc."],
-                           [[r["model"], r["realism_region"], _f(_num(r["psnr"]), 2), _f(_num(r["ssim"]), 3),
-                             _f(_num(r["fid"]), 3), _f(_num(r["kid"]), 4), _f(_num(r["vesselness_ratio"]), 2),
-                             f"{_f(_num(r['two_sample_accuracy']), 2)} [{_f(_num(r['two_sample_low']), 2)}, "
-                             f"{_f(_num(r['two_sample_high']), 2)}]"] for r in realism]),
+                           [[r["model"], r["realism_region"], _number(as_number(r["psnr"]), 2), _number(as_number(r["ssim"]), 3),
+                             _number(as_number(r["fid"]), 3), _number(as_number(r["kid"]), 4), _number(as_number(r["vesselness_ratio"]), 2),
+                             f"{_number(as_number(r['two_sample_accuracy']), 2)} [{_number(as_number(r['two_sample_low']), 2)}, "
+                             f"{_number(as_number(r['two_sample_high']), 2)}]"] for r in realism]),
             "",
             "![real | models on the same label maps](model_grid.png)",
             "",
@@ -635,9 +636,9 @@ def write_recipe_report(work_dir: str | Path, inpainting_dir: str | Path, ratio:
             "",
             markdown_table(["stage", "epochs", "D1 ranking", "D2 ranking", "local D ranking", "D loss", "G GAN",
                             "G FM", "local D loss", "local G GAN", "local G FM"],
-                           [[d["stage"], d["epochs"], *(_f(d[k], 2) for k in ("d1_ranking", "d2_ranking",
+                           [[d["stage"], d["epochs"], *(_number(d[k], 2) for k in ("d1_ranking", "d2_ranking",
                                                                              "local_d_ranking")),
-                             *(_f(d[k], 3) for k in ("d_loss", "g_gan", "g_fm", "d_local", "g_local", "g_local_fm"))]
+                             *(_number(d[k], 3) for k in ("d_loss", "g_gan", "g_fm", "d_local", "g_local", "g_local_fm"))]
                             for d in disc]),
             "",
             "![discriminator losses of lesion inpainting](discriminator_losses.png)",

@@ -64,7 +64,8 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return "n/a" if math.isnan(x) else ("inf" if math.isinf(x) else f"{x:.{digits}f}")
 
 
-def _pm(mean: Any, half: Any, digits: int = 2) -> str:
+def _plus_minus(mean: Any, half: Any, digits: int = 2) -> str:
+    """``mean ± half`` (just the mean when ``half`` is missing; ``n/a`` without a mean)."""
     m, h = as_number(mean), as_number(half)
     if math.isnan(m):
         return "n/a"
@@ -143,8 +144,8 @@ def realism_section(rows: Sequence[Mapping[str, str]]) -> tuple[str, list[dict[s
     for m in models:
         c, lung = get.get((m, "complemented"), {}), get.get((m, "lung_only"), {})
         acc = c.get("two_sample_accuracy")
-        table.append([m, c.get("realism_region", ""), _fmt(c.get("fid"), 3), _pm(c.get("kid"), c.get("kid_sd"), 4),
-                      _fmt(lung.get("fid"), 3), _pm(lung.get("kid"), lung.get("kid_sd"), 4), _fmt(c.get("vesselness_ratio")),
+        table.append([m, c.get("realism_region", ""), _fmt(c.get("fid"), 3), _plus_minus(c.get("kid"), c.get("kid_sd"), 4),
+                      _fmt(lung.get("fid"), 3), _plus_minus(lung.get("kid"), lung.get("kid_sd"), 4), _fmt(c.get("vesselness_ratio")),
                       f"{_fmt(acc)} {_interval(c.get('two_sample_low'), c.get('two_sample_high'), 2)}"
                       if not math.isnan(as_number(acc)) else "n/a",
                       c.get("two_sample_folds", ""), c.get("two_sample_crops", "")])
@@ -191,7 +192,7 @@ def segmentation_section(rows: Sequence[Mapping[str, str]], experiment: str) -> 
         for c in CLASSES:
             for m in METRIC_TITLES:
                 r = get.get((ratio, c, m), {})
-                cells.append(_pm(r.get("mean"), r.get("fold_half_width")))
+                cells.append(_plus_minus(r.get("mean"), r.get("fold_half_width")))
                 out.update({f"{c}_{m}_mean": r.get("mean", ""), f"{c}_{m}_fold_low": r.get("fold_low", ""),
                             f"{c}_{m}_fold_high": r.get("fold_high", ""), f"{c}_{m}_boot_low": r.get("boot_low", ""),
                             f"{c}_{m}_boot_high": r.get("boot_high", "")})
@@ -299,7 +300,7 @@ def ablation_section(rows: Sequence[Mapping[str, str]]) -> tuple[str, list[dict[
     """Table V (ablations): Markdown and its CSV rows."""
     header = ["Method", "FID", "PSNR (dB)", "SSIM", "Dice infection (%)", "Dice patient bootstrap", "image size", "epochs"]
     table = [[r["description"], _fmt(r["fid"], 3), _fmt(r["psnr"]), _fmt(r["ssim"], 4),
-              _pm(r["dice_infection"], r["dice_fold_half_width"]), _interval(r["dice_boot_low"], r["dice_boot_high"]),
+              _plus_minus(r["dice_infection"], r["dice_fold_half_width"]), _interval(r["dice_boot_low"], r["dice_boot_high"]),
               r["image_size"], r["epochs"]] for r in rows]
     segs = list(dict.fromkeys(r.get("segmentation", "") for r in rows))
     text = "\n\n".join([

@@ -362,7 +362,8 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------- statistics
 
 
-def _num(rows: Sequence[Mapping[str, Any]], column: str) -> np.ndarray:
+def _column_values(rows: Sequence[Mapping[str, Any]], column: str) -> np.ndarray:
+    """One CSV column of ``rows`` as floats (``nan`` for an empty or ``nan`` cell)."""
     return np.array([float(r[column]) if r[column] not in ("", "nan") else math.nan for r in rows], dtype=np.float64)
 
 
@@ -431,7 +432,7 @@ def summarise(
 
         def matrix(column: str) -> np.ndarray:
             # called only inside this iteration of `run`, so the late-bound `groups` is this run's
-            return np.stack([_num(g, column) for g in groups.values()], axis=1)  # noqa: B023 - (slices, seeds)
+            return np.stack([_column_values(g, column) for g in groups.values()], axis=1)  # noqa: B023 - (slices, seeds)
 
         for name in CLASSES:
             tp, fp, tn, fn = (matrix(f"{c}_{name}") for c in COUNTS)
@@ -470,8 +471,8 @@ def seed_scores(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for run, rs in runs.items():
         for s, group in _by_seed(run, rs).items():
             for name in CLASSES:
-                tp, fp, tn, fn = (_num(group, f"{c}_{name}") for c in COUNTS)
-                for metric, value in (("dice", mean_score(_num(group, f"dice_{name}"))),
+                tp, fp, tn, fn = (_column_values(group, f"{c}_{name}") for c in COUNTS)
+                for metric, value in (("dice", mean_score(_column_values(group, f"dice_{name}"))),
                                       ("sensitivity", pooled_ratio(np.stack([tp, fn], 1))),
                                       ("specificity", pooled_ratio(np.stack([tn, fp], 1)))):
                     out.append({"experiment": group[0]["experiment"], "ratio": group[0]["ratio"], "run": run, "seed": s,

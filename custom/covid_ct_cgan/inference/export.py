@@ -226,8 +226,8 @@ def calibration_conditions(datalist: str | Path, image_size: int, condition: str
     from .. import intensity
     from ..labels import num_classes
     from ..transforms import make_condition
+    from .grid import ModelGrid
     from .inputs import collect_inputs, load_input
-    from .synthesis import ModelGrid
 
     level = intensity.DEFAULT_WINDOW_LEVEL if window_level is None else window_level
     width = intensity.DEFAULT_WINDOW_WIDTH if window_width is None else window_width

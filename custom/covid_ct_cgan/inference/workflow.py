@@ -47,11 +47,12 @@ from ..fileio import check_writable, staged_directory, write_json, write_text
 from ..labels import num_classes as count_classes
 from ..logs import progress as progress_bar, progress_handler
 from ..transforms import make_condition, slice_region, synthesis_region
+from .grid import ModelGrid
 from .inputs import LoadedInput, SynthesisInput, collect_inputs, load_input
 from .lesion_augment import LesionAugmenter, LesionPattern, lesion_pattern
 from .outputs import output_suffix, preview_picture, write_like, write_png
 from .synthesis import (
-    CPU_PIXELS_PER_CALL, MANIFEST, GeneratorRunner, ModelGrid, SynthesisSettings, check_output_dir, check_settings,
+    CPU_PIXELS_PER_CALL, MANIFEST, GeneratorRunner, SynthesisSettings, check_output_dir, check_settings,
     load_generator, make_runner, manifest_text, preview_slice, variant_label, variant_seed,
 )
 
