@@ -1,4 +1,4 @@
-"""Tests of the procedural chest CT phantom: determinism, geometry, HU values, masks, layout."""
+"""Tests of the procedural chest CT phantom: determinism, geometry, HU values, masks, layout, montage."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage
 
 from covid_ct_cgan.data import phantom
@@ -16,6 +17,7 @@ from covid_ct_cgan.data.phantom import (
     generate_phantom_case,
     generate_phantom_dataset,
     read_phantom_marker,
+    save_montage,
 )
 from covid_ct_cgan.errors import InputError
 
@@ -255,3 +257,26 @@ def test_marker_of_other_folders(tmp_path: Path) -> None:
         generate_phantom_dataset(tmp_path / "rp", num_patients=1, size=8, num_slices=1)
     assert not (tmp_path / "rp").exists()
 
+
+# --------------------------------------------------------------------------- montage
+
+
+def test_montage_from_cases_and_from_a_folder(tmp_path: Path) -> None:
+    cases = [generate_phantom_case(size=64, num_slices=4, seed=s) for s in (0, 1)]
+    png = save_montage(cases, tmp_path / "m.png", tile_size=96)
+    pic = np.asarray(Image.open(png).convert("RGB"))
+    assert pic.shape == (192, 96 * 6, 3)  # 3 slices from each of 2 cases, image row and outline row
+    bottom = pic[96:]
+    yellow = (bottom[..., 0] > 200) & (bottom[..., 1] > 180) & (bottom[..., 2] < 60)
+    assert yellow.any()  # GGO outlines are drawn
+    with pytest.raises(InputError, match="already exists"):
+        save_montage(cases, png)
+    folder = generate_phantom_dataset(tmp_path / "rp", num_patients=2, size=48, num_slices=2, seed=3)
+    png2 = save_montage(folder, tmp_path / "m2.png", tile_size=64, max_tiles=3)
+    assert Image.open(png2).size == (64 * 2, 128)  # one slice from each of the 2 patients (3 tiles shared by 2)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_montage_of_an_empty_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="rp_im"):
+        save_montage(tmp_path, tmp_path / "m.png")

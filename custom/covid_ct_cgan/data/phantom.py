@@ -38,16 +38,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
+import nibabel as nib
 import numpy as np
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from ..errors import InputError
-from ..fileio import staged_directory, write_json, write_nifti
+from ..fileio import atomic_path, staged_directory, write_json, write_nifti
 from ..logs import progress
 from ..labels import SOURCE_CONSOLIDATION, SOURCE_EFFUSION, SOURCE_GGO
 
-__all__ = ["PHANTOM_MARKER", "PhantomCase", "generate_phantom_case", "generate_phantom_dataset", "read_phantom_marker"]
+__all__ = ["PHANTOM_MARKER", "PhantomCase", "generate_phantom_case", "generate_phantom_dataset", "read_phantom_marker", "save_montage"]
 
 PHANTOM_MARKER = ".phantom.json"  # in a generated dataset folder: the parameters it was generated with
 
@@ -1092,3 +1095,103 @@ def read_phantom_marker(folder: str | Path) -> dict[str, int] | None:
         return None
     return params if isinstance(params, dict) else None
 
+
+# --------------------------------------------------------------------------- montage
+
+_OUTLINE_COLOURS = {SOURCE_GGO: (255, 220, 0), SOURCE_CONSOLIDATION: (255, 40, 40), SOURCE_EFFUSION: (0, 200, 255)}
+
+
+def _load_cases(case_or_dir: PhantomCase | Sequence[PhantomCase] | str | Path) -> list[PhantomCase]:
+    if isinstance(case_or_dir, PhantomCase):
+        return [case_or_dir]
+    if isinstance(case_or_dir, (str, Path)):
+        root = Path(case_or_dir)
+        files = sorted((root / "rp_im").glob("*.nii.gz"), key=lambda f: (len(f.name), f.name))
+        if not files:
+            raise InputError("holds no rp_im/*.nii.gz (expected the Radiopaedia layout)", root)
+        cases = []
+        for f in files:
+            msk = root / "rp_msk" / f.name
+            lung = root / "rp_lung_msk" / f.name
+            if not msk.is_file():
+                raise InputError("has no matching lesion mask in rp_msk", f)
+            img = cast(nib.Nifti1Image, nib.load(str(f)))  # NIfTI-2 images subclass it
+            cases.append(PhantomCase(
+                image=np.asarray(img.dataobj).astype(np.int16), lesion=np.asarray(cast(nib.Nifti1Image, nib.load(str(msk))).dataobj).astype(np.uint8),
+                lung=np.asarray(cast(nib.Nifti1Image, nib.load(str(lung))).dataobj).astype(np.uint8) if lung.is_file() else np.zeros(img.shape, np.uint8),
+                affine=img.affine))
+        return cases
+    return list(case_or_dir)
+
+
+def _square(arr: np.ndarray, fill: float) -> np.ndarray:
+    """Pad a 2D picture to a square, centred."""
+    h, w = arr.shape
+    m = max(h, w)
+    out = np.full((m, m), fill, dtype=arr.dtype)
+    out[(m - h) // 2:(m - h) // 2 + h, (m - w) // 2:(m - w) // 2 + w] = arr
+    return out
+
+
+def save_montage(
+    case_or_dir: PhantomCase | Sequence[PhantomCase] | str | Path,
+    path: str | Path,
+    slices_per_case: int | None = None,
+    max_tiles: int = 6,
+    tile_size: int = 320,
+    window: tuple[float, float] = (-600.0, 1500.0),
+    overwrite: bool = False,
+) -> Path:
+    """Save a PNG montage: axial slices in a lung window on top, the same slices with outlines below.
+
+    Outlines: lung field green, GGO yellow, consolidation red, effusion cyan.
+    Slices are shown as a radiologist reads them (``array[:, :, k].T``:
+    anterior at the top, the patient's right on the left).
+
+    Args:
+        case_or_dir: a case, a list of cases, or a folder in the Radiopaedia layout.
+        path: the PNG to write (atomically).
+        slices_per_case: slices taken from each case, spread along z
+            (default: ``max_tiles`` shared among the cases).
+        max_tiles: most columns in the montage.
+        tile_size: pixels per tile side.
+        window: (level, width) in HU.
+        overwrite: replace an existing ``path``.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        InputError: no cases (or a folder without ``rp_im/*.nii.gz``), a
+            lesion mask missing, or ``path`` exists without ``overwrite``.
+    """
+    cases = _load_cases(case_or_dir)
+    if not cases:
+        raise InputError("no cases to show")
+    per = slices_per_case or max(1, max_tiles // len(cases))
+    level, width = window
+    tiles: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+    for i, case in enumerate(cases, start=1):
+        nz = case.image.shape[2]
+        picks = ((np.arange(per) + 0.5) * nz / per).astype(int) if nz > per else np.arange(nz)  # centres of per equal parts
+        for k in picks:
+            tiles.append((f"case {i} slice {k}", case.image[:, :, k].T, case.lesion[:, :, k].T, case.lung[:, :, k].T))
+    tiles = tiles[:max_tiles]
+    canvas = Image.new("RGB", (tile_size * len(tiles), tile_size * 2), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for col, (name, img, les, lung) in enumerate(tiles):
+        grey = np.clip((img.astype(np.float32) - (level - width / 2)) / width * 255.0, 0, 255).astype(np.uint8)
+        tile = Image.fromarray(_square(grey, 0)).resize((tile_size, tile_size), Image.Resampling.LANCZOS).convert("RGB")
+        canvas.paste(tile, (col * tile_size, 0))
+        rgb = np.asarray(tile).copy()
+        masks = [(lung > 0, (60, 200, 60))] + [(les == code, colour) for code, colour in _OUTLINE_COLOURS.items()]
+        for mask, colour in masks:
+            small = Image.fromarray(_square(mask.astype(np.uint8) * 255, 0)).resize((tile_size, tile_size), Image.Resampling.NEAREST)
+            small_arr = np.asarray(small) > 0
+            rgb[small_arr & ~ndimage.binary_erosion(small_arr)] = colour
+        canvas.paste(Image.fromarray(rgb), (col * tile_size, tile_size))
+        draw.text((col * tile_size + 4, 4), name, fill=(230, 230, 230))
+    draw.text((4, tile_size * 2 - 14), "lung green, GGO yellow, consolidation red, effusion cyan", fill=(230, 230, 230))
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        canvas.save(tmp, format="PNG", optimize=True)
+    return Path(path)
