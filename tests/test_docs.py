@@ -28,7 +28,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -154,6 +154,19 @@ def signed(value: float, decimals: int = 1) -> str:
     return format(value, f"+.{decimals}f").replace("-", MINUS)
 
 
+def paired(row: Row, measure: str) -> str:
+    """A segmentation row's paired difference from real only, ``+0.9 [−0.9, +2.6]``; ``–`` where it has none."""
+    diff = getattr(row, f"{measure}_diff")
+    if diff == "":
+        return "–"
+    return f"{signed(diff)} [{signed(getattr(row, f'{measure}_diff_low'))}, {signed(getattr(row, f'{measure}_diff_high'))}]"
+
+
+def na(value: float, spec: str) -> str:
+    """``value`` formatted, or ``n/a`` where it is nan (a measure that does not exist for the row)."""
+    return "n/a" if math.isnan(value) else format(value, spec).replace("-", MINUS)
+
+
 _BUILTINS = {
     "min": min,
     "max": max,
@@ -163,6 +176,8 @@ _BUILTINS = {
     "round": round,
     "num": num,
     "signed": signed,
+    "paired": paired,
+    "na": na,
     "format": format,
 }
 
@@ -198,8 +213,9 @@ class Table:
         return [*self.header.splitlines(), *(fill(self.row, names) for names in self.rows()), *self.extra]
 
 
-def _recipe_segmentation() -> list[dict[str, Any]]:
-    return [{"r": r} for r in csv_rows("medseg_recipe/segmentation.csv")]
+def _recipe_segmentation(run: str = "medseg_recipe") -> list[dict[str, Any]]:
+    """The rows of a recipe run's ``segmentation.csv`` (``run``: its folder under ``bundle/docs/results``)."""
+    return [{"r": r} for r in csv_rows(f"{run}/segmentation.csv")]
 
 
 REALISM_LABELS = {
@@ -210,9 +226,18 @@ REALISM_LABELS = {
 }
 
 
-def _recipe_realism() -> list[dict[str, Any]]:
-    rows = [r for r in csv_rows("medseg_recipe/image_quality.csv") if r.region == "complemented"]
-    return [{"r": r, "label": REALISM_LABELS[r.model]} for r in rows]
+REALISM_LABELS_0_12 = {
+    "ours": "map-only (ours)",
+    "lesion_inpainting": "lesion inpainting (joint 90 epochs)",
+    "mean_lung": "mean lung (trivial)",
+    "resampled_real": "resampled real (the real slice; no resizing at the native grid)",
+}
+
+
+def _recipe_realism(run: str = "medseg_recipe", labels: dict[str, str] = REALISM_LABELS) -> list[dict[str, Any]]:
+    """A recipe run's ``image_quality.csv``, whole slices (the region redrawn, the rest real), one row a model."""
+    rows = [r for r in csv_rows(f"{run}/image_quality.csv") if r.region == "complemented"]
+    return [{"r": r, "label": labels[r.model]} for r in rows]
 
 
 def _critics() -> list[dict[str, Any]]:
@@ -269,9 +294,25 @@ def _smallest_table_ii() -> list[dict[str, Any]]:
     ]
 
 
-def _recipe_time() -> list[dict[str, Any]]:
-    t = key_values("medseg_recipe/timings.csv")
-    return [{"step": k, "s": v} for k, v in vars(t).items()] + [{"step": "**all**", "s": sum(vars(t).values())}]
+# the 0.12 run's steps as its page names them; None: in the total only (the report step, 1.4 s, had no row)
+TIME_LABELS_0_12: dict[str, str | None] = {
+    "generator_map": "map-only generator (30/30/30 epochs)",
+    "generator_lesion_inpainting": "lesion-inpainting generator (30/30/90 epochs)",
+    "image_quality": "image quality and realism",
+    "segmentation_map": "segmentation, map-only (real only, A, B; 1 seed)",
+    "segmentation_lesion_inpainting": "segmentation, B lesion inpainting (1 seed)",
+    "evaluation_report": None,
+}
+
+
+def _recipe_time(
+    run: str = "medseg_recipe", labels: dict[str, str | None] | None = None, total: str = "**all**"
+) -> list[dict[str, Any]]:
+    """A recipe run's ``timings.csv``, a row a step (named by ``labels`` where given) and the total."""
+    steps = vars(key_values(f"{run}/timings.csv"))
+    assert labels is None or labels.keys() == steps.keys(), f"{run}/timings.csv has steps {list(steps)}"
+    rows = [{"step": k if labels is None else labels[k], "s": v} for k, v in steps.items()]
+    return [r for r in rows if r["step"] is not None] + [{"step": total, "s": sum(steps.values())}]
 
 
 def _critic_test() -> list[dict[str, Any]]:
@@ -295,9 +336,19 @@ TABLES: dict[str, Table] = {
         + DICE % (("ggo",) * 3)
         + " | "
         + DICE % (("consolidation",) * 3)
-        + " | {'–' if r.infection_diff == '' else signed(r.infection_diff) + ' [' + signed(r.infection_diff_low) + ', '"
-        " + signed(r.infection_diff_high) + ']'} |",
+        + " | {paired(r, 'infection')} |",
         rows=_recipe_segmentation,
+    ),
+    # B's per-class differences beside its infection difference: the 0.12 issue's targets are B's
+    "recipe-0-12-segmentation": Table(
+        pages=("results.md",),
+        header="| run | generator | infection | GGO | consolidation | infection vs real only (paired, 48 slices x 1 seed) |\n"
+        "|---|---|---|---|---|---|",
+        row="| {r.run} | {'–' if r.generator == '-' else r.generator} | "
+        + " | ".join(DICE % ((c,) * 3) for c in ("infection", "ggo", "consolidation"))
+        + " | {paired(r, 'infection')}{' (GGO ' + paired(r, 'ggo') + ', consolidation ' + paired(r, 'consolidation')"
+        " + ')' if r.run.startswith('B') else ''} |",
+        rows=partial(_recipe_segmentation, "medseg_recipe_0_12"),
     ),
     "recipe-realism": Table(
         pages=("README.md", "results.md"),
@@ -307,11 +358,25 @@ TABLES: dict[str, Table] = {
         "{r.vesselness_ratio:.2f} | {r.two_sample_accuracy:.2f} [{r.two_sample_low:.2f}, {r.two_sample_high:.2f}] |",
         rows=_recipe_realism,
     ),
+    "recipe-0-12-realism": Table(
+        pages=("results.md",),
+        header="| model | region redrawn | PSNR (dB) | SSIM | FID | vesselness ratio | two-sample acc. |\n"
+        "|---|---|---|---|---|---|---|",
+        row="| {label} | {r.realism_region} | {na(r.psnr, '.2f')} | {r.ssim:.3f} | {r.fid:.3f} | "
+        "{r.vesselness_ratio:.2f} | {r.two_sample_accuracy:.2f} [{r.two_sample_low:.2f}, {r.two_sample_high:.2f}] |",
+        rows=partial(_recipe_realism, "medseg_recipe_0_12", REALISM_LABELS_0_12),
+    ),
     "recipe-time": Table(
         pages=("results.md",),
         header="| step (`timings.csv`) | minutes |\n|---|---|",
         row="| {step} | {s / 60:.1f} |",
         rows=_recipe_time,
+    ),
+    "recipe-0-12-time": Table(
+        pages=("results.md",),
+        header="| step | minutes |\n|---|---|",
+        row="| {step} | {s / 60:.1f} |",
+        rows=partial(_recipe_time, "medseg_recipe_0_12", TIME_LABELS_0_12, "all"),
     ),
     "critics-0-12": Table(
         pages=("results.md",),
