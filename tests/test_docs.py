@@ -885,6 +885,18 @@ FACTS: list[Fact] = [
     ),
     Fact(("README.md",), "the recipe takes {total / 60:.0f} min with one segmentation seed", _recipe_0_12),
     Fact(
+        ("../../README.md",),
+        "0.12's took {total / 60:.0f} min with one seed, about "
+        "{(t.segmentation_map + t.segmentation_lesion_inpainting) / 60:.0f} min a seed of segmentation",
+        _recipe_0_12,
+    ),
+    Fact(
+        ("usage.md",),
+        "in the 0.12 run a seed took about {(t.segmentation_map + t.segmentation_lesion_inpainting) / 60:.0f} min "
+        "and the one-seed recipe {total / 60:.0f} min in all",
+        _recipe_0_12,
+    ),
+    Fact(
         ("results.md",),
         "The lesion-inpainting vesselness ratio rose from {old.li.vesselness_ratio:.2f} to {li.vesselness_ratio:.2f} "
         "and FID fell from {old.li.fid:.3f} to {li.fid:.3f}, but\n  the two-sample classifier separates the lesions "
