@@ -12,6 +12,9 @@ from scipy.ndimage import gaussian_filter
 
 from covid_ct_cgan.errors import InputError
 from covid_ct_cgan.evaluation.realism import (
+    GRID_WINDOW,
+    grid_peak,
+    region_power_spectrum,
     RealismSettings,
     classifier_two_sample_test,
     kid,
@@ -192,3 +195,30 @@ def test_realism_settings_from_the_config() -> None:
         RealismSettings.from_config({"folds": 1})
     with pytest.raises(InputError, match="positive"):
         RealismSettings.from_config({"vessel_sigmas_mm": [0.0]})
+
+
+def test_grid_peak_finds_an_upsampling_grid_and_not_ct_like_texture() -> None:
+    rng = np.random.default_rng(0)
+    texture = gaussian_filter(rng.normal(size=(160, 160)), 1.5) + 0.2 * rng.normal(size=(160, 160))  # noise + blobs
+    rows, cols = np.indices(texture.shape)
+    grid = texture + 0.5 * texture.std() * ((-1.0) ** (rows + cols)) + 0.5 * texture.std() * np.cos(np.pi * rows / 2)
+    region = np.zeros(texture.shape, bool)
+    region[16:144, 32:160] = True
+    power, real_power, windows = region_power_spectrum([grid], [region], reference=[texture], coverage=1.0)
+    assert power.shape == (GRID_WINDOW, GRID_WINDOW) and real_power is not None
+    assert windows == 13 * 13  # windows every 8 px that lie wholly in the 128 x 128 region
+    assert grid_peak(power) > 10.0  # a period-2 checkerboard and period-4 lines stand out of their rings
+    assert 0.5 < grid_peak(real_power) < 2.0  # texture without a grid: no spike
+    # only windows inside the region count, and a flat fill has no spectrum to judge
+    flat = np.full(texture.shape, 0.3)
+    flat[region] = texture[region]
+    _, _, inside = region_power_spectrum([flat], [region], coverage=1.0)
+    assert inside == windows
+    edge = np.zeros(texture.shape, bool)
+    edge[18:144, 32:160] = True  # the windows at row 16 hold 30 of their 32 rows in it
+    assert region_power_spectrum([flat], [edge], coverage=1.0)[2] == 12 * 13
+    assert region_power_spectrum([flat], [edge])[2] == 13 * 13  # 90 % (the default) takes them too
+    assert math.isnan(grid_peak(region_power_spectrum([np.zeros((64, 64))], [np.ones((64, 64), bool)])[0]))
+    assert math.isnan(grid_peak(region_power_spectrum([texture], [np.zeros(texture.shape, bool)])[0]))  # no window
+    with pytest.raises(ValueError, match="differ in shape"):
+        region_power_spectrum([texture], [region[:10]])

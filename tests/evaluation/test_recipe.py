@@ -117,6 +117,33 @@ def test_report_lists_every_seed_and_judges_b_by_its_paired_interval(tmp_path: P
     assert "### Every seed" in text and "### Paired difference from real only" in text
 
 
+def test_report_judges_the_upsampling_grid_where_the_run_measured_it(tmp_path: Path) -> None:
+    from covid_ct_cgan.evaluation.image_quality import SUMMARY_COLUMNS
+
+    rng = np.random.default_rng(3)
+    work = tmp_path / "work"
+    _write_results(work / "segmentation" / "results", _slice_rows("real_only", "A+B", 0.0, 0.0, 0.04, rng))
+    quality = work / "evaluation" / "image_quality"
+    quality.mkdir(parents=True)
+    common = {"region": "complemented", "psnr": 23.0, "ssim": 0.8, "fid": 0.1, "kid": 0.01, "vesselness_ratio": 0.9,
+              "two_sample_accuracy": 0.6, "two_sample_low": 0.5, "two_sample_high": 0.7, "image_size": 512}
+    rows = [dict(common, model="lesion_inpainting", realism_region="lesions", grid_peak=104.4, grid_peak_real=0.93),
+            dict(common, model="ours", realism_region="lung", grid_peak=1.4, grid_peak_real=0.9)]
+    (quality / "image_quality.csv").write_text(csv_text(rows, SUMMARY_COLUMNS))
+    report = write_recipe_report(work, tmp_path / "inpainting", 0.5)
+    grid = [t for t in _rows(report / "targets.csv") if "grid" in t["target"]]
+    assert [(t["target"], t["measured"], t["met"]) for t in grid] == [
+        ("lesion inpainting: no up-sampling grid, grid peak at most 2", "104.4 (its real slices: 0.9)", "no")]
+    text = (report / "report.md").read_text()
+    assert "| grid peak (real) |" in text and "| 104.4 (0.9) |" in text and "| 1.4 (0.9) |" in text
+    # a run before the grid peak was measured: no column, no target
+    (quality / "image_quality.csv").write_text(csv_text([{k: v for k, v in r.items() if "grid" not in k} for r in rows],
+                                                        [c for c in SUMMARY_COLUMNS if "grid" not in c]))
+    report = write_recipe_report(work, tmp_path / "inpainting", 0.5, overwrite=True)
+    assert not [t for t in _rows(report / "targets.csv") if "grid" in t["target"]]
+    assert "| grid peak (real) |" not in (report / "report.md").read_text()
+
+
 def test_b_ratio_is_chosen_on_the_validation_results_and_reported(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     work = tmp_path / "work"

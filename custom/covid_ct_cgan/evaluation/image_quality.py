@@ -80,9 +80,11 @@ from .provenance import data_description, provenance
 from .realism import (
     RealismSettings,
     classifier_two_sample_test,
+    grid_peak,
     kid,
     mean_vesselness,
     paired_region_crops,
+    region_power_spectrum,
     vesselness_ratio,
 )
 
@@ -95,7 +97,7 @@ MEAN_LUNG = "mean_lung"
 RESAMPLED_REAL = "resampled_real"  # the real slice through the first model's grid: a perfect generator at that size
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "model", "region", "images", "psnr", "psnr_sd", "ssim", "ssim_sd", "rmse", "rmse_sd", "rmse_hu", "fid",
-    "kid", "kid_sd", "vesselness_ratio", "two_sample_accuracy", "two_sample_low", "two_sample_high",
+    "kid", "kid_sd", "vesselness_ratio", "grid_peak", "grid_peak_real", "two_sample_accuracy", "two_sample_low", "two_sample_high",
     "two_sample_folds", "two_sample_crops", "realism_region", "data", "image_size", "epochs", "seed", "commit", "checkpoint", "feature_net",
     "precision",
 )
@@ -252,9 +254,14 @@ def _score_slice(scores: _Scores, model: str, s: _Slice, generated: np.ndarray, 
 
 def _realism(scores: _Scores, slices: Sequence[_Slice], settings: RealismSettings, seed: int,
              description: str) -> dict[str, Any]:
-    """The model-level realism values: vesselness ratio and the classifier two-sample test."""
+    """The model-level realism values: vesselness ratio, grid peak (and the real slices' at the same windows) and
+    the classifier two-sample test."""
     gen_vessel, real_vessel = zip(*scores.vesselness) if scores.vesselness else ((), ())
+    generated_power, real_power, _ = region_power_spectrum(scores.generated, scores.regions,
+                                                           reference=[s.real for s in slices])
     out: dict[str, Any] = {"vesselness_ratio": vesselness_ratio(gen_vessel, real_vessel), "realism_region": description,
+                           "grid_peak": grid_peak(generated_power),
+                           "grid_peak_real": grid_peak(real_power) if real_power is not None else math.nan,
                            "two_sample_accuracy": math.nan, "two_sample_low": math.nan, "two_sample_high": math.nan,
                            "two_sample_folds": 0, "two_sample_crops": 0}
     if settings.two_sample:

@@ -1,7 +1,7 @@
-"""Realism measures that see structure: KID, a vesselness ratio and a classifier two-sample test.
+"""Realism measures that see structure: KID, a vesselness ratio, a grid peak and a classifier two-sample test.
 
 PSNR and SSIM reward blur and energy measures are fooled by speckle, so the
-image-quality evaluation (:mod:`.image_quality`) reports, beside the FID, three
+image-quality evaluation (:mod:`.image_quality`) reports, beside the FID, four
 measures that look at structure:
 
 - **KID** (kernel inception distance, Binkowski et al. 2018) on the same
@@ -35,6 +35,19 @@ measures that look at structure:
   mediastinum beside the lung, bright bands that the filter takes for tubes
   at the larger scales, do not leak into the region; a flat fill then scores
   exactly 0.
+- **Grid peak**: how strongly a periodic pattern of the generator's up-sampling
+  (the checkerboard and the line pattern of stride-2 transposed convolutions,
+  Odena et al. 2016) stands out in the generated region. The power spectrum of
+  ``GRID_WINDOW``-px windows (Hann-weighted, mean removed, every
+  ``GRID_STRIDE`` px, at least ``GRID_COVERAGE`` of the window in the region)
+  is averaged over the model's slices; at each frequency of a period-2 or
+  period-4 grid (1/2 or 1/4 cycle a pixel, along either axis or both), the
+  power is divided by the median power of the frequencies at the same radius
+  (a spike above its ring), and the largest of these ratios is the grid peak.
+  Scale-free (a ratio within one spectrum); the real slices at the same
+  windows give the reference (about 1: CT has no such spike); a grid one can
+  see in a sample picture stands tens of times above its ring
+  (``bundle/docs/experiments.md``).
 - **Classifier two-sample test** (Lopez-Paz and Oquab 2017): crops centred on
   random pixels of the generated region (the same centres in the real and the
   generated slice), a small MONAI ``Classifier`` CNN trained to tell real from
@@ -408,6 +421,80 @@ def classifier_two_sample_test(
     interval = fold_interval(np.asarray(accuracies), k=len(accuracies))
     return TwoSampleResult(interval.mean, interval.low, interval.high, len(accuracies), int(real.shape[0]),
                            tuple(accuracies))
+
+
+# --------------------------------------------------------------------------- grid peak
+
+GRID_WINDOW = 32
+GRID_STRIDE = 8
+GRID_COVERAGE = 0.9
+# (cycles a pixel along rows, along columns): the periods 2 and 4 of one and two stride-2 up-samplings
+GRID_FREQUENCIES: tuple[tuple[float, float], ...] = ((0.5, 0.0), (0.0, 0.5), (0.5, 0.5), (0.25, 0.0), (0.0, 0.25),
+                                                     (0.25, 0.25))
+
+
+def region_power_spectrum(
+    images: Sequence[np.ndarray], regions: Sequence[np.ndarray], window: int = GRID_WINDOW, stride: int = GRID_STRIDE,
+    coverage: float = GRID_COVERAGE, reference: Sequence[np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Mean power spectrum of the windows that lie in the region (see the module docstring: grid peak).
+
+    Args:
+        images: 2D slices.
+        regions: boolean masks of the same shapes.
+        window: window side in pixels.
+        stride: step between windows.
+        coverage: the least share of a window inside the region.
+        reference: slices of the same shapes (the real ones) whose spectrum is taken at the same windows.
+
+    Returns:
+        ``(spectrum, reference spectrum or None, windows)``; spectra of shape ``(window, window)`` (zeros when
+        no window fits).
+    """
+    taper = np.outer(np.hanning(window), np.hanning(window))
+    power = np.zeros((window, window))
+    power_ref = np.zeros((window, window)) if reference is not None else None
+    count = 0
+    for index, (image, region) in enumerate(zip(images, regions)):
+        image = np.asarray(image, dtype=np.float64)
+        inside = np.asarray(region, dtype=bool)
+        if image.shape != inside.shape:
+            raise ValueError(f"image {image.shape} and region {inside.shape} differ in shape")
+        real = None if reference is None else np.asarray(reference[index], dtype=np.float64)
+        for top in range(0, image.shape[0] - window + 1, stride):
+            for left in range(0, image.shape[1] - window + 1, stride):
+                if inside[top:top + window, left:left + window].mean() < coverage:
+                    continue
+                patch = image[top:top + window, left:left + window]
+                power += np.abs(np.fft.fft2((patch - patch.mean()) * taper)) ** 2
+                if real is not None and power_ref is not None:
+                    patch = real[top:top + window, left:left + window]
+                    power_ref += np.abs(np.fft.fft2((patch - patch.mean()) * taper)) ** 2
+                count += 1
+    if count:
+        power /= count
+        if power_ref is not None:
+            power_ref /= count
+    return power, power_ref, count
+
+
+def grid_peak(power: np.ndarray) -> float:
+    """The largest ratio, over :data:`GRID_FREQUENCIES`, of a spectrum's power to the median power at the same
+    radius; NaN for an empty spectrum (no window in the region)."""
+    size = power.shape[0]
+    if power.shape != (size, size) or not np.any(power):
+        return math.nan
+    rows, cols = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
+    radius = np.hypot(rows, cols)
+    peaks = []
+    for along_rows, along_cols in GRID_FREQUENCIES:
+        i, j = int(round(along_rows * size)) % size, int(round(along_cols * size)) % size
+        ring = np.abs(radius - radius[i, j]) < 1.0 / size
+        ring[i, j] = False
+        ring[-i % size, -j % size] = False  # the mirrored frequency of a real image holds the same power
+        median = float(np.median(power[ring]))
+        peaks.append(float(power[i, j]) / median if median > 0 else math.inf)
+    return max(peaks)
 
 
 # --------------------------------------------------------------------------- settings
