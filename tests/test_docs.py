@@ -228,6 +228,18 @@ def _recipe_segmentation(run: str = "medseg_recipe") -> list[dict[str, Any]]:
     return [{"r": r} for r in csv_rows(f"{run}/segmentation.csv")]
 
 
+UPSAMPLING_GRID_RUNS = {  # result file under results/upsampling_grid/ -> row label
+    "transposed": "lesion inpainting, `transposed` (0.12 recipe run)",
+}
+
+
+def _upsampling_grid() -> list[dict[str, Any]]:
+    """The lesion-inpainting generators scored on the validation slices (``upsampling_grid/*_image_quality.csv``)."""
+    return [{"label": label, "r": one(csv_rows(f"upsampling_grid/{name}_image_quality.csv"),
+                                      model="lesion_inpainting", region="complemented")}
+            for name, label in UPSAMPLING_GRID_RUNS.items()]
+
+
 REALISM_LABELS = {
     "ours": "map-only (ours)",
     "lesion_inpainting": "lesion inpainting (joint stage 90 epochs)",
@@ -458,6 +470,14 @@ TABLES: dict[str, Table] = {
         row="| {label} | {r.realism_region} | {na(r.psnr, '.2f')} | {r.ssim:.3f} | {r.fid:.3f} | "
         "{r.vesselness_ratio:.2f} | {r.two_sample_accuracy:.2f} [{r.two_sample_low:.2f}, {r.two_sample_high:.2f}] |",
         rows=partial(_recipe_realism, "medseg_recipe_0_12", REALISM_LABELS_0_12),
+    ),
+    "upsampling-grid": Table(
+        pages=("experiments.md",),
+        header="| generator | grid peak (its real slices) | vesselness ratio | two-sample accuracy | FID |\n"
+        "|---|---|---|---|---|",
+        row="| {label} | {r.grid_peak:.1f} ({r.grid_peak_real:.2f}) | {r.vesselness_ratio:.2f} | "
+        "{r.two_sample_accuracy:.2f} [{r.two_sample_low:.2f}, {r.two_sample_high:.2f}] | {r.fid:.3f} |",
+        rows=_upsampling_grid,
     ),
     "recipe-time": Table(
         pages=("results.md",),
