@@ -114,3 +114,34 @@ def test_other_errors_keep_their_traceback_and_status() -> None:
     wrapped = RuntimeError("Failed to instantiate x")
     wrapped.__cause__ = InputError("bad", "x.json")
     assert exit_status(wrapped) == 2 and str(reported_error(wrapped)) == "x.json: bad"
+
+
+BUSY_THREAD_CONFIG = """
+imports:
+  - $import threading
+  - $import torch
+  - $import covid_ct_cgan
+  - $import covid_ct_cgan.data.prepare
+  - $from covid_ct_cgan.errors import entry_point
+run:
+  - "$threading.Thread(target=lambda: [torch.tanh(torch.mm(torch.randn(200, 200), torch.randn(200, 200))) for _ in iter(int, 1)], daemon=True).start()"
+  - "$entry_point(covid_ct_cgan.data.prepare.run_prepare, '', '')"
+"""
+
+
+@pytest.mark.integration
+def test_the_command_ends_with_its_status_while_a_daemon_thread_is_inside_torch(tmp_path: Path) -> None:
+    # a data loader's prefetch thread inside a torch operation when the command ends: Python's teardown would stop
+    # it where it stands and abort the process ("terminate called without an active exception", status -6)
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "busy.yaml"
+    config.write_text(BUSY_THREAD_CONFIG)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "custom")}
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert _errors(done.stderr) == ["ERROR: no data_dir given"] and "terminate called" not in done.stderr

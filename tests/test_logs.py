@@ -181,7 +181,7 @@ def test_ctrl_c_stops_training_with_one_line_and_the_printed_command_resumes(tmp
             _wait_for(a_checkpoint, proc, f"a checkpoint in {stages}")
             proc.send_signal(signal.SIGINT)
             _wait_for(lambda: "INTERRUPTED:" in log.read_text(), proc, "the INTERRUPTED line")
-            status = proc.wait(timeout=HANG_GUARD_S)  # the command ends at once after its line (prepare_quick_exit)
+            status = proc.wait(timeout=HANG_GUARD_S)  # the command ends at once after its line (errors.end_command)
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -14,7 +14,7 @@ and the ``main`` of a ``python -m`` script is wrapped in :func:`exit_on_input_er
 The same wrapper turns Ctrl-C (``KeyboardInterrupt``) into one
 ``INTERRUPTED: ...`` line saying where the run stopped and the command that
 resumes it, and exit status 130 (128 + SIGINT, as a shell reports it), and the command then ends
-at once (:func:`prepare_quick_exit`). Code
+at once (:func:`end_command`). Code
 that knows more about where it is (the training stage, its epoch) wraps the
 interruptible work in :class:`interrupt_note`.
 """
@@ -180,15 +180,41 @@ def _is_the_command() -> bool:
     return getattr(spec, "name", None) == "monai.bundle.__main__"
 
 
-def prepare_quick_exit() -> None:
-    """Let the command end now, not seconds later: Python's last garbage collections at exit walk every object
-    of torch, MONAI and the run (3-4 s on a 2-core machine, far more when other jobs share it), work the
-    operating system does at once for a process that ends. ``gc.freeze`` leaves them out; ``atexit``
-    handlers and log flushing still run. Only for the command itself (a calling program goes on)."""
-    if _is_the_command():
-        import gc
+_EXIT_STATUS: list[int] = []  # the status the command ends with, once registered (end_command)
 
-        gc.freeze()
+
+def end_command(status: int) -> None:
+    """After the command's one line, let it end now and with ``status``; only for the command itself
+    (``python -m monai.bundle ...``: a calling program goes on).
+
+    Two things of Python's own exit are left out. Its last garbage collections walk every object of torch, MONAI
+    and the run (3-4 s on a 2-core machine, far more when other jobs share it), work the operating system does at
+    once for a process that ends: ``gc.freeze`` leaves them out. And its teardown stops daemon threads where they
+    stand: a data loader's prefetch thread caught inside a torch operation then aborts the process (``terminate
+    called without an active exception``, status -6 instead of 130 or 2; seen when a Ctrl-C landed while the loader
+    prefetched on a busy machine). So the process ends from an exit handler, registered now and so run first,
+    after the program has unwound (every ``finally`` of the run has run), before the teardown: it shuts the
+    logging down (its own exit handler) and flushes the output first.
+    """
+    if not _is_the_command():
+        return
+    import atexit
+    import gc
+    import logging
+
+    gc.freeze()
+    if not _EXIT_STATUS:
+        def leave() -> None:
+            logging.shutdown()
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):  # a closed or broken stream: nothing left to flush
+                    pass
+            os._exit(_EXIT_STATUS[-1])
+
+        atexit.register(leave)
+    _EXIT_STATUS.append(status)
 
 
 def exit_on_input_error(func: F) -> F:
@@ -214,14 +240,14 @@ def exit_on_input_error(func: F) -> F:
             if not _is_secondary_rank():  # under torchrun, one line from rank 0
                 where = getattr(err, _WHERE, None) or f"in {getattr(func, '__name__', func)}"
                 print(f"INTERRUPTED: stopped {where}; resume with: {resume_command()}", file=sys.stderr, flush=True)
-            prepare_quick_exit()
+            end_command(INTERRUPTED_STATUS)
             raise SystemExit(INTERRUPTED_STATUS) from None
         except Exception as err:
             reported = reported_error(err)
             if reported is None:
                 raise
             print(f"ERROR: {reported}", file=sys.stderr, flush=True)
-            prepare_quick_exit()
+            end_command(reported.exit_status)
             raise SystemExit(reported.exit_status) from None
 
     return wrapper  # type: ignore[return-value]
