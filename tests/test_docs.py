@@ -479,6 +479,14 @@ TABLES: dict[str, Table] = {
         "{r.two_sample_accuracy:.2f} [{r.two_sample_low:.2f}, {r.two_sample_high:.2f}] | {r.fid:.3f} |",
         rows=_upsampling_grid,
     ),
+    "upsampling-grid-local": Table(
+        pages=("experiments.md",),
+        header="| up-sampling | local stage epoch | grid peak (real) | 1/2 cycle a pixel along rows / columns / both |\n"
+        "|---|---|---|---|",
+        row="| {r.run} | {r.epoch:.0f} | {r.grid_peak:.1f} ({r.grid_peak_real:.2f}) | {r.half_rows:.1f} / "
+        "{r.half_cols:.1f} / {r.half_both:.1f} |",
+        rows=lambda: [{"r": r} for r in csv_rows("upsampling_grid/local_stage_samples.csv")],
+    ),
     "recipe-time": Table(
         pages=("results.md",),
         header="| step (`timings.csv`) | minutes |\n|---|---|",

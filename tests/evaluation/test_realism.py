@@ -14,6 +14,7 @@ from covid_ct_cgan.errors import InputError
 from covid_ct_cgan.evaluation.realism import (
     GRID_WINDOW,
     grid_peak,
+    grid_peaks,
     region_power_spectrum,
     RealismSettings,
     classifier_two_sample_test,
@@ -209,6 +210,9 @@ def test_grid_peak_finds_an_upsampling_grid_and_not_ct_like_texture() -> None:
     assert windows == 13 * 13  # windows every 8 px that lie wholly in the 128 x 128 region
     assert grid_peak(power) > 10.0  # a period-2 checkerboard and period-4 lines stand out of their rings
     assert 0.5 < grid_peak(real_power) < 2.0  # texture without a grid: no spike
+    peaks = grid_peaks(power)  # the lines from row to row (1/4, 0) and the checkerboard (1/2, 1/2) stand out
+    assert max(peaks.values()) == grid_peak(power) and peaks[(0.25, 0.0)] > 10.0 and peaks[(0.5, 0.5)] > 2.0
+    assert max(v for f, v in peaks.items() if f not in ((0.25, 0.0), (0.5, 0.5))) < 2.0
     # only windows inside the region count, and a flat fill has no spectrum to judge
     flat = np.full(texture.shape, 0.3)
     flat[region] = texture[region]

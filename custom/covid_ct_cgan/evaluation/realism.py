@@ -478,23 +478,28 @@ def region_power_spectrum(
     return power, power_ref, count
 
 
-def grid_peak(power: np.ndarray) -> float:
-    """The largest ratio, over :data:`GRID_FREQUENCIES`, of a spectrum's power to the median power at the same
-    radius; NaN for an empty spectrum (no window in the region)."""
+def grid_peaks(power: np.ndarray) -> dict[tuple[float, float], float]:
+    """For each of :data:`GRID_FREQUENCIES`, a spectrum's power there over the median power at the same radius
+    (the frequency and its mirror left out); NaN for an empty spectrum (no window in the region)."""
     size = power.shape[0]
     if power.shape != (size, size) or not np.any(power):
-        return math.nan
+        return dict.fromkeys(GRID_FREQUENCIES, math.nan)
     rows, cols = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
     radius = np.hypot(rows, cols)
-    peaks = []
+    peaks = {}
     for along_rows, along_cols in GRID_FREQUENCIES:
         i, j = int(round(along_rows * size)) % size, int(round(along_cols * size)) % size
         ring = np.abs(radius - radius[i, j]) < 1.0 / size
         ring[i, j] = False
         ring[-i % size, -j % size] = False  # the mirrored frequency of a real image holds the same power
         median = float(np.median(power[ring]))
-        peaks.append(float(power[i, j]) / median if median > 0 else math.inf)
-    return max(peaks)
+        peaks[(along_rows, along_cols)] = float(power[i, j]) / median if median > 0 else math.inf
+    return peaks
+
+
+def grid_peak(power: np.ndarray) -> float:
+    """The largest of :func:`grid_peaks`: how far the strongest up-sampling-grid frequency stands above its ring."""
+    return max(grid_peaks(power).values())
 
 
 # --------------------------------------------------------------------------- settings
