@@ -4,6 +4,7 @@
 - :mod:`.lesion_augment`: new lesion layouts inside the same lung;
 - :mod:`.grid`: the model's square grid (:class:`ModelGrid`), slices in and out;
 - :mod:`.synthesis`: the generator runner, checkpoint loading, the run's checks;
+- :mod:`.runtime`: how the generator runs (:class:`GeneratorRuntime`: precision, autocast, compilation);
 - :mod:`.workflow`: the bundle's ``run`` as a MONAI evaluator (:func:`run_evaluator`) and :func:`run_synthesis`;
 - :mod:`.outputs`: results written exactly like their inputs, previews;
 - :mod:`.export`: ONNX export, ONNX Runtime and int8 synthesis (``precision: int8``);
@@ -14,6 +15,7 @@ from .grid import ModelGrid
 from .inputs import Geometry, LoadedInput, SynthesisInput, collect_inputs, load_input
 from .lesion_augment import LesionAugmenter, LesionPattern, lesion_pattern
 from .outputs import preview_picture, write_like
+from .runtime import GeneratorRuntime
 from .synthesis import GeneratorRunner, SynthesisSettings, load_generator, variant_seed
 from .workflow import (
     Compositd, LesionMapd, LoadSynthesisInputd, SliceQueueInferer, SynthesisDataset, SynthesisEvaluator, ToModelGridd,
@@ -34,6 +36,7 @@ __all__ = [
     "build_evaluator",
     "run_evaluator",
     "Geometry",
+    "GeneratorRuntime",
     "GeneratorRunner",
     "LesionAugmenter",
     "LesionPattern",

@@ -51,9 +51,10 @@ from .grid import ModelGrid
 from .inputs import LoadedInput, SynthesisInput, collect_inputs, load_input
 from .lesion_augment import LesionAugmenter, LesionPattern, lesion_pattern
 from .outputs import output_suffix, preview_picture, write_like, write_png
+from .runtime import GeneratorRuntime
 from .synthesis import (
-    CPU_PIXELS_PER_CALL, MANIFEST, GeneratorRunner, SynthesisSettings, check_output_dir, check_settings,
-    load_generator, make_runner, manifest_text, preview_slice, variant_label, variant_seed,
+    CPU_PIXELS_PER_CALL, MANIFEST, GeneratorRunner, SynthesisSettings, check_output_dir, load_generator, manifest_text,
+    preview_slice, variant_label, variant_seed,
 )
 
 logger = logging.getLogger(__name__)
@@ -349,7 +350,7 @@ class SynthesisEvaluator(Evaluator):
 
     :meth:`run` checks the settings and the output folder, loads the generator's checkpoint,
     reads and checks every input (:meth:`SynthesisDataset.prepare`), chooses how the generator
-    runs (:func:`~.synthesis.make_runner`), then runs the iterations inside a staging folder that
+    runs (its :class:`~.runtime.GeneratorRuntime`), then runs the iterations inside a staging folder that
     replaces ``output_dir`` when complete. ``rows`` holds the manifest rows afterwards.
 
     Args:
@@ -364,22 +365,15 @@ class SynthesisEvaluator(Evaluator):
         postprocessing: the chain applied to each finished item (composite, writers).
         val_handlers: Ignite handlers (progress, stats, ...).
         overwrite: replace an existing synthesis output folder.
-        amp: bf16 autocast on CPU, fp16 AMP on CUDA.
-        compile: ``torch.compile`` the generator: ``True``, ``False`` or ``"auto"``.
-        cpu_pixels_per_call: eager CPU slicing in pixels, ``None`` or ``"auto"``.
-        precision: ``"float"``, ``"int8"`` (PT2E, inductor) or ``"int8_onnxruntime"``.
-        calibration_input: int8: a prepared ``datalist.json`` with training label maps.
-        calibration_key: int8: the list of ``calibration_input``.
-        keep_effusion: label maps may hold class 4.
+        runtime: how the generator runs (:class:`~.runtime.GeneratorRuntime`: precision, autocast, compilation,
+            CPU slicing; ``inference#runtime``); default: float, eager, no autocast.
     """
 
     def __init__(
         self, device: str | torch.device, dataset: SynthesisDataset, network: torch.nn.Module, checkpoint: str | Path,
         settings: SynthesisSettings, output_dir: str | Path, preprocessing: Callable | None = None,
         inferer: SliceQueueInferer | None = None, postprocessing: Callable | None = None,
-        val_handlers: Sequence | None = None, overwrite: bool = False, amp: bool = False, compile: bool | str = False,
-        cpu_pixels_per_call: int | str | None = CPU_PIXELS_PER_CALL, precision: str = "float",
-        calibration_input: str | Path | None = None, calibration_key: str = "training", keep_effusion: bool = False,
+        val_handlers: Sequence | None = None, overwrite: bool = False, runtime: GeneratorRuntime | None = None,
     ) -> None:
         # the inputs are found and read by run(), which then sets the data and the epoch length
         super().__init__(device=torch.device(device), val_data_loader=[], epoch_length=1, val_handlers=val_handlers,
@@ -389,9 +383,7 @@ class SynthesisEvaluator(Evaluator):
         self.preprocessing = preprocessing or Compose([])
         self.inferer = inferer or SliceQueueInferer()
         self.postprocessing = postprocessing or Compose([])
-        self.amp, self.compile, self.cpu_pixels_per_call = bool(amp), compile, cpu_pixels_per_call
-        self.precision, self.calibration_input, self.calibration_key = precision, calibration_input, calibration_key
-        self.keep_effusion = bool(keep_effusion)
+        self.runtime = runtime or GeneratorRuntime()
         self.runner: GeneratorRunner | None = None
         self.checkpoint_path: Path | None = None
         self.stage: Path | None = None
@@ -437,8 +429,7 @@ class SynthesisEvaluator(Evaluator):
         """
         s, lesion_map = self.settings, self._lesion_map()
         num_variants = self.dataset.num_variants
-        check_settings(num_variants, self.inferer.batch_size, s.grid.image_size, s.condition, s.context_region,
-                       self.network, self.precision, self.compile, self.cpu_pixels_per_call)
+        self.runtime.check(num_variants, self.inferer.batch_size, s, self.network)
         intensity.window_bounds(s.window_level, s.window_width)
         if num_variants > 1 and not lesion_map.augment:
             logger.warning("num_variants > 1 without augment: the variants are identical")
@@ -447,10 +438,8 @@ class SynthesisEvaluator(Evaluator):
         check_writable(self.output_dir)  # before the inputs are read and the runner calibrated or compiled
         self.checkpoint_path = load_generator(self.network, self.checkpoint)
         self.dataset.prepare(lesion_map.needs_donors(num_variants))
-        self.runner = make_runner(self.network, torch.device(self.state.device),
-                                  self.amp, self.compile, self.inferer.batch_size, self.cpu_pixels_per_call, self.precision,
-                                  self.dataset.slices * num_variants, s, self.calibration_input, self.calibration_key,
-                                  self.keep_effusion)
+        self.runner = self.runtime.runner(self.network, torch.device(self.state.device), self.inferer.batch_size,
+                                          self.dataset.slices * num_variants, s)
         self.data_loader, self.state.epoch_length = self.dataset, len(self.dataset)
         self.rows, self.items = [], []
         with staged_directory(self.output_dir, overwrite=self.overwrite) as stage:
@@ -468,11 +457,8 @@ class SynthesisEvaluator(Evaluator):
                 "image_size": s.grid.image_size, "resized_to_grid": s.grid.upscale, "window": s.grid.window,
                 "condition": s.condition,
                 "context_region": s.context_region,
-                "context_dilation": s.context_dilation, "keep_effusion": self.keep_effusion,
-                "window_level": s.window_level, "window_width": s.window_width,
-                "amp": self.amp and self.precision == "float", "compile": self.compile,
-                "compiled": self.runner.compiled is not None, "precision": self.precision,
-                "cpu_pixels_per_call": self.runner.cpu_pixels_per_call if self.runner.engine is None else None,
+                "context_dilation": s.context_dilation, "keep_effusion": self.dataset.keep_effusion,
+                "window_level": s.window_level, "window_width": s.window_width, **self.runtime.record(self.runner),
                 "inputs": len(inputs), "outputs": len(self.rows),
             }, stage / "settings.json")
         print(f"synthesis: {len(self.rows)} outputs from {len(inputs)} inputs in {self.output_dir} "
@@ -539,8 +525,10 @@ def build_evaluator(
         inferer=SliceQueueInferer(batch_size),
         postprocessing=Compose([Compositd(settings), WriteSynthesisd(), WritePreviewd(settings)]),
         val_handlers=[progress_handler(desc="synthesis")] if handlers is None else handlers,
-        overwrite=overwrite, amp=amp, compile=compile, cpu_pixels_per_call=cpu_pixels_per_call, precision=precision,
-        calibration_input=calibration_input, calibration_key=calibration_key, keep_effusion=keep_effusion,
+        overwrite=overwrite,
+        runtime=GeneratorRuntime(amp=amp, compile=compile, cpu_pixels_per_call=cpu_pixels_per_call, precision=precision,
+                                 calibration_input=calibration_input, calibration_key=calibration_key,
+                                 keep_effusion=keep_effusion),
     )
 
 
