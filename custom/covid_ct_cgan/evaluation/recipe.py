@@ -129,6 +129,152 @@ def _check_step_overrides(
         raise InputError(f"no entry {unknown} in evaluate.yaml's models (entries: {', '.join(defined)})", "recipe_models")
 
 
+_Step = tuple[str, str, Callable[[], bool], Callable[[], None]]  # (timings key, description, done before?, run)
+
+
+class _Recipe:
+    """The recipe's settings, read from its bundle command and ``recipe_args``, and its steps (see run_recipe).
+
+    Reading them checks, before the first step, the keys the later steps hand their configs.
+    """
+
+    def __init__(self, command: BundleCommand, args: Mapping[str, Any]) -> None:
+        self.args = args
+        self.files = files = [str(f) for f in command.config_files]
+        self.configs_dir = configs_dir = Path(files[0]).parent
+        self.overrides = {k: v for k, v in command.overrides.items()}
+        self.work_dir, self.data_dir = work_dir, data_dir = Path(args["work_dir"]), Path(args["data_dir"])
+        self.output_dir = Path(args["output_dir"])
+        self.seed, self.overwrite = seed, overwrite = int(args.get("seed", 0)), bool(args.get("overwrite", False))
+        self.ratio = float(args["ratio"])
+        self.segmentation = dict(args.get("segmentation") or {})
+        self.evaluation = dict(args.get("evaluation") or {})
+        self.inpainting_dir = work_dir / "output_lesion_inpainting"
+        self.evaluation_dir = work_dir / "evaluation"
+        self.common = {"work_dir": str(work_dir), "data_dir": str(data_dir), "seed": seed, "overwrite": overwrite}
+        self.evaluate_yaml, self.segmentation_yaml = str(configs_dir / "evaluate.yaml"), str(configs_dir / "segmentation.yaml")
+        self.inpainting_files = [*files, str(configs_dir / "lesion_inpainting.yaml")]
+        self.inpainting_overrides = {k: v for k, v in self.overrides.items() if k not in ("output_dir", "experiment_name")}
+        self.inpainting_overrides.update(dict(args.get("lesion_inpainting") or {}))
+        _check_step_overrides({  # a later step's bad key would stop the recipe hours in, after the generators trained
+            "recipe_evaluation": ([self.evaluate_yaml], self.evaluation),
+            "recipe_segmentation": ([self.segmentation_yaml], self.segmentation),
+            "recipe_lesion_inpainting": (self.inpainting_files, dict(args.get("lesion_inpainting") or {})),
+        }, list(args["models"]), self.evaluate_yaml)
+        self.wanted_seeds = seed_list(self.segmentation.get("seeds"), seed)
+        self.choices = [float(r) for r in args.get("b_choices") or []]
+        self.tried = list(dict.fromkeys([self.ratio, *self.choices]))
+        self.choice_dir = work_dir / CHOICE_FOLDER
+
+    # ---- when a step counts as done before
+
+    def done(self, path: Path) -> Callable[[], bool]:
+        return lambda: path.is_file() and not self.overwrite
+
+    def seeds_done(self, results: Path, run: Callable[[], str]) -> Callable[[], bool]:  # every seed asked for, B's run there
+        def finished() -> bool:
+            try:
+                settings = json.loads((results / "settings.json").read_text())
+            except (OSError, ValueError):
+                return False
+            present = {int(s) for s in settings.get("seeds", [])}
+            return (self.done(results / "summary.csv")() and set(self.wanted_seeds) <= present
+                    and run() in settings.get("runs", {}))
+        return finished
+
+    def newer(self, path: Path, source: Path) -> Callable[[], bool]:  # done, and made after its input (seeds added since)
+        return lambda: self.done(path)() and (not source.is_file() or path.stat().st_mtime_ns >= source.stat().st_mtime_ns)
+
+    # ---- experiment B's ratio
+
+    def b_ratio(self) -> float:  # B's ratio in steps 4-5: read when they start, after the choice step
+        return choose_b_ratio(self.choice_dir / "results", self.seed)[0] if self.choices else self.ratio
+
+    def b_run(self) -> str:
+        return f"B_{int(round(self.b_ratio() * 100)):02d}"
+
+    def for_b(self, b: float, **extra: Any) -> dict[str, Any]:  # segmentation overrides with enough augmented maps for B
+        variants = max(int(self.segmentation.get("synthetic_variants", 1)), math.ceil(b))
+        return {**self.segmentation, "synthetic_variants": variants, **extra}
+
+    # ---- the steps
+
+    def steps(self) -> list[_Step]:
+        """The steps in order; the B-ratio choice only with ``b_choices``."""
+        tried, work_dir = self.tried, self.work_dir
+        choice: list[_Step] = [(
+            "segmentation_b_choice", f"segmentation on the validation slices: B at {', '.join(f'{r:g}' for r in tried)} "
+            "(map-only generator), to choose B's ratio",
+            self.seeds_done(self.choice_dir / "results", lambda: f"B_{int(round(max(tried) * 100)):02d}"),
+            self.segment_b_choice)] if self.choices else []
+        return [
+            ("generator_map", "the map-only generator (three stages)", lambda: False, self.train_map_generator),
+            ("generator_lesion_inpainting", "the lesion-inpainting generator (three stages)", lambda: False,
+             self.train_inpainting_generator),
+            ("image_quality", "image quality and realism on the test slices",
+             self.done(self.evaluation_dir / "image_quality" / "image_quality.csv"), self.score_images),
+            *choice,
+            ("segmentation_map", f"segmentation: real only, A at {self.ratio:g} and B (map-only generator)",
+             self.seeds_done(work_dir / "segmentation" / "results", self.b_run), self.segment_map),
+            ("segmentation_lesion_inpainting", "segmentation: B (lesion-inpainting generator)",
+             self.seeds_done(work_dir / "segmentation_lesion_inpainting" / "results", self.b_run),
+             self.segment_inpainting),
+            ("evaluation_report", "evaluate.yaml's report (Tables II-IV)",
+             self.newer(self.evaluation_dir / "report" / "report.md", work_dir / "segmentation" / "results" / "summary.csv"),
+             self.report_evaluation),
+        ]
+
+    def train_map_generator(self) -> None:
+        run_bundle("training", config_file=self.files, **self.overrides)
+
+    def train_inpainting_generator(self) -> None:
+        run_bundle("training", config_file=self.inpainting_files, **self.inpainting_overrides)
+
+    def score_images(self) -> None:
+        run_bundle("run", config_file=self.evaluate_yaml, checkpoint_dir=str(self.output_dir),
+                   model_names=list(self.args["models"]), **self.evaluation, **self.common)
+
+    def segment_b_choice(self) -> None:
+        run_bundle("run", config_file=self.segmentation_yaml, checkpoint_dir=str(self.output_dir),
+                   output_dir=str(self.choice_dir), experiments=["B"], ratios=[0.0, *self.tried],
+                   **self.for_b(max(self.tried), test_key="validation"), **self.common)
+
+    def segment_map(self) -> None:
+        b = self.b_ratio()
+        extra = {"b_ratios": [0.0, b]} if self.choices else {}
+        run_bundle("run", config_file=self.segmentation_yaml, checkpoint_dir=str(self.output_dir),
+                   output_dir=str(self.work_dir / "segmentation"), experiments=["A", "B"], ratios=[0.0, self.ratio],
+                   **self.for_b(b, **extra), **self.common)
+
+    def segment_inpainting(self) -> None:
+        run_bundle("run", config_file=self.segmentation_yaml, checkpoint_dir=str(self.inpainting_dir),
+                   generator_configs=[self.files[0], str(self.configs_dir / "lesion_inpainting.yaml")],
+                   output_dir=str(self.work_dir / "segmentation_lesion_inpainting"), experiments=["B"],
+                   ratios=[self.b_ratio()], **self.for_b(self.b_ratio()), **self.common)
+
+    def report_evaluation(self) -> None:
+        run_bundle("report", config_file=self.evaluate_yaml,
+                   segmentation_output_dir=str(self.work_dir / "segmentation"), **self.common)
+
+
+def _run_steps(steps: Sequence[_Step], work_dir: Path, overwrite: bool) -> None:
+    """Run each step not done before, in order; its time goes to ``recipe_timings.json`` as it finishes."""
+    timings = _read_timings(work_dir)
+    for number, (name, description, finished, run) in enumerate(steps, 1):
+        if finished():
+            logger.info(f"==== recipe step {number}/{len(steps) + 1}: {description}: done before, kept ====")
+            continue
+        logger.info(f"==== recipe step {number}/{len(steps) + 1}: {description} ====")
+        start = time.perf_counter()
+        run()
+        if name.startswith(("generator", "segmentation")) and name in timings and overwrite is False:
+            # a resumed (or already finished) generator, or a segmentation given more seeds, adds its new time
+            timings[name] = timings[name] + (time.perf_counter() - start)
+        else:
+            timings[name] = time.perf_counter() - start
+        write_json(timings, _timings_path(work_dir), overwrite=True)
+
+
 def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
     """Run the recipe's steps (see the module docstring) and write its report.
 
@@ -152,111 +298,12 @@ def run_recipe(command: BundleCommand | None, args: Mapping[str, Any]) -> Path:
     if command is None or not command.config_files:
         raise InputError("the recipe runs as a bundle command: python -m monai.bundle run recipe --config_file "
                          "\"['bundle/configs/train.yaml','bundle/configs/medseg.yaml']\" ...")
-    files = [str(f) for f in command.config_files]
-    configs_dir = Path(files[0]).parent
-    overrides = {k: v for k, v in command.overrides.items()}
-    work_dir, data_dir = Path(args["work_dir"]), Path(args["data_dir"])
-    output_dir = Path(args["output_dir"])
-    seed, overwrite, ratio = int(args.get("seed", 0)), bool(args.get("overwrite", False)), float(args["ratio"])
-    segmentation = dict(args.get("segmentation") or {})
-    evaluation = dict(args.get("evaluation") or {})
-    inpainting_dir = work_dir / "output_lesion_inpainting"
-    evaluation_dir = work_dir / "evaluation"
-    common = {"work_dir": str(work_dir), "data_dir": str(data_dir), "seed": seed, "overwrite": overwrite}
-    evaluate_yaml, segmentation_yaml = str(configs_dir / "evaluate.yaml"), str(configs_dir / "segmentation.yaml")
-    inpainting_files = [*files, str(configs_dir / "lesion_inpainting.yaml")]
-    inpainting_overrides = {k: v for k, v in overrides.items() if k not in ("output_dir", "experiment_name")}
-    inpainting_overrides.update(dict(args.get("lesion_inpainting") or {}))
-    _check_step_overrides({  # a later step's bad key would stop the recipe hours in, after the generators trained
-        "recipe_evaluation": ([evaluate_yaml], evaluation),
-        "recipe_segmentation": ([segmentation_yaml], segmentation),
-        "recipe_lesion_inpainting": (inpainting_files, dict(args.get("lesion_inpainting") or {})),
-    }, list(args["models"]), evaluate_yaml)
-
-    def done(path: Path) -> Callable[[], bool]:
-        return lambda: path.is_file() and not overwrite
-
-    wanted_seeds = seed_list(segmentation.get("seeds"), seed)
-    choices = [float(r) for r in args.get("b_choices") or []]
-    tried = list(dict.fromkeys([ratio, *choices]))
-    choice_dir = work_dir / CHOICE_FOLDER
-
-    def b_ratio() -> float:  # B's ratio in steps 4-5: read when they start, after the choice step
-        return choose_b_ratio(choice_dir / "results", seed)[0] if choices else ratio
-
-    def for_b(b: float, **extra: Any) -> dict[str, Any]:  # segmentation overrides with enough augmented maps for B
-        variants = max(int(segmentation.get("synthetic_variants", 1)), math.ceil(b))
-        return {**segmentation, "synthetic_variants": variants, **extra}
-
-    def seeds_done(results: Path, run: Callable[[], str]) -> Callable[[], bool]:  # every seed asked for, B's run there
-        def finished() -> bool:
-            try:
-                settings = json.loads((results / "settings.json").read_text())
-            except (OSError, ValueError):
-                return False
-            present = {int(s) for s in settings.get("seeds", [])}
-            return done(results / "summary.csv")() and set(wanted_seeds) <= present and run() in settings.get("runs", {})
-        return finished
-
-    def newer(path: Path, source: Path) -> Callable[[], bool]:  # done, and made after its input (seeds added since)
-        return lambda: done(path)() and (not source.is_file() or path.stat().st_mtime_ns >= source.stat().st_mtime_ns)
-
-    def b_run() -> str:
-        return f"B_{int(round(b_ratio() * 100)):02d}"
-
-    def segmentation_map() -> None:
-        b = b_ratio()
-        extra = {"b_ratios": [0.0, b]} if choices else {}
-        run_bundle("run", config_file=segmentation_yaml, checkpoint_dir=str(output_dir),
-                   output_dir=str(work_dir / "segmentation"), experiments=["A", "B"], ratios=[0.0, ratio],
-                   **for_b(b, **extra), **common)
-
-    steps: list[tuple[str, str, Callable[[], bool], Callable[[], None]]] = [
-        ("generator_map", "the map-only generator (three stages)", lambda: False,
-         lambda: run_bundle("training", config_file=files, **overrides)),
-        ("generator_lesion_inpainting", "the lesion-inpainting generator (three stages)", lambda: False,
-         lambda: run_bundle("training", config_file=inpainting_files, **inpainting_overrides)),
-        ("image_quality", "image quality and realism on the test slices",
-         done(evaluation_dir / "image_quality" / "image_quality.csv"),
-         lambda: run_bundle("run", config_file=evaluate_yaml, checkpoint_dir=str(output_dir),
-                            model_names=list(args["models"]), **evaluation, **common)),
-        *([("segmentation_b_choice", f"segmentation on the validation slices: B at {', '.join(f'{r:g}' for r in tried)} "
-            "(map-only generator), to choose B's ratio",
-            seeds_done(choice_dir / "results", lambda: f"B_{int(round(max(tried) * 100)):02d}"),
-            lambda: run_bundle("run", config_file=segmentation_yaml, checkpoint_dir=str(output_dir),
-                               output_dir=str(choice_dir), experiments=["B"], ratios=[0.0, *tried],
-                               **for_b(max(tried), test_key="validation"), **common))] if choices else []),
-        ("segmentation_map", f"segmentation: real only, A at {ratio:g} and B (map-only generator)",
-         seeds_done(work_dir / "segmentation" / "results", b_run),
-         segmentation_map),
-        ("segmentation_lesion_inpainting", "segmentation: B (lesion-inpainting generator)",
-         seeds_done(work_dir / "segmentation_lesion_inpainting" / "results", b_run),
-         lambda: run_bundle("run", config_file=segmentation_yaml, checkpoint_dir=str(inpainting_dir),
-                            generator_configs=[files[0], str(configs_dir / "lesion_inpainting.yaml")],
-                            output_dir=str(work_dir / "segmentation_lesion_inpainting"), experiments=["B"],
-                            ratios=[b_ratio()], **for_b(b_ratio()), **common)),
-        ("evaluation_report", "evaluate.yaml's report (Tables II-IV)",
-         newer(evaluation_dir / "report" / "report.md", work_dir / "segmentation" / "results" / "summary.csv"),
-         lambda: run_bundle("report", config_file=evaluate_yaml, segmentation_output_dir=str(work_dir / "segmentation"),
-                            **common)),
-    ]
-    timings = _read_timings(work_dir)
-    for number, (name, description, finished, run) in enumerate(steps, 1):
-        if finished():
-            logger.info(f"==== recipe step {number}/{len(steps) + 1}: {description}: done before, kept ====")
-            continue
-        logger.info(f"==== recipe step {number}/{len(steps) + 1}: {description} ====")
-        start = time.perf_counter()
-        run()
-        if name.startswith(("generator", "segmentation")) and name in timings and overwrite is False:
-            # a resumed (or already finished) generator, or a segmentation given more seeds, adds its new time
-            timings[name] = timings[name] + (time.perf_counter() - start)
-        else:
-            timings[name] = time.perf_counter() - start
-        write_json(timings, _timings_path(work_dir), overwrite=True)
+    recipe = _Recipe(command, args)
+    steps = recipe.steps()
+    _run_steps(steps, recipe.work_dir, recipe.overwrite)
     logger.info(f"==== recipe step {len(steps) + 1}/{len(steps) + 1}: the report ====")
-    report_dir = write_recipe_report(work_dir, inpainting_dir, ratio, seed, overwrite=True,
-                                     configs=files, overrides=overrides, b_ratio=b_ratio())
+    report_dir = write_recipe_report(recipe.work_dir, recipe.inpainting_dir, recipe.ratio, recipe.seed, overwrite=True,
+                                     configs=recipe.files, overrides=recipe.overrides, b_ratio=recipe.b_ratio())
     print(f"recipe: report in {report_dir / 'report.md'}", flush=True)
     return report_dir
 
