@@ -231,9 +231,10 @@ def test_recipe_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     realism = {r["model"] for r in _rows(work / "evaluation" / "image_quality" / "image_quality.csv")}
     assert realism == {"ours", "lesion_inpainting", "mean_lung", "resampled_real"}
     targets = _rows(report / "targets.csv")
-    assert len(targets) == 8 and {t["met"] for t in targets} <= {"yes", "no"}
+    assert len(targets) == 9 and {t["met"] for t in targets} <= {"yes", "no"}
     assert {"lesion inpainting: vesselness ratio within 0.85-1.15", "lesion inpainting: two-sample accuracy at most 0.62",
-            "map-only: vesselness ratio at least 0.8", "map-only: two-sample accuracy at most 0.7"} <= {t["target"] for t in targets}
+            "map-only: vesselness ratio at least 0.8", "map-only: two-sample accuracy at most 0.7",
+            "lesion inpainting: no up-sampling grid, grid peak at most 2"} <= {t["target"] for t in targets}
     report_text = (report / "report.md").read_text()
     assert "| stage | epochs | D1 ranking | D2 ranking | local D ranking |" in report_text  # the critics' signal
     # the inpainting generator's local discriminator trained in every stage, its losses are kept
