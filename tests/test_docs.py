@@ -781,7 +781,18 @@ def _metadata() -> dict[str, Any]:
 
 
 RECIPE_TIME = "map-only generator {t.generator_map / 60:.1f} min, lesion-inpainting generator {t.generator_lesion_inpainting / 60:.1f}"
+def _upsampling_grid_names() -> dict[str, Any]:
+    """The 0.12 lesion-inpainting generator's grid peak on the validation slices (``upsampling_grid/``)."""
+    return {"g": _upsampling_grid()[0]["r"]}
+
+
 FACTS: list[Fact] = [
+    # the up-sampling grid of the 0.12 lesion-inpainting generator (upsampling_grid/transposed_image_quality.csv)
+    Fact(("README.md",), "(grid peak {g.grid_peak:.0f}\n  on the validation slices", _upsampling_grid_names),
+    Fact(("results.md",), "scores {g.grid_peak:.0f} on the validation slices, its\n  real slices {g.grid_peak_real:.2f}",
+         _upsampling_grid_names),
+    Fact(("experiments.md",), "stands {g.grid_peak:.0f} times above its ring at a grid frequency; its real slices at the "
+         "same\nwindows {g.grid_peak_real:.2f}", _upsampling_grid_names),
     # the recipe's time (timings.csv)
     Fact(("results.md",), RECIPE_TIME, _recipe),
     Fact(("results.md",), "image quality and realism {t.image_quality / 60:.1f}", _recipe),
