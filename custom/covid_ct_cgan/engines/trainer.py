@@ -3,17 +3,21 @@
 MONAI's ``GanTrainer`` draws latents instead of conditioning on a label map
 and ``AdversarialTrainer`` feeds the condition as "real", so this is a
 subclass of :class:`monai.engines.Trainer` (as the model-zoo's MAISI and
-BraTS generative bundles do). One iteration:
+BraTS generative bundles do). One iteration (``_iteration``), one method per step:
 
-1. generator forward on the condition (one-hot label map [+ context]);
-2. discriminator step: GAN loss over all scales (least squares, or pix2pix's
-   cross-entropy with ``gan_mode="vanilla"``), real = (map, image), fake =
-   (map, detached output), one batched forward;
-3. DFM step (joint stage): the DFM weighting net reads D's features of the
-   fake pair and is updated to *maximise* the dynamic feature-matching loss,
+1. generator forward on the condition (one-hot label map [+ context]),
+   ``_generator_forward``;
+2. discriminator step (``_discriminator_step``): GAN loss over all scales (least
+   squares, or pix2pix's cross-entropy with ``gan_mode="vanilla"``), real = (map,
+   image), fake = (map, detached output), one batched forward; backward and
+   optimizer step;
+3. DFM step (``_dfm_step``, joint stage): the DFM weighting net reads D's features
+   of the fake pair and is updated to *maximise* the dynamic feature-matching loss,
    on detached features of that same forward;
 4. generator step: GAN loss + ``lambda_fm`` x DFM feature matching
-   (+ ``lambda_l1`` x L1 for the pix2pix baseline). The generator is scored
+   (+ ``lambda_l1`` x L1 for the pix2pix baseline), ``_generator_losses``; its
+   backward and optimizer step, ``_generator_update``, once the logged values are
+   on the host and checked. The generator is scored
    by the discriminator as updated in step 2, and feature matching compares
    the fake pair's features with the real pair's features of that *same*
    discriminator state: the real pair goes through D again, without gradients
@@ -28,8 +32,11 @@ centred on a random component of each sample's region, cut at the same place fro
 the real and the composited fake pair (map and image): ``d_local`` joins the
 discriminator loss and ``g_local`` + ``lambda_fm`` x ``g_local_fm`` (feature
 matching on the local D, real crop through its current state) the generator loss,
-both times ``lambda_local``. One optimizer (``d_optimizer``) holds the parameters
-of both discriminators; a sample without region gets zero weight in the local terms.
+both times ``lambda_local``. Its methods are grouped at the end of the class: the
+crops (``_local_batch``, drawn before the generator runs), ``_local_d_loss`` in
+step 2 and ``_local_g_terms`` in step 4. One optimizer (``d_optimizer``) holds the
+parameters of both discriminators; a sample without region gets zero weight in the
+local terms.
 With ``lambda_texture > 0`` the generator's local terms also get ``lambda_texture`` x
 ``g_local_texture``: the Gram-matrix distance of the local D's features of the real
 and the fake crop inside the region (:func:`~covid_ct_cgan.losses.texture_loss`),
@@ -65,10 +72,11 @@ iteration that stepped an optimizer (it has nothing to update from otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from ignite.engine import Engine
@@ -87,6 +95,37 @@ from ..precision import autocast_context
 logger = logging.getLogger(__name__)
 
 COMPILE_BACKEND = "inductor"  # torch.compile backend of ``compile=True`` (tests use a faster one)
+
+
+class _LocalBatch(NamedTuple):
+    """What the local discriminator sees of one batch (see :meth:`ConditionalGanTrainer.local_crops`)."""
+
+    crop: Callable[[torch.Tensor], torch.Tensor]  # cuts every sample's box out of a (B, C, H, W) tensor
+    has_region: torch.Tensor  # (B, 1, 1, 1): 1 for samples with a region, 0 for the others
+    region: torch.Tensor  # the region, cropped
+
+
+class _DiscriminatorStep(NamedTuple):
+    """What the discriminator step (step 2) leaves to the DFM and generator steps."""
+
+    loss: torch.Tensor  # d_loss, the global discriminator's
+    local: torch.Tensor | None  # d_local, the local discriminator's (None without one)
+    real_feats: list  # the global D's features of the real pair, per scale ...
+    fake_feats: list  # ... and of the fake pair, from the same forward
+    weight: list | None  # that forward's region weights (None unless region_weighted)
+    finite: bool  # the loss was finite, so the discriminators stepped
+
+
+class _GeneratorLosses(NamedTuple):
+    """The generator's loss (step 4) and its terms; the local discriminator's are None without one."""
+
+    loss: torch.Tensor
+    gan: torch.Tensor
+    fm: torch.Tensor
+    l1: torch.Tensor
+    local: torch.Tensor | None = None
+    local_fm: torch.Tensor | None = None
+    local_texture: torch.Tensor | None = None
 
 
 class ConditionalGanTrainer(Trainer):
@@ -324,12 +363,230 @@ class ConditionalGanTrainer(Trainer):
             optimizer.step()
 
     def _set_d_grad(self, flag: bool) -> None:
+        """``requires_grad`` of both discriminators' weights (off in the generator step; not under DDP)."""
         if self._toggle_d:
             for p in self.discriminator.parameters():
                 p.requires_grad_(flag)
         if self._toggle_local_d and self.local_discriminator is not None:
             for p in self.local_discriminator.parameters():
                 p.requires_grad_(flag)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context of this run's forwards (a no-op without ``amp``)."""
+        return autocast_context(torch.device(self.state.device), self.amp)
+
+    def _augment_draw(self, like: torch.Tensor) -> AugmentDraw | None:
+        """A fresh DiffAugment draw for a batch shaped like ``like`` (B, C, H, W); ``None`` when it is off."""
+        if not self.d_augment.enabled:
+            return None
+        return self.d_augment.draw(like.shape[0], like.shape[-2], like.shape[-1])
+
+    def _d_view(
+        self, draw: AugmentDraw | None, inputs: torch.Tensor, region: torch.Tensor, targets: bool = False
+    ) -> tuple[torch.Tensor, list | None, list | None]:
+        """What the global discriminator sees of ``inputs`` (stacked pairs of one batch) under ``draw``.
+
+        Returns ``(inputs, weight, fake_targets)``: the inputs augmented by ``draw`` (unchanged if ``None``),
+        the region weights of the region moved the same way (``None`` unless ``region_weighted``) and, if
+        ``targets``, the fake pair's region targets (``None`` unless ``d_target="region"`` with composites).
+        """
+        if draw is not None:
+            inputs, region = draw(inputs), draw.mask(region)
+        weight = unwrap(self.discriminator).region_masks(region) if self.region_weighted else None
+        fake_targets = None
+        if targets and self._region_targets:
+            fake_targets = losses.region_fake_targets(region, unwrap(self.discriminator))
+        return inputs, weight, fake_targets
+
+    # ---- one iteration: the steps of the module's docstring, one method each
+
+    def _iteration(self, engine: ConditionalGanTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
+        """Generator forward, discriminator step, DFM step, generator step; returns the iteration's output."""
+        if batchdata is None:
+            raise ValueError("must provide batch data for current iteration.")
+        cond, real, region = engine._batch_tensors(batchdata)
+        label_map = cond[:, : engine.num_map_channels]
+        if engine.freeze_global_epochs:
+            engine._freeze_global(engine.global_frozen(engine.state.epoch))
+        local = engine._local_batch(batchdata, region)  # the local D's crops (None without one)
+
+        # 1. generator forward
+        fake = engine._generator_forward(cond, real, region)
+        engine.state.output = {"image": real, "pred": fake}
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+
+        # 2. discriminator step; 3. DFM step on that forward's detached features
+        d = engine._discriminator_step(label_map, real, fake, region, local)
+        dfm_weight, learn = engine._dfm_step(d)
+
+        # 4. generator step against the updated discriminators: its losses, then (all finite) its update
+        g = engine._generator_losses(label_map, real, fake, region, dfm_weight, local)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        values, checked = engine._loss_values(d, g, dfm_weight)
+        # one device-to-host copy an iteration for every logged value (and the learned b per sample)
+        scalars, dfm_weights = _to_host(values, dfm_weight if learn else None)
+        g_stepped = engine._generator_update(g.loss, d.finite, {k: scalars[k] for k in checked})
+        stepped = d.finite or g_stepped  # whether an optimizer step ran (D steps when its loss is finite)
+        if engine.scaler is not None and stepped:  # (the grad scaler has inf checks to update from)
+            engine.scaler.update()
+        engine._set_d_grad(True)
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+
+        output: dict[str, Any] = {"image": real, "pred": fake.detach(), "label": batchdata.get("label"), **scalars}
+        if output["label"] is None:
+            del output["label"]
+        if dfm_weights is not None:  # (B,) on the host: decollated, each sample keeps its own b
+            output["dfm_weights"] = dfm_weights
+        engine.state.output = output
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output  # decollated per sample by MONAI's handler on MODEL_COMPLETED
+
+    def _batch_tensors(self, batchdata: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's ``condition``, ``image`` (the real slice) and ``region`` on the training device, as float
+        (channels-last with ``channels_last``)."""
+        device, nb = self.state.device, self.non_blocking
+        cond = batchdata["condition"].to(device, non_blocking=nb).float()
+        real = batchdata["image"].to(device, non_blocking=nb).float()
+        region = batchdata["region"].to(device, non_blocking=nb).float()
+        if self.channels_last:
+            cond, real, region = (t.contiguous(memory_format=torch.channels_last) for t in (cond, real, region))
+        return cond, real, region
+
+    def _generator_forward(self, cond: torch.Tensor, real: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """Step 1: the generator's output for ``cond`` in float, with ``composite_fake`` composited into the real
+        slice (generated inside the region, real outside)."""
+        with self._autocast():
+            fake = self._g_forward(cond)
+        fake = fake.float()
+        if self.composite_fake:
+            fake = region * fake + (1.0 - region) * real
+        return fake
+
+    def _discriminator_step(
+        self, label_map: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, region: torch.Tensor,
+        local: _LocalBatch | None,
+    ) -> _DiscriminatorStep:
+        """Step 2: the discriminators' GAN loss and, if it is finite, their backward and optimizer step.
+
+        ``d_loss`` = 0.5 x (loss of the real pair (map, image) against "real" + loss of the fake pair (map,
+        detached ``fake``) against "fake", or the region targets with ``d_target="region"``), region-weighted with
+        ``region_weighted``; real and fake go through D in one batched forward, and with DiffAugment a sample's
+        real and fake pair get the same transform. With a local discriminator the step minimises
+        ``d_loss + lambda_local x d_local`` (:meth:`_local_d_loss`). Each network's backward follows its forward
+        before the next forward (DistributedDataParallel needs it).
+        """
+        batch = real.shape[0]
+        self._set_d_grad(True)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            both = torch.cat([torch.cat([label_map, real], 1), torch.cat([label_map, fake.detach()], 1)], 0)
+            d_in, weight, fake_targets = self._d_view(self._augment_draw(real), both, region, targets=True)
+            feats = self._d_forward(d_in)
+            real_feats = [[f[:batch] for f in scale] for scale in feats]
+            fake_feats = [[f[batch:] for f in scale] for scale in feats]
+            d_loss = 0.5 * (
+                losses.gan_loss(real_feats, True, weight, self.gan_mode)
+                + losses.gan_loss(fake_feats, False, weight, self.gan_mode, targets=fake_targets)
+            )
+            d_total = d_loss
+            d_local = None
+            if local is not None:
+                d_local = self._local_d_loss(both, local)
+                d_total = d_loss + self.lambda_local * d_local
+        finite = bool(torch.isfinite(d_total.detach()))
+        if finite:
+            self._backward_step(d_total, self.d_optimizer)
+        return _DiscriminatorStep(d_loss, d_local, real_feats, fake_feats, weight, finite)
+
+    def _dfm_step(self, d: _DiscriminatorStep) -> tuple[torch.Tensor | None, bool]:
+        """Step 3: the DFM weight of each sample, and the DFM net's update (joint stage).
+
+        The weighting net reads the discriminator step's features of the fake pair, detached, and, where it
+        learns (a DFM optimizer and more than one scale) and the discriminator's loss was finite, steps to
+        *maximise* the DFM objective of the feature-matching values of that same forward (one discriminator
+        state; gradients reach the DFM net only).
+
+        Returns:
+            ``(dfm_weight, learn)``: the detached weights (``None`` without a DFM net, the plain average of the
+            scales) and whether the net learns (its per-sample weights are then logged).
+        """
+        if self.dfm_net is None:
+            return None, False
+        real_detached = [[f.detach().float() for f in scale] for scale in d.real_feats]
+        fake_detached = [[f.detach().float() for f in scale] for scale in d.fake_feats]
+        learn = self.dfm_optimizer is not None and len(d.fake_feats) > 1
+        with torch.set_grad_enabled(learn):
+            dfm_weight = self.dfm_net(fake_detached)
+        if learn and d.finite and self.dfm_optimizer is not None:
+            fm_detached = losses.feature_matching(real_detached, fake_detached, self.n_layers_d, d.weight)
+            self.dfm_optimizer.zero_grad(set_to_none=True)
+            self._backward_step(losses.dfm_weight_objective(fm_detached, dfm_weight), self.dfm_optimizer)
+        return dfm_weight.detach(), learn
+
+    def _generator_losses(
+        self, label_map: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, region: torch.Tensor,
+        dfm_weight: torch.Tensor | None, local: _LocalBatch | None,
+    ) -> _GeneratorLosses:
+        """Step 4, the generator's loss against the discriminators as updated in step 2 (their weights frozen).
+
+        ``g_gan`` (the fake pair scored as "real") + ``lambda_fm`` x ``g_fm`` (DFM feature matching: ``dfm_weight``
+        per sample, or the plain average of the scales without a DFM net) + ``lambda_l1`` x ``g_l1`` (pix2pix), and
+        with a local discriminator ``lambda_local`` x its terms (:meth:`_local_g_terms`). Feature matching compares
+        the fake pair's features with the real pair's features of the same discriminator state: the real pair goes
+        through D again, without gradients (a forward without gradients leaves DDP's gradient reducer alone) and
+        under the same autocast. With DiffAugment the fake pair gets a fresh draw, the real pair the same one.
+        """
+        self._set_d_grad(False)
+        self.g_optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            g_draw = self._augment_draw(real)
+            g_in, g_weight, _ = self._d_view(g_draw, torch.cat([label_map, fake], 1), region)
+            g_feats = self._d_forward(g_in)
+            g_gan = losses.gan_loss(g_feats, True, g_weight, self.gan_mode)
+            g_fm = torch.zeros((), device=fake.device)
+            if self.lambda_fm > 0:
+                with torch.no_grad():
+                    real_in = torch.cat([label_map, real], 1)
+                    real_now = self._d_forward(g_draw(real_in) if g_draw is not None else real_in)
+                fm = losses.feature_matching(real_now, g_feats, self.n_layers_d, g_weight)
+                g_fm = losses.dfm_loss(fm, dfm_weight if dfm_weight is not None else 0.5)
+            g_l1 = losses.l1_loss(fake, real) if self.lambda_l1 > 0 else torch.zeros((), device=fake.device)
+            g_loss = g_gan + self.lambda_fm * g_fm + self.lambda_l1 * g_l1
+            if local is None:
+                return _GeneratorLosses(g_loss, g_gan, g_fm, g_l1)
+            g_local, g_local_fm, g_local_texture = self._local_g_terms(label_map, real, fake, local)
+            g_loss = g_loss + self.lambda_local * (
+                g_local + self.lambda_fm * g_local_fm + self.lambda_texture * g_local_texture)
+        return _GeneratorLosses(g_loss, g_gan, g_fm, g_l1, g_local, g_local_fm, g_local_texture)
+
+    def _loss_values(
+        self, d: _DiscriminatorStep, g: _GeneratorLosses, dfm_weight: torch.Tensor | None
+    ) -> tuple[dict[str, torch.Tensor | float | None], list[str]]:
+        """The iteration's logged values by output key, and the keys of the losses that must be finite."""
+        values: dict[str, torch.Tensor | float | None] = {
+            "loss": g.loss, "d_loss": d.loss, "g_gan": g.gan, "g_fm": g.fm, "g_l1": g.l1,
+            "desum_weight": getattr(unwrap(self.generator), "last_desum_weight", None), "dfm_weight": dfm_weight}
+        checked = ["loss", "d_loss", "g_gan", "g_fm", "g_l1"]
+        if self.local_discriminator is not None:
+            values.update(d_local=d.local, g_local=g.local, g_local_fm=g.local_fm)
+            checked += ["d_local", "g_local", "g_local_fm"]
+            if self.lambda_texture > 0:
+                values["g_local_texture"] = g.local_texture
+                checked.append("g_local_texture")
+        return values, checked
+
+    def _generator_update(self, loss: torch.Tensor, d_finite: bool, checked: dict[str, float]) -> bool:
+        """Step 4, the generator's backward and optimizer step (G1's gradients dropped while it is frozen), if the
+        discriminator's loss (``d_finite``) and every logged loss (``checked``, on the host) are finite; otherwise
+        no step, and ``state.non_finite`` holds ``checked`` for
+        :class:`~covid_ct_cgan.engines.handlers.NonFiniteLossGuard`. Returns whether it stepped."""
+        if not (d_finite and all(math.isfinite(v) for v in checked.values())):
+            self.state.non_finite = checked
+            return False
+        self._backward_step(loss, self.g_optimizer, self._global_params if self._global_frozen else ())
+        return True
+
+    # ---- the local discriminator (lesion inpainting): its crops, its loss in step 2 and its terms in step 4
 
     def local_crops(self, batchdata: dict[str, Any], region: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
         """Where this batch's local crops are, as a crop function, and which samples have a region.
@@ -370,11 +627,13 @@ class ConditionalGanTrainer(Trainer):
         masks = unwrap(self.local_discriminator).region_masks(region_crop)
         return [[m * has_region for m in scale] for scale in masks]
 
-    def _augment_draw(self, like: torch.Tensor) -> AugmentDraw | None:
-        """A fresh DiffAugment draw for a batch shaped like ``like`` (B, C, H, W); ``None`` when it is off."""
-        if not self.d_augment.enabled:
+    def _local_batch(self, batchdata: dict[str, Any], region: torch.Tensor) -> _LocalBatch | None:
+        """This batch's local crops (:meth:`local_crops`, drawn before any network runs) and its cropped region;
+        ``None`` without a local discriminator."""
+        if self.local_discriminator is None:
             return None
-        return self.d_augment.draw(like.shape[0], like.shape[-2], like.shape[-1])
+        crop, has_region = self.local_crops(batchdata, region)
+        return _LocalBatch(crop, has_region, crop(region))
 
     def _local_view(
         self, inputs: torch.Tensor, region_crop: torch.Tensor, has_region: torch.Tensor
@@ -386,169 +645,42 @@ class ConditionalGanTrainer(Trainer):
             inputs, region_crop = draw(inputs), draw.mask(region_crop)
         return inputs, self.local_weights(region_crop, has_region), draw
 
-    def _d_view(
-        self, draw: AugmentDraw | None, inputs: torch.Tensor, region: torch.Tensor, targets: bool = False
-    ) -> tuple[torch.Tensor, list | None, list | None]:
-        """What the global discriminator sees of ``inputs`` (stacked pairs of one batch) under ``draw``.
+    def _local_d_loss(self, both: torch.Tensor, local: _LocalBatch) -> torch.Tensor:
+        """``d_local`` (in step 2): the local discriminator's GAN loss on the same crops of the real and the fake pair
+        (``both``: real pairs, then fake pairs), one batched forward, weighted by the cropped region."""
+        batch = both.shape[0] // 2
+        local_in, local_weight, _ = self._local_view(
+            torch.cat([local.crop(both[:batch]), local.crop(both[batch:])], 0), local.region, local.has_region)
+        local_feats = self._ld_forward(local_in)
+        return 0.5 * (
+            losses.gan_loss([[f[:batch] for f in s] for s in local_feats], True, local_weight, self.gan_mode)
+            + losses.gan_loss([[f[batch:] for f in s] for s in local_feats], False, local_weight, self.gan_mode)
+        )
 
-        Returns ``(inputs, weight, fake_targets)``: the inputs augmented by ``draw`` (unchanged if ``None``),
-        the region weights of the region moved the same way (``None`` unless ``region_weighted``) and, if
-        ``targets``, the fake pair's region targets (``None`` unless ``d_target="region"`` with composites).
-        """
-        if draw is not None:
-            inputs, region = draw(inputs), draw.mask(region)
-        weight = unwrap(self.discriminator).region_masks(region) if self.region_weighted else None
-        fake_targets = None
-        if targets and self._region_targets:
-            fake_targets = losses.region_fake_targets(region, unwrap(self.discriminator))
-        return inputs, weight, fake_targets
-
-    def _iteration(self, engine: ConditionalGanTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
-        if batchdata is None:
-            raise ValueError("must provide batch data for current iteration.")
-        device, nb = engine.state.device, engine.non_blocking
-        cond = batchdata["condition"].to(device, non_blocking=nb).float()
-        real = batchdata["image"].to(device, non_blocking=nb).float()
-        region = batchdata["region"].to(device, non_blocking=nb).float()
-        if engine.channels_last:
-            cond, real, region = (t.contiguous(memory_format=torch.channels_last) for t in (cond, real, region))
-        label_map = cond[:, : engine.num_map_channels]
-        autocast = autocast_context(torch.device(device), engine.amp)
-        batch = real.shape[0]
-        stepped = False  # whether an optimizer step ran (the grad scaler has inf checks to update from)
-        if engine.freeze_global_epochs:
-            engine._freeze_global(engine.global_frozen(engine.state.epoch))
-
-        local = engine.local_discriminator is not None
-        if local:
-            crop, has_region = engine.local_crops(batchdata, region)
-            local_region = crop(region)
-
-        # 1. generator forward
-        with autocast:
-            fake = engine._g_forward(cond)
-        fake = fake.float()
-        if engine.composite_fake:
-            fake = region * fake + (1.0 - region) * real
-        engine.state.output = {"image": real, "pred": fake}
-        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-
-        # 2. discriminator step: real and fake through D in one batched forward. Each network's
-        #    backward follows its forward before the next forward (DistributedDataParallel needs it).
-        #    With DiffAugment, a sample's real and fake pair get the same transform (one draw per D).
-        engine._set_d_grad(True)
-        engine.d_optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            both = torch.cat([torch.cat([label_map, real], 1), torch.cat([label_map, fake.detach()], 1)], 0)
-            d_in, weight, fake_targets = engine._d_view(engine._augment_draw(real), both, region, targets=True)
-            feats = engine._d_forward(d_in)
-            real_feats = [[f[:batch] for f in scale] for scale in feats]
-            fake_feats = [[f[batch:] for f in scale] for scale in feats]
-            d_loss = 0.5 * (
-                losses.gan_loss(real_feats, True, weight, engine.gan_mode)
-                + losses.gan_loss(fake_feats, False, weight, engine.gan_mode, targets=fake_targets)
-            )
-            d_total = d_loss
-            if local:  # the same crops of the real and the fake pair, one batched forward of the local D
-                local_in, local_weight, _ = engine._local_view(
-                    torch.cat([crop(both[:batch]), crop(both[batch:])], 0), local_region, has_region)
-                local_feats = engine._ld_forward(local_in)
-                d_local = 0.5 * (
-                    losses.gan_loss([[f[:batch] for f in s] for s in local_feats], True, local_weight, engine.gan_mode)
-                    + losses.gan_loss([[f[batch:] for f in s] for s in local_feats], False, local_weight, engine.gan_mode)
-                )
-                d_total = d_loss + engine.lambda_local * d_local
-        finite = bool(torch.isfinite(d_total.detach()))
-        if finite:
-            engine._backward_step(d_total, engine.d_optimizer)
-            stepped = True
-        real_detached = [[f.detach().float() for f in scale] for scale in real_feats]
-        fake_detached = [[f.detach().float() for f in scale] for scale in fake_feats]
-
-        # 3. DFM weight: the weighting net sees D's features of the fake pair and is trained to
-        #    maximise the DFM loss on detached feature-matching values of the same D forward
-        #    (one discriminator state; gradients reach the DFM net only)
-        dfm_weight, learn = None, False
-        if engine.dfm_net is not None:
-            learn = engine.dfm_optimizer is not None and len(feats) > 1
-            with torch.set_grad_enabled(learn):
-                dfm_weight = engine.dfm_net(fake_detached)
-            if learn and finite and engine.dfm_optimizer is not None:
-                fm_detached = losses.feature_matching(real_detached, fake_detached, engine.n_layers_d, weight)
-                engine.dfm_optimizer.zero_grad(set_to_none=True)
-                engine._backward_step(losses.dfm_weight_objective(fm_detached, dfm_weight), engine.dfm_optimizer)
-            dfm_weight = dfm_weight.detach()
-
-        # 4. generator step: GAN + lambda_fm * DFM feature matching (+ lambda_l1 * L1 for pix2pix),
-        #    the real pair's features from the discriminator as it is now (the fake pair's state).
-        #    With DiffAugment, a fresh draw for the fake pair; the real pair of feature matching gets the same.
-        engine._set_d_grad(False)
-        engine.g_optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            g_draw = engine._augment_draw(real)
-            g_in, g_weight, _ = engine._d_view(g_draw, torch.cat([label_map, fake], 1), region)
-            g_feats = engine._d_forward(g_in)
-            g_gan = losses.gan_loss(g_feats, True, g_weight, engine.gan_mode)
-            g_fm = torch.zeros((), device=fake.device)
-            if engine.lambda_fm > 0:
-                with torch.no_grad():
-                    real_in = torch.cat([label_map, real], 1)
-                    real_now = engine._d_forward(g_draw(real_in) if g_draw is not None else real_in)
-                fm = losses.feature_matching(real_now, g_feats, engine.n_layers_d, g_weight)
-                g_fm = losses.dfm_loss(fm, dfm_weight if dfm_weight is not None else 0.5)
-            g_l1 = losses.l1_loss(fake, real) if engine.lambda_l1 > 0 else torch.zeros((), device=fake.device)
-            g_loss = g_gan + engine.lambda_fm * g_fm + engine.lambda_l1 * g_l1
-            if local:  # the local D as updated in step 2, the real crop through that same state
-                g_local_in, g_local_weight, g_local_draw = engine._local_view(
-                    crop(torch.cat([label_map, fake], 1)), local_region, has_region)
-                g_local_feats = engine._ld_forward(g_local_in)
-                g_local = losses.gan_loss(g_local_feats, True, g_local_weight, engine.gan_mode)
-                g_local_fm = torch.zeros((), device=fake.device)
-                g_local_texture = torch.zeros((), device=fake.device)
-                if engine.lambda_fm > 0 or engine.lambda_texture > 0:
-                    with torch.no_grad():
-                        real_local_in = crop(torch.cat([label_map, real], 1))
-                        if g_local_draw is not None:
-                            real_local_in = g_local_draw(real_local_in)
-                        real_local = engine._ld_forward(real_local_in)
-                if engine.lambda_fm > 0:
-                    g_local_fm = losses.feature_matching(real_local, g_local_feats, engine.n_layers_d, g_local_weight).mean()
-                if engine.lambda_texture > 0:
-                    g_local_texture = losses.texture_loss(real_local, g_local_feats, g_local_weight).mean()
-                g_loss = g_loss + engine.lambda_local * (
-                    g_local + engine.lambda_fm * g_local_fm + engine.lambda_texture * g_local_texture)
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
-
-        values = {"loss": g_loss, "d_loss": d_loss, "g_gan": g_gan, "g_fm": g_fm, "g_l1": g_l1,
-                  "desum_weight": getattr(unwrap(engine.generator), "last_desum_weight", None), "dfm_weight": dfm_weight}
-        checked = ["loss", "d_loss", "g_gan", "g_fm", "g_l1"]
-        if local:
-            values.update(d_local=d_local, g_local=g_local, g_local_fm=g_local_fm)
-            checked += ["d_local", "g_local", "g_local_fm"]
-            if engine.lambda_texture > 0:
-                values["g_local_texture"] = g_local_texture
-                checked.append("g_local_texture")
-        # one device-to-host copy an iteration for every logged value (and the learned b per sample)
-        scalars, dfm_weights = _to_host(values, dfm_weight if learn else None)
-        finite = finite and all(math.isfinite(scalars[k]) for k in checked)
-        if finite:
-            engine._backward_step(g_loss, engine.g_optimizer, engine._global_params if engine._global_frozen else ())
-            stepped = True
-        else:
-            engine.state.non_finite = {k: scalars[k] for k in checked}
-        if engine.scaler is not None and stepped:
-            engine.scaler.update()
-        engine._set_d_grad(True)
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-
-        output: dict[str, Any] = {"image": real, "pred": fake.detach(), "label": batchdata.get("label"), **scalars}
-        if output["label"] is None:
-            del output["label"]
-        if dfm_weights is not None:  # (B,) on the host: decollated, each sample keeps its own b
-            output["dfm_weights"] = dfm_weights
-        engine.state.output = output
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output  # decollated per sample by MONAI's handler on MODEL_COMPLETED
+    def _local_g_terms(
+        self, label_map: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, local: _LocalBatch
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(g_local, g_local_fm, g_local_texture)`` (in step 4) on the local discriminator as updated in step 2:
+        the fake crop's GAN loss against "real", and, from the real crop through that same state (no gradients,
+        the fake crop's DiffAugment draw), feature matching (with ``lambda_fm > 0``) and the Gram-matrix texture
+        distance inside the region (with ``lambda_texture > 0``); a term that is off is 0."""
+        g_local_in, g_local_weight, g_local_draw = self._local_view(
+            local.crop(torch.cat([label_map, fake], 1)), local.region, local.has_region)
+        g_local_feats = self._ld_forward(g_local_in)
+        g_local = losses.gan_loss(g_local_feats, True, g_local_weight, self.gan_mode)
+        g_local_fm = torch.zeros((), device=fake.device)
+        g_local_texture = torch.zeros((), device=fake.device)
+        if self.lambda_fm > 0 or self.lambda_texture > 0:
+            with torch.no_grad():
+                real_local_in = local.crop(torch.cat([label_map, real], 1))
+                if g_local_draw is not None:
+                    real_local_in = g_local_draw(real_local_in)
+                real_local = self._ld_forward(real_local_in)
+        if self.lambda_fm > 0:
+            g_local_fm = losses.feature_matching(real_local, g_local_feats, self.n_layers_d, g_local_weight).mean()
+        if self.lambda_texture > 0:
+            g_local_texture = losses.texture_loss(real_local, g_local_feats, g_local_weight).mean()
+        return g_local, g_local_fm, g_local_texture
 
 
 def _compiled(module: torch.nn.Module) -> Callable:
