@@ -517,6 +517,15 @@ TABLES: dict[str, Table] = {
         "{r.held_out_paired_accuracy_per_scale} | {r.first_step_0_9} | {r.d_loss_last_10_steps} |",
         rows=_critic_test,
     ),
+    "critic-test-generators": Table(
+        pages=("results.md",),
+        header="| critic | region | norm | fakes | steps | paired accuracy (per scale) | first step ≥ 0.9 | D loss (last 10 steps) |\n"
+        "|---|---|---|---|---|---|---|---|",
+        row="| {r.critic} | {r.region} | {r.norm} | {r.degradation} | {r.steps} | "
+        "{r.held_out_paired_accuracy_per_scale} | {r.first_step_0_9} | {r.d_loss_last_10_steps} |",
+        rows=lambda: [{"r": r} for r in md_tables(
+            "benchmarks/results/amd-epyc-avx512-bf16/critic_test_generators_0_12.md", "# Critic test")[0]],
+    ),
     "slice-split-table-ii": Table(
         pages=("results.md",),
         header="| model | FID | PSNR (dB) | SSIM | RMSE | FID lung | PSNR lung | SSIM lung | vesselness ratio | two-sample acc. |\n"
@@ -786,7 +795,28 @@ def _upsampling_grid_names() -> dict[str, Any]:
     return {"g": _upsampling_grid()[0]["r"]}
 
 
+def _critic_generator_rows() -> dict[str, Any]:
+    """The critic test's rows on the 0.12 generators' output (``critic_test_generators_0_12.md``) and the mean-fill
+    rows they are compared with (``critic_test.md``)."""
+    rows = md_tables("benchmarks/results/amd-epyc-avx512-bf16/critic_test_generators_0_12.md", "# Critic test")[0]
+    fill = md_tables("benchmarks/results/amd-epyc-avx512-bf16/critic_test.md", "# Critic test")[0]
+    acc = "held_out_paired_accuracy_per_scale"
+    pick = {(r.critic, r.degradation.split(":")[-1]): r for r in rows}
+    mean = {r.critic: r for r in fill if r.region == "lesion" and r.norm == "none" and r.degradation == "mean_fill"}
+    return {"li": pick[("local", "lesion_inpainting")], "gi": pick[("global", "lesion_inpainting")],
+            "lm": pick[("local", "map_only")], "gm": pick[("global", "map_only")], "acc": acc,
+            "lf": mean["local"], "gf": mean["global"]}
+
+
 FACTS: list[Fact] = [
+    # the critic test on the 0.12 generators' output (results.md, "1. The critic test")
+    Fact(("results.md",), "ranked below real ones by the local D {num(li.held_out_paired_accuracy_per_scale):.2f} and "
+         "the global D {num(gi.held_out_paired_accuracy_per_scale):.2f} of the time (mean fill:\n"
+         "{num(lf.held_out_paired_accuracy_per_scale):.2f} and {num(gf.held_out_paired_accuracy_per_scale):.2f}), and "
+         "the map-only generator's lungs by the global D {num(gm.held_out_paired_accuracy_per_scale):.2f} (0.9 at step "
+         "{gm.first_step_0_9}; its full-resolution\nscale {num(gm.held_out_paired_accuracy_per_scale, 1):.2f}), while a "
+         "local D on 128-px crops of the map-only lung stays at chance ({num(lm.held_out_paired_accuracy_per_scale):.2f})",
+         _critic_generator_rows),
     # the up-sampling grid of the 0.12 lesion-inpainting generator (upsampling_grid/transposed_image_quality.csv)
     Fact(("README.md",), "(grid peak {g.grid_peak:.0f}\n  on the validation slices", _upsampling_grid_names),
     Fact(("results.md",), "scores {g.grid_peak:.0f} on the validation slices, its\n  real slices {g.grid_peak_real:.2f}",
