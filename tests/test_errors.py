@@ -116,6 +116,8 @@ def test_other_errors_keep_their_traceback_and_status() -> None:
     assert exit_status(wrapped) == 2 and str(reported_error(wrapped)) == "x.json: bad"
 
 
+HANG_GUARD_S = 1800  # only against a hung run: each run ends on its own exit, seconds after it starts
+
 BUSY_THREAD_CONFIG = """
 imports:
   - $import threading
@@ -142,6 +144,6 @@ def test_the_command_ends_with_its_status_while_a_daemon_thread_is_inside_torch(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "custom")}
     for _ in range(3):
         done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config)],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
         assert done.returncode == 2, done.stderr[-2000:]
         assert _errors(done.stderr) == ["ERROR: no data_dir given"] and "terminate called" not in done.stderr
