@@ -249,7 +249,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp spins before sleeping)"),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_native_bf16": native_bf16,
-        "cpu_amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()),
+        "cpu_amx": bool(torch.cpu.get_capabilities().get("amx_tile")),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "monai": monai.__version__,

@@ -247,9 +247,10 @@ def test_amp_is_on_by_default_only_where_bf16_or_cuda_pays(monkeypatch: pytest.M
     from covid_ct_cgan.engines import amp_by_default
 
     assert amp_by_default("cuda:0") is True
-    for native in (False, True):
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    base = {name: False for name in torch.cpu.get_capabilities()}
+    for capabilities, native in (({}, False), ({"avx512_bf16": True}, True), ({"amx_tile": True}, True),
+                                 ({"avx2": True, "avx512_f": True}, False)):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda c=capabilities: {**base, **c})
         assert amp_by_default(torch.device("cpu")) is native
 
 

@@ -15,9 +15,9 @@ __all__ = ["amp_by_default", "autocast_context", "native_bf16_cpu"]
 
 
 def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles)."""
-    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return any(bool(check()) for check in checks if check is not None)
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), as torch detects it."""
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_tile"))
 
 
 def amp_by_default(device: torch.device | str) -> bool:

@@ -11,6 +11,7 @@ import torch
 from ignite.engine import Engine, Events
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from covid_ct_cgan.engines.attached import RecordsAttachedHandlers, attached
 from covid_ct_cgan.engines.handlers import DfmWeightSpread, log_missing_params
 
 
@@ -114,6 +115,39 @@ def test_log_missing_params_keeps_logged_values_and_batches_by_mlflows_limit() -
     assert client.batches == []
 
 
+class _RecordingEngine(RecordsAttachedHandlers, Engine):
+    """A plain Ignite engine that records its handlers, as the GAN trainer does."""
+
+
+def test_attached_finds_handlers_by_class_in_attach_order_once_each() -> None:
+    from covid_ct_cgan.engines.handlers import EpochMeans, TrackingExtras
+
+    engine = _RecordingEngine(lambda e, b: None)
+    first, second = EpochMeans(keys=["loss"]), EpochMeans(keys=["d_loss"])
+    first.attach(engine)
+    TrackingExtras(params={}).attach(engine)
+    second.attach(engine)
+    engine.add_event_handler(Events.COMPLETED, lambda e: None)
+    assert attached(engine, EpochMeans) == [first, second]  # each attaches several methods: listed once
+    assert len(attached(engine, TrackingExtras)) == 1
+    assert attached(engine, Path) == []
+
+
+def test_tracking_extras_refuses_an_engine_that_does_not_record_its_handlers() -> None:
+    from covid_ct_cgan.engines.handlers import TrackingExtras
+
+    with pytest.raises(TypeError, match="records its handlers"):
+        TrackingExtras(params={}).attach(Engine(lambda e, b: None))
+    with pytest.raises(TypeError, match="RecordsAttachedHandlers"):
+        attached(Engine(lambda e, b: None), Path)
+
+
+def test_the_gan_trainer_records_its_handlers() -> None:
+    from covid_ct_cgan.engines import ConditionalGanTrainer
+
+    assert issubclass(ConditionalGanTrainer, RecordsAttachedHandlers)
+
+
 @pytest.mark.integration
 def test_mlflow_keeps_iteration_losses_apart_from_the_epoch_means(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
@@ -122,7 +156,7 @@ def test_mlflow_keeps_iteration_losses_apart_from_the_epoch_means(tmp_path: Path
     from covid_ct_cgan.engines.handlers import EpochMeans, TrackingExtras
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    engine = Engine(lambda e, b: {"loss": torch.tensor(float(e.state.iteration))})
+    engine = _RecordingEngine(lambda e, b: {"loss": torch.tensor(float(e.state.iteration))})
     EpochMeans(keys=["loss"]).attach(engine)
     TrackingExtras(params={"stage": "global"}).attach(engine)
     # as MONAI's `--tracking mlflow` settings attach it (train.yaml's handlers first)

@@ -7,12 +7,12 @@ import csv
 import logging
 import math
 import re
-import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import BaseSaveHandler
@@ -24,6 +24,7 @@ from ..figures import label_picture, pyplot, to_uint8_picture, write_figure
 from ..networks.windows import generate
 from ..networks.wrapping import unwrap
 from ..precision import autocast_context
+from .attached import RecordsAttachedHandlers, attached
 
 logger = logging.getLogger(__name__)
 
@@ -414,21 +415,39 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().__init__(*args, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
-                disk = checkpoint.save_handler
-                disk._save_func = types.MethodType(_save_atomically, disk)  # type: ignore[method-assign]  # Ignite's DiskSaver
-                checkpoint.save_handler = _RemoveAfterSave(disk, checkpoint.n_saved)  # type: ignore[assignment]
+                disk = checkpoint.save_handler  # MONAI's DiskSaver: the folder, and a fixed name (best_generator.pt)
+                atomic = AtomicDiskSaver(disk.dirname, getattr(disk, "filename", None))
+                checkpoint.save_handler = _RemoveAfterSave(atomic, checkpoint.n_saved)  # type: ignore[assignment]
 
 
-def _save_atomically(disk: Any, checkpoint: Any, path: Path, func: Any) -> None:
-    """Ignite ``DiskSaver._save_func`` through :func:`covid_ct_cgan.fileio.atomic_path`.
+class AtomicDiskSaver(BaseSaveHandler):
+    """Ignite save handler that writes each checkpoint through :func:`covid_ct_cgan.fileio.atomic_path`.
 
     Ignite's own atomic mode leaves its ``tmpXXXXXXXX`` file behind when closing it fails (a full disk)
     and lets the ``OSError`` through; here the temporary file (``.<name>.XXXXXXXX.tmp``, never matched
     by ``*.pt``) is removed on any failure and a full or read-only disk is a
     :class:`~covid_ct_cgan.fileio.WriteError` naming the checkpoint.
+
+    Args:
+        dirname: the folder of the checkpoints.
+        filename: a fixed file name for every save (MONAI's key-metric and final checkpoints), or ``None``.
+        save_on_rank: the process that writes (multi-GPU).
     """
-    with atomic_path(path, overwrite=True, keep_suffix=False) as tmp:
-        func(checkpoint, tmp, **disk.kwargs)
+
+    def __init__(self, dirname: str | Path, filename: str | None = None, save_on_rank: int = 0) -> None:
+        self.dirname = Path(dirname)
+        self.filename = filename
+        self.save_on_rank = save_on_rank
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != self.save_on_rank:
+            return
+        with atomic_path(self.dirname / (self.filename or filename), overwrite=True, keep_suffix=False) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def remove(self, filename: str) -> None:
+        if idist.get_rank() == self.save_on_rank:
+            (self.dirname / (self.filename or filename)).unlink(missing_ok=True)
 
 
 _NUMBERED = re.compile(r"(?P<kind>.+=)(?P<n>\d+)\.pt")  # checkpoint_epoch=3.pt, checkpoint_iteration=10.pt
@@ -505,12 +524,8 @@ def attached_mlflow_handler(engine: Engine) -> Any:
     """The ``MLFlowHandler`` attached to ``engine`` (by ``--tracking mlflow``), or ``None``."""
     from monai.handlers import MLFlowHandler
 
-    for handlers in engine._event_handlers.values():  # noqa: SLF001 - Ignite keeps no public registry
-        for handler, _, _ in handlers:
-            owner = getattr(handler, "__self__", handler)
-            if isinstance(owner, MLFlowHandler):
-                return owner
-    return None
+    trackers = attached(engine, MLFlowHandler)
+    return trackers[0] if trackers else None
 
 
 MLFLOW_PARAMS_PER_BATCH = 100  # MLflow refuses a log_batch call with more params (its MAX_PARAMS_TAGS_PER_BATCH)
@@ -536,17 +551,6 @@ def log_missing_params(client: Any, run_id: str, params: Mapping[str, Any]) -> N
 
 
 ITERATION_SUFFIX = "_iteration"  # MLflow: each iteration's value, beside the epoch mean of the same name
-
-
-def _attached(engine: Engine, kind: type) -> list[Any]:
-    """The handlers of class ``kind`` attached to ``engine`` (through a bound method)."""
-    found = []
-    for handlers in engine._event_handlers.values():  # noqa: SLF001 - Ignite keeps no public registry
-        for handler, _, _ in handlers:
-            owner = getattr(handler, "__self__", handler)
-            if isinstance(owner, kind) and owner not in found:
-                found.append(owner)
-    return found
 
 
 class TrackingExtras:
@@ -587,7 +591,14 @@ class TrackingExtras:
         self.config_file = Path(config_file) if config_file else None
 
     def attach(self, engine: Engine) -> None:
-        """Attach to a trainer (after the MLflow handler starts its run)."""
+        """Attach to a trainer that records its handlers (:class:`~.attached.RecordsAttachedHandlers`: the
+        :class:`~covid_ct_cgan.engines.ConditionalGanTrainer`), where it finds the MLflow handler.
+
+        Raises:
+            TypeError: ``engine`` does not record its handlers.
+        """
+        if not isinstance(engine, RecordsAttachedHandlers):
+            raise TypeError(f"TrackingExtras needs a trainer that records its handlers, not {type(engine).__name__}")
         engine.add_event_handler(Events.EPOCH_STARTED(once=1), self._log_params)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._log_files)
 
@@ -595,7 +606,7 @@ class TrackingExtras:
         tracker = attached_mlflow_handler(engine)
         if tracker is None:
             return
-        epoch_means = {f"train_{key}" for means in _attached(engine, EpochMeans) for key in means.keys}
+        epoch_means = {f"train_{key}" for means in attached(engine, EpochMeans) for key in means.keys}
         if tracker.tag_name in epoch_means:
             # MONAI's tracking settings log each iteration's loss as `train_loss`, the name of EpochMeans' epoch
             # mean: two series in one history, at overlapping steps (iterations and epochs)

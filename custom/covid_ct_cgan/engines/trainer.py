@@ -91,6 +91,7 @@ from ..networks.diffaugment import AugmentDraw, DiffAugment
 from ..networks.discriminator import crop_patches, region_crop_boxes
 from ..networks.wrapping import unwrap
 from ..precision import autocast_context
+from .attached import RecordsAttachedHandlers
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class _GeneratorLosses(NamedTuple):
     local_texture: torch.Tensor | None = None
 
 
-class ConditionalGanTrainer(Trainer):
+class ConditionalGanTrainer(RecordsAttachedHandlers, Trainer):
     """Train a label-map-conditional generator against a multi-resolution discriminator.
 
     Args:

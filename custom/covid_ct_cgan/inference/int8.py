@@ -109,7 +109,7 @@ class InductorInt8Generator:
                 use_inductor_cache()
                 # freezing set globally while compiling: as a per-call option it leaves the weight prepacking
                 # to run on fake tensors, which oneDNN's qconv_prepack cannot (UnsupportedOperatorException)
-                with torch._inductor.config.patch(freezing=True), self._autocast():
+                with torch._inductor.config.patch(freezing=True), self._autocast():  # noqa: SLF001 - torch's compiler settings live only there
                     self.compiled = torch.compile(self.quantized, dynamic=False)
                     self.compiled(example)
         except InputError:
