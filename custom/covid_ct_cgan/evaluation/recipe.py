@@ -46,7 +46,7 @@ from ..figures import pyplot, write_figure
 from ..settings import BundleCommand, check_overrides, run_bundle
 from .provenance import code_version
 from .image_quality import RESAMPLED_REAL, csv_text
-from .report import as_number, markdown_table
+from .report import as_number, format_number, markdown_table
 from .segmentation import read_csv, seed_list, seed_scores
 from .statistics import paired_bootstrap
 
@@ -475,11 +475,6 @@ def _rows(path: Path) -> list[dict[str, str]]:
     return read_csv(path) if path.is_file() else []
 
 
-def _number(value: float, digits: int = 1) -> str:
-    """``value`` with ``digits`` decimals; ``n/a`` when it is not finite."""
-    return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
-
-
 def _signed(value: float) -> str:
     return "n/a" if not math.isfinite(value) else f"{value:+.1f}"
 
@@ -534,13 +529,13 @@ def realism_table(realism: Sequence[Mapping[str, Any]]) -> str:
               *(["grid peak (real)"] if grid else []), "two-sample acc."]
     rows = []
     for r in realism:
-        peak = ([f"{_number(as_number(r.get('grid_peak')), 1)} ({_number(as_number(r.get('grid_peak_real')), 1)})"]
+        peak = ([f"{format_number(r.get('grid_peak'), 1)} ({format_number(r.get('grid_peak_real'), 1)})"]
                 if grid else [])
-        rows.append([r["model"], r["realism_region"], _number(as_number(r["psnr"]), 2), _number(as_number(r["ssim"]), 3),
-                     _number(as_number(r["fid"]), 3), _number(as_number(r["kid"]), 4),
-                     _number(as_number(r["vesselness_ratio"]), 2), *peak,
-                     f"{_number(as_number(r['two_sample_accuracy']), 2)} [{_number(as_number(r['two_sample_low']), 2)}, "
-                     f"{_number(as_number(r['two_sample_high']), 2)}]"])
+        rows.append([r["model"], r["realism_region"], format_number(r["psnr"], 2), format_number(r["ssim"], 3),
+                     format_number(r["fid"], 3), format_number(r["kid"], 4),
+                     format_number(r["vesselness_ratio"], 2), *peak,
+                     f"{format_number(r['two_sample_accuracy'], 2)} [{format_number(r['two_sample_low'], 2)}, "
+                     f"{format_number(r['two_sample_high'], 2)}]"])
     return markdown_table(header, rows)
 
 
@@ -600,7 +595,7 @@ def _run_entry(run: _SegmentationRun) -> tuple[dict[str, Any], list[Any]]:
         mean, half = as_number(r.get("mean")), as_number(r.get("fold_half_width"))
         entry.update({f"{cls}_dice": est, f"{cls}_boot_low": lo, f"{cls}_boot_high": hi,
                       f"{cls}_fold_mean": mean, f"{cls}_fold_half_width": half})
-        cells.append(f"{_number(est)} [{_number(lo)}, {_number(hi)}]" + (f"<br>{_number(mean)} ± {_number(half)}" if cls == "infection" else ""))
+        cells.append(f"{format_number(est, 1)} [{format_number(lo, 1)}, {format_number(hi, 1)}]" + (f"<br>{format_number(mean, 1)} ± {format_number(half, 1)}" if cls == "infection" else ""))
     return entry, cells
 
 
@@ -638,7 +633,7 @@ def _segmentation_section(work_dir: Path, ratio: float, b_ratio: float, seed: in
             cells.append("-")
         seg_rows.append(entry)
         table.append(cells)
-    seed_table = [[r["run"], r["generator"], r["seed"] or "-", *(_number(r[f"{cls}_dice"]) for cls in REPORT_CLASSES)]
+    seed_table = [[r["run"], r["generator"], r["seed"] or "-", *(format_number(r[f"{cls}_dice"], 1) for cls in REPORT_CLASSES)]
                   for r in seed_rows]
     return ReportSection([
         f"## Segmentation on the {len({r['name'] for r in base})} test slices (Dice %)", "", SEGMENTATION_TEXT, "",
@@ -667,11 +662,11 @@ def _b_choice_section(choice_rows: list[dict[str, Any]]) -> ReportSection:
 
 def _published_section(seg_rows: Sequence[Mapping[str, Any]]) -> ReportSection:
     """The published Dice on the same test slices, beside ours."""
-    table = ([[m, _number(v), "", ""] for m, v in PUBLISHED_INFECTION]
-             + [["Semi-Inf-Net + multi-class U-Net", "", _number(PUBLISHED_CLASSES["ggo"]),
-                 _number(PUBLISHED_CLASSES["consolidation"])]]
-             + [[f"ours: {e['run']} ({e['generator']})", _number(e["infection_dice"]), _number(e["ggo_dice"]),
-                 _number(e["consolidation_dice"])] for e in seg_rows])
+    table = ([[m, format_number(v, 1), "", ""] for m, v in PUBLISHED_INFECTION]
+             + [["Semi-Inf-Net + multi-class U-Net", "", format_number(PUBLISHED_CLASSES["ggo"], 1),
+                 format_number(PUBLISHED_CLASSES["consolidation"], 1)]]
+             + [[f"ours: {e['run']} ({e['generator']})", format_number(e["infection_dice"], 1), format_number(e["ggo_dice"], 1),
+                 format_number(e["consolidation_dice"], 1)] for e in seg_rows])
     return ReportSection(["## Published results on the same test slices", "", PUBLISHED_TEXT, "",
                           markdown_table(["method", "infection", "GGO", "consolidation"], table), ""])
 
@@ -684,8 +679,8 @@ def _realism_section(realism: Sequence[Mapping[str, Any]]) -> ReportSection:
 
 def _discriminator_section(inpainting_dir: Path, stage_dirs: Mapping[str, Path]) -> ReportSection:
     """Lesion inpainting's critics at the last epoch of each stage: their rankings and losses."""
-    table = [[d["stage"], d["epochs"], *(_number(d[k], 2) for k in ("d1_ranking", "d2_ranking", "local_d_ranking")),
-              *(_number(d[k], 3) for k in ("d_loss", "g_gan", "g_fm", "d_local", "g_local", "g_local_fm"))]
+    table = [[d["stage"], d["epochs"], *(format_number(d[k], 2) for k in ("d1_ranking", "d2_ranking", "local_d_ranking")),
+              *(format_number(d[k], 3) for k in ("d_loss", "g_gan", "g_fm", "d_local", "g_local", "g_local_fm"))]
              for d in _discriminator_rows(stage_dirs)]
     return ReportSection([
         "## Lesion inpainting: the discriminators' signal", "",
@@ -720,7 +715,7 @@ def _segmentation_targets(seg_rows: Sequence[Mapping[str, Any]]) -> list[dict[st
     """Each B row's paired gain, and the best infection Dice against Inf-Net's."""
     targets = [_b_target(e) for e in seg_rows if e["run"].startswith("B")]
     best = max((e["infection_dice"] for e in seg_rows if math.isfinite(e.get("infection_dice", math.nan))), default=math.nan)
-    targets.append(_target("infection Dice >= Inf-Net's 68.2 (plain MONAI UNet)", f"best {_number(best)}",
+    targets.append(_target("infection Dice >= Inf-Net's 68.2 (plain MONAI UNet)", f"best {format_number(best, 1)}",
                            bool(best >= 68.2) if math.isfinite(best) else None))
     return targets
 
@@ -729,7 +724,7 @@ def _beside_ceiling(ceiling: Mapping[str, Any] | None, key: str) -> str:
     """What a perfect generator at the models' image size scores (``resampled_real``), in brackets."""
     if ceiling is None:
         return ""
-    return f" (the real slice at the {ceiling['image_size']}-px grid: {_number(as_number(ceiling[key]), 2)})"
+    return f" (the real slice at the {ceiling['image_size']}-px grid: {format_number(ceiling[key], 2)})"
 
 
 def _realism_targets(realism: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -742,15 +737,15 @@ def _realism_targets(realism: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
             continue
         v, acc = as_number(row["vesselness_ratio"]), as_number(row["two_sample_accuracy"])
         wanted = f"within {v_low}-{v_high}" if math.isfinite(v_high) else f"at least {v_low}"
-        targets.append(_target(f"{label}: vesselness ratio {wanted}", _number(v, 2) + _beside_ceiling(ceiling, "vesselness_ratio"),
+        targets.append(_target(f"{label}: vesselness ratio {wanted}", format_number(v, 2) + _beside_ceiling(ceiling, "vesselness_ratio"),
                                bool(v_low <= v <= v_high) if math.isfinite(v) else None))
         targets.append(_target(f"{label}: two-sample accuracy at most {acc_max}",
-                               _number(acc, 2) + _beside_ceiling(ceiling, "two_sample_accuracy"),
+                               format_number(acc, 2) + _beside_ceiling(ceiling, "two_sample_accuracy"),
                                bool(acc <= acc_max) if math.isfinite(acc) else None))
         if model in GRID_TARGETS and row.get("grid_peak") not in (None, ""):  # runs before 0.14 did not measure it
             peak, most = as_number(row["grid_peak"]), GRID_TARGETS[model]
             targets.append(_target(f"{label}: no up-sampling grid, grid peak at most {most:g}",
-                                   f"{_number(peak, 1)} (its real slices: {_number(as_number(row.get('grid_peak_real')), 1)})",
+                                   f"{format_number(peak, 1)} (its real slices: {format_number(row.get('grid_peak_real'), 1)})",
                                    bool(peak <= most) if math.isfinite(peak) else None))
     return targets
 

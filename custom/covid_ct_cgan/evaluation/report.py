@@ -59,7 +59,8 @@ def as_number(value: Any) -> float:
         return math.nan
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
+def format_number(value: Any, digits: int = 2) -> str:
+    """``value`` (a number or a CSV cell) with ``digits`` decimals: ``n/a`` when missing, ``inf`` when infinite."""
     x = as_number(value)
     return "n/a" if math.isnan(x) else ("inf" if math.isinf(x) else f"{x:.{digits}f}")
 
@@ -106,9 +107,9 @@ def image_quality_section(rows: Sequence[Mapping[str, str]]) -> tuple[str, list[
     table, wide = [], []
     for m in models:
         c, lung = get.get((m, "complemented"), {}), get.get((m, "lung_only"), {})
-        table.append([m, _fmt(c.get("fid"), 3), _fmt(c.get("psnr")), _fmt(c.get("ssim"), 4), _fmt(c.get("rmse"), 4),
-                      _fmt(c.get("rmse_hu"), 1), _fmt(lung.get("fid"), 3), _fmt(lung.get("psnr")), _fmt(lung.get("ssim"), 4),
-                      _fmt(lung.get("rmse"), 4), _fmt(lung.get("rmse_hu"), 1), c.get("images", ""), c.get("image_size", ""),
+        table.append([m, format_number(c.get("fid"), 3), format_number(c.get("psnr")), format_number(c.get("ssim"), 4), format_number(c.get("rmse"), 4),
+                      format_number(c.get("rmse_hu"), 1), format_number(lung.get("fid"), 3), format_number(lung.get("psnr")), format_number(lung.get("ssim"), 4),
+                      format_number(lung.get("rmse"), 4), format_number(lung.get("rmse_hu"), 1), c.get("images", ""), c.get("image_size", ""),
                       c.get("epochs", ""), c.get("seed", "")])
         wide.append({"model": m, **{f"{k}_complemented": c.get(k, "") for k in ("fid", "psnr", "ssim", "rmse", "rmse_hu")},
                      **{f"{k}_lung_only": lung.get(k, "") for k in ("fid", "psnr", "ssim", "rmse", "rmse_hu")},
@@ -144,9 +145,9 @@ def realism_section(rows: Sequence[Mapping[str, str]]) -> tuple[str, list[dict[s
     for m in models:
         c, lung = get.get((m, "complemented"), {}), get.get((m, "lung_only"), {})
         acc = c.get("two_sample_accuracy")
-        table.append([m, c.get("realism_region", ""), _fmt(c.get("fid"), 3), _plus_minus(c.get("kid"), c.get("kid_sd"), 4),
-                      _fmt(lung.get("fid"), 3), _plus_minus(lung.get("kid"), lung.get("kid_sd"), 4), _fmt(c.get("vesselness_ratio")),
-                      f"{_fmt(acc)} {_interval(c.get('two_sample_low'), c.get('two_sample_high'), 2)}"
+        table.append([m, c.get("realism_region", ""), format_number(c.get("fid"), 3), _plus_minus(c.get("kid"), c.get("kid_sd"), 4),
+                      format_number(lung.get("fid"), 3), _plus_minus(lung.get("kid"), lung.get("kid_sd"), 4), format_number(c.get("vesselness_ratio")),
+                      f"{format_number(acc)} {_interval(c.get('two_sample_low'), c.get('two_sample_high'), 2)}"
                       if not math.isnan(as_number(acc)) else "n/a",
                       c.get("two_sample_folds", ""), c.get("two_sample_crops", "")])
         wide.append({"model": m, "realism_region": c.get("realism_region", ""),
@@ -197,7 +198,7 @@ def segmentation_section(rows: Sequence[Mapping[str, str]], experiment: str) -> 
                             f"{c}_{m}_fold_high": r.get("fold_high", ""), f"{c}_{m}_boot_low": r.get("boot_low", ""),
                             f"{c}_{m}_boot_high": r.get("boot_high", "")})
             d = get.get((ratio, c, "dice"), {})
-            boot_cells.append(f"{_fmt(d.get('estimate'))} {_interval(d.get('boot_low'), d.get('boot_high'))}")
+            boot_cells.append(f"{format_number(d.get('estimate'))} {_interval(d.get('boot_low'), d.get('boot_high'))}")
         any_row = get.get((ratio, "infection", "dice"), {})
         boot_cells += [any_row.get("train_real", ""), any_row.get("train_synthetic", ""), any_row.get("test_slices", ""),
                        any_row.get("patients", "")]
@@ -299,7 +300,7 @@ def model_grid(per_image: Sequence[Mapping[str, str]], image_quality_dir: Path, 
 def ablation_section(rows: Sequence[Mapping[str, str]]) -> tuple[str, list[dict[str, Any]]]:
     """Table V (ablations): Markdown and its CSV rows."""
     header = ["Method", "FID", "PSNR (dB)", "SSIM", "Dice infection (%)", "Dice patient bootstrap", "image size", "epochs"]
-    table = [[r["description"], _fmt(r["fid"], 3), _fmt(r["psnr"]), _fmt(r["ssim"], 4),
+    table = [[r["description"], format_number(r["fid"], 3), format_number(r["psnr"]), format_number(r["ssim"], 4),
               _plus_minus(r["dice_infection"], r["dice_fold_half_width"]), _interval(r["dice_boot_low"], r["dice_boot_high"]),
               r["image_size"], r["epochs"]] for r in rows]
     segs = list(dict.fromkeys(r.get("segmentation", "") for r in rows))
