@@ -555,7 +555,7 @@ def _is_number(value: Any) -> bool:
 # key -> smallest allowed whole number
 _WHOLE_NUMBERS: dict[str, int] = {
     "image_size": 1, "epochs": 1, "joint_epochs": 1, "stage_epochs": 1, "batch_size": 1, "constant_lr_epochs": 0, "keep_checkpoints": 1,
-    "checkpoint_every": 1, "sample_count": 0, "num_workers": 0, "context_dilation": 0, "ngf": 1,
+    "checkpoint_every": 1, "validate_every": 1, "sample_count": 0, "num_workers": 0, "context_dilation": 0, "ngf": 1,
     "n_downsampling": 0, "n_blocks_global": 0, "n_blocks_local": 0, "ndf": 1, "n_layers_d": 1, "num_d": 1,
     "dfm_feature_index": 0, "freeze_global_epochs": 0, "phantom_patients": 1, "phantom_slices": 1, "phantom_size": 16,
     "local_crop": 1, "crop_size": 0,

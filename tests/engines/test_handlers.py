@@ -173,3 +173,20 @@ def test_mlflow_keeps_iteration_losses_apart_from_the_epoch_means(tmp_path: Path
     assert params["stage"] == "global"
     log_missing_params(client, run.info.run_id, {"stage": "local", "ngf": 32})  # as a resumed run: nothing refused
     assert client.get_run(run.info.run_id).data.params == {**params, "ngf": "32"}
+
+
+def test_periodic_validation_runs_every_interval_and_after_the_last_epoch() -> None:
+    from covid_ct_cgan.engines.handlers import PeriodicValidation
+
+    validated: list[int] = []
+
+    class Recording(PeriodicValidation):  # the schedule alone: what runs at each chosen epoch is MONAI's
+        def __call__(self, engine: Engine) -> None:
+            validated.append(engine.state.epoch)
+
+    for interval, epochs, expected in ((3, 7, [3, 6, 7]), (1, 3, [1, 2, 3]), (5, 5, [5])):
+        validated.clear()
+        trainer = Engine(lambda e, b: None)
+        Recording(validator=None, interval=interval, epoch_level=True).attach(trainer)
+        trainer.run(range(2), max_epochs=epochs)
+        assert validated == expected  # the last epoch once, never twice

@@ -7,7 +7,7 @@ import csv
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import BaseSaveHandler
-from monai.handlers import CheckpointSaver
+from monai.handlers import CheckpointSaver, ValidationHandler
 from PIL import Image
 
 from ..fileio import atomic_path
@@ -88,6 +88,29 @@ def save_png(picture: np.ndarray, path: str | Path) -> Path:
     return Path(path)
 
 
+def every_and_last(interval: int) -> Callable[[Engine, int], bool]:
+    """An Ignite event filter for ``EPOCH_COMPLETED``: every ``interval`` epochs, and the run's last epoch."""
+    interval = max(int(interval), 1)
+
+    def due(engine: Engine, epoch: int) -> bool:
+        return epoch % interval == 0 or epoch == engine.state.max_epochs
+
+    return due
+
+
+class PeriodicValidation(ValidationHandler):
+    """MONAI's epoch-level ``ValidationHandler`` run every ``interval`` epochs and after the last one, so the
+    final weights are always validated (and ``best_generator.pt`` can be them) whatever ``interval`` is."""
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to a trainer: validate at the epochs :func:`every_and_last` selects."""
+        if not self.epoch_level:
+            raise ValueError("PeriodicValidation validates at epoch ends: keep epoch_level true")
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=every_and_last(self.interval)), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
+
+
 class SampleGridSaver:
     """Each epoch, write a PNG grid ``label map | real | generated | |difference|``.
 
@@ -100,7 +123,7 @@ class SampleGridSaver:
         output_dir: folder of the grids.
         num_samples: rows of the grid.
         composite: show the generated region composited into the real slice.
-        interval: epochs between grids.
+        interval: epochs between grids (and the run's last epoch).
         amp: generate with mixed precision.
         window: generate through windows of this size (a generator trained on crops), see
             :func:`~covid_ct_cgan.networks.windows.generate`; ``0``: the whole slice.
@@ -127,7 +150,7 @@ class SampleGridSaver:
 
     def attach(self, engine: Engine) -> None:
         """Attach to a trainer (``generator`` attribute) at epoch completion."""
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=every_and_last(self.interval)), self)
 
     @torch.no_grad()
     def __call__(self, engine: Engine) -> None:
