@@ -230,6 +230,7 @@ def _recipe_segmentation(run: str = "medseg_recipe") -> list[dict[str, Any]]:
 
 UPSAMPLING_GRID_RUNS = {  # result file under results/upsampling_grid/ -> row label
     "transposed": "lesion inpainting, `transposed` (0.12 recipe run)",
+    "resize": "lesion inpainting, `resize` (probe, recipe settings otherwise)",
 }
 
 
@@ -486,6 +487,14 @@ TABLES: dict[str, Table] = {
         row="| {r.run} | {r.epoch:.0f} | {r.grid_peak:.1f} ({r.grid_peak_real:.2f}) | {r.half_rows:.1f} / "
         "{r.half_cols:.1f} / {r.half_both:.1f} |",
         rows=lambda: [{"r": r} for r in csv_rows("upsampling_grid/local_stage_samples.csv")],
+    ),
+    "upsampling-grid-joint": Table(
+        pages=("experiments.md",),
+        header="| up-sampling | joint stage epoch | grid peak (real) | 1/2 cycle a pixel along rows / columns / both |\n"
+        "|---|---|---|---|",
+        row="| {r.run} | {r.epoch:.0f} | {r.grid_peak:.1f} ({r.grid_peak_real:.2f}) | {r.half_rows:.1f} / "
+        "{r.half_cols:.1f} / {r.half_both:.1f} |",
+        rows=lambda: [{"r": r} for r in csv_rows("upsampling_grid/joint_stage_samples.csv")],
     ),
     "recipe-time": Table(
         pages=("results.md",),
@@ -791,8 +800,10 @@ def _metadata() -> dict[str, Any]:
 
 RECIPE_TIME = "map-only generator {t.generator_map / 60:.1f} min, lesion-inpainting generator {t.generator_lesion_inpainting / 60:.1f}"
 def _upsampling_grid_names() -> dict[str, Any]:
-    """The 0.12 lesion-inpainting generator's grid peak on the validation slices (``upsampling_grid/``)."""
-    return {"g": _upsampling_grid()[0]["r"]}
+    """The lesion-inpainting generators' grid peak on the validation slices (``upsampling_grid/``): ``g`` the 0.12
+    recipe's (transposed), ``r`` the resize probe's."""
+    rows = _upsampling_grid()
+    return {"g": rows[0]["r"], "r": rows[1]["r"]}
 
 
 def _critic_generator_rows() -> dict[str, Any]:
@@ -818,6 +829,12 @@ FACTS: list[Fact] = [
          "local D on 128-px crops of the map-only lung stays at chance ({num(lm.held_out_paired_accuracy_per_scale):.2f})",
          _critic_generator_rows),
     # the up-sampling grid of the 0.12 lesion-inpainting generator (upsampling_grid/transposed_image_quality.csv)
+    Fact(("experiments.md",), "At the end the `resize` generator's grid peak is {r.grid_peak:.0f} against {g.grid_peak:.0f} "
+         "(its real slices {r.grid_peak_real:.2f}), its vesselness ratio the same\n({r.vesselness_ratio:.2f}), FID lower "
+         "({r.fid:.3f} against {g.fid:.3f})", _upsampling_grid_names),
+    Fact(("design.md",), "grid peak on validation {r.grid_peak:.0f} against {g.grid_peak:.0f}, vesselness unchanged",
+         _upsampling_grid_names),
+    Fact(("results.md",), "and to {r.grid_peak:.0f} after the joint stage", _upsampling_grid_names),
     Fact(("README.md",), "(grid peak {g.grid_peak:.0f}\n  on the validation slices", _upsampling_grid_names),
     Fact(("results.md",), "scores {g.grid_peak:.0f} on the validation slices, its\n  real slices {g.grid_peak_real:.2f}",
          _upsampling_grid_names),
