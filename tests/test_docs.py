@@ -241,6 +241,22 @@ def _upsampling_grid() -> list[dict[str, Any]]:
             for name, label in UPSAMPLING_GRID_RUNS.items()]
 
 
+LESION_TEXTURE_PROBES = {  # joint stage -> (image_quality.csv, training.csv) under results/, row label
+    "resize": ("upsampling_grid/resize_image_quality.csv", "lesion_texture_0_15/resize_joint_training.csv",
+               "`lambda_fm` 10, no texture term (the `resize` probe)"),
+    "texture": ("lesion_texture_0_15/texture_image_quality.csv", "lesion_texture_0_15/texture_joint_training.csv",
+                "`lambda_texture` 10"),
+    "fm1": ("lesion_texture_0_15/fm1_image_quality.csv", "lesion_texture_0_15/fm1_joint_training.csv",
+            "`lambda_fm` 1 (the recipe since 0.15)"),
+}
+
+
+def _lesion_texture_probes() -> list[dict[str, Any]]:
+    """The lesion-inpainting joint stages trained from the same global and local stages, scored on validation."""
+    return [{"label": label, "r": one(csv_rows(quality), model="lesion_inpainting", region="complemented"),
+             "t": csv_rows(training)[-1]} for quality, training, label in LESION_TEXTURE_PROBES.values()]
+
+
 REALISM_LABELS = {
     "ours": "map-only (ours)",
     "lesion_inpainting": "lesion inpainting (joint stage 90 epochs)",
@@ -495,6 +511,15 @@ TABLES: dict[str, Table] = {
         row="| {r.run} | {r.epoch:.0f} | {r.grid_peak:.1f} ({r.grid_peak_real:.2f}) | {r.half_rows:.1f} / "
         "{r.half_cols:.1f} / {r.half_both:.1f} |",
         rows=lambda: [{"r": r} for r in csv_rows("upsampling_grid/joint_stage_samples.csv")],
+    ),
+    "lesion-texture-probes": Table(
+        pages=("experiments.md",),
+        header="| joint stage (90 epochs, `resize`) | grid peak (real) | vesselness ratio | two-sample accuracy | FID | "
+        "composite PSNR (dB) | local D ranking, last epoch |\n|---|---|---|---|---|---|---|",
+        row="| {label} | {r.grid_peak:.1f} ({r.grid_peak_real:.2f}) | {r.vesselness_ratio:.2f} | "
+        "{r.two_sample_accuracy:.2f} [{r.two_sample_low:.2f}, {r.two_sample_high:.2f}] | {r.fid:.3f} | {r.psnr:.2f} | "
+        "{t.local_d_ranking:.2f} |",
+        rows=_lesion_texture_probes,
     ),
     "recipe-time": Table(
         pages=("results.md",),
@@ -835,6 +860,8 @@ FACTS: list[Fact] = [
     Fact(("design.md",), "grid peak on validation {r.grid_peak:.0f} against {g.grid_peak:.0f}, vesselness unchanged",
          _upsampling_grid_names),
     Fact(("results.md",), "and to {r.grid_peak:.0f} after the joint stage", _upsampling_grid_names),
+    Fact(("experiments.md",), "(`quarter_rows` {q.quarter_rows:.1f} in", lambda: {
+        "q": one(csv_rows("lesion_texture_0_15/joint_stage_samples.csv"), run="fm1", epoch=90)}),
     Fact(("README.md",), "(grid peak {g.grid_peak:.0f}\n  on the validation slices", _upsampling_grid_names),
     Fact(("results.md",), "scores {g.grid_peak:.0f} on the validation slices, its\n  real slices {g.grid_peak_real:.2f}",
          _upsampling_grid_names),

@@ -188,7 +188,17 @@ def _subset(root: Path) -> Path:
 
 
 @pytest.mark.integration
-def test_recipe_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
+def test_recipe_runs_every_step_and_writes_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from covid_ct_cgan.engines import ConditionalGanTrainer
+
+    built: list[tuple[int, float]] = []  # (epochs, lambda_fm) of every GAN stage the recipe trains
+    real_init = ConditionalGanTrainer.__init__
+
+    def recording_init(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        real_init(self, *args, **kwargs)
+        built.append((self.state.max_epochs, self.lambda_fm))
+
+    monkeypatch.setattr(ConditionalGanTrainer, "__init__", recording_init)
     raw, work = _subset(tmp_path / "raw"), tmp_path / "work"
     tiny = {"dataset_dir": str(raw), "work_dir": str(work), "image_size": 64, "crop_size": 32, "epochs": 1, "ngf": 8,
             "ndf": 8,
@@ -198,6 +208,8 @@ def test_recipe_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
             "recipe_evaluation": {"fid#epochs": 1, "realism#iterations": 5, "realism#folds": 2}}
     files = [str(CONFIGS / "train.yaml"), str(CONFIGS / "medseg.yaml")]
     run_bundle("recipe", config_file=files, **tiny)
+    # medseg.yaml's recipe_lesion_inpainting: feature matching at 1 in the lesion generator's joint stage (3 epochs) only
+    assert sorted(built) == [(1, 10.0)] * 5 + [(3, 1.0)]
 
     # no test slice trained a generator or a segmenter (the dataset's own test/ folder is the test set)
     lists = json.loads((work / "data" / "datalist.json").read_text())
