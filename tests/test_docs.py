@@ -241,6 +241,18 @@ def _upsampling_grid() -> list[dict[str, Any]]:
             for name, label in UPSAMPLING_GRID_RUNS.items()]
 
 
+def _grid_by_epoch(stage: str, path: str) -> Table:
+    """The grid peaks of a stage's sample grids by epoch (``benchmarks/probe_grid_in_samples.py``'s CSV), in experiments.md."""
+    return Table(
+        pages=("experiments.md",),
+        header=f"| up-sampling | {stage} stage epoch | grid peak (real) | 1/2 cycle a pixel along rows / columns / both |\n"
+        "|---|---|---|---|",
+        row="| {r.run} | {r.epoch:.0f} | {r.grid_peak:.1f} ({r.grid_peak_real:.2f}) | {r.half_rows:.1f} / "
+        "{r.half_cols:.1f} / {r.half_both:.1f} |",
+        rows=lambda: [{"r": r} for r in csv_rows(path)],
+    )
+
+
 LESION_TEXTURE_PROBES = {  # joint stage -> (image_quality.csv, training.csv) under results/, row label
     "resize": ("upsampling_grid/resize_image_quality.csv", "lesion_texture_0_15/resize_joint_training.csv",
                "`lambda_fm` 10, no texture term (the `resize` probe)"),
@@ -496,22 +508,8 @@ TABLES: dict[str, Table] = {
         "{r.two_sample_accuracy:.2f} [{r.two_sample_low:.2f}, {r.two_sample_high:.2f}] | {r.fid:.3f} |",
         rows=_upsampling_grid,
     ),
-    "upsampling-grid-local": Table(
-        pages=("experiments.md",),
-        header="| up-sampling | local stage epoch | grid peak (real) | 1/2 cycle a pixel along rows / columns / both |\n"
-        "|---|---|---|---|",
-        row="| {r.run} | {r.epoch:.0f} | {r.grid_peak:.1f} ({r.grid_peak_real:.2f}) | {r.half_rows:.1f} / "
-        "{r.half_cols:.1f} / {r.half_both:.1f} |",
-        rows=lambda: [{"r": r} for r in csv_rows("upsampling_grid/local_stage_samples.csv")],
-    ),
-    "upsampling-grid-joint": Table(
-        pages=("experiments.md",),
-        header="| up-sampling | joint stage epoch | grid peak (real) | 1/2 cycle a pixel along rows / columns / both |\n"
-        "|---|---|---|---|",
-        row="| {r.run} | {r.epoch:.0f} | {r.grid_peak:.1f} ({r.grid_peak_real:.2f}) | {r.half_rows:.1f} / "
-        "{r.half_cols:.1f} / {r.half_both:.1f} |",
-        rows=lambda: [{"r": r} for r in csv_rows("upsampling_grid/joint_stage_samples.csv")],
-    ),
+    "upsampling-grid-local": _grid_by_epoch("local", "upsampling_grid/local_stage_samples.csv"),
+    "upsampling-grid-joint": _grid_by_epoch("joint", "upsampling_grid/joint_stage_samples.csv"),
     "lesion-texture-probes": Table(
         pages=("experiments.md",),
         header="| joint stage (90 epochs, `resize`) | grid peak (real) | vesselness ratio | two-sample accuracy | FID | "
