@@ -264,8 +264,9 @@ LESION_TEXTURE_PROBES = {  # joint stage -> (image_quality.csv, training.csv) un
 
 
 MAP_ONLY_FM_PROBES = {  # image_quality.csv under results/lesion_texture_0_15/ -> row label
-    "map_only_fm10": "`lambda_fm` 10 (the 0.12 recipe run)",
-    "map_only_fm1": "`lambda_fm` 1",
+    "map_only_fm10": "`transposed`, `lambda_fm` 10 (the 0.12 recipe run)",
+    "map_only_fm1": "`transposed`, `lambda_fm` 1 in the joint stage",
+    "map_only_resize": "`resize` (all three stages trained again), `lambda_fm` 10",
 }
 
 
@@ -533,7 +534,7 @@ TABLES: dict[str, Table] = {
     ),
     "map-only-fm-probe": Table(
         pages=("experiments.md",),
-        header="| map-only joint stage (30 epochs, `transposed`) | grid peak (real) | vesselness ratio | two-sample accuracy | "
+        header="| map-only generator (30 epochs a stage) | grid peak (real) | vesselness ratio | two-sample accuracy | "
         "FID |\n|---|---|---|---|---|",
         row="| {label} | {r.grid_peak:.1f} ({r.grid_peak_real:.2f}) | {r.vesselness_ratio:.2f} | "
         "{r.two_sample_accuracy:.2f} [{r.two_sample_low:.2f}, {r.two_sample_high:.2f}] | {r.fid:.3f} |",
@@ -878,6 +879,9 @@ FACTS: list[Fact] = [
     Fact(("design.md",), "grid peak on validation {r.grid_peak:.0f} against {g.grid_peak:.0f}, vesselness unchanged",
          _upsampling_grid_names),
     Fact(("results.md",), "and to {r.grid_peak:.0f} after the joint stage", _upsampling_grid_names),
+    Fact(("experiments.md",), "grid peak {c.grid_peak:.1f} against {a.grid_peak:.1f}, vesselness\n{c.vesselness_ratio:.2f}, "
+         "two-sample {c.two_sample_accuracy:.2f} [{c.two_sample_low:.2f}, {c.two_sample_high:.2f}]; FID rose ({c.fid:.3f} "
+         "against {a.fid:.3f})", lambda: dict(zip("abc", (row["r"] for row in _map_only_fm_probes())))),
     Fact(("results.md",), "(its grid peak rose from {a.grid_peak:.0f} to {b.grid_peak:.0f})",
          lambda: dict(zip("ab", (row["r"] for row in _map_only_fm_probes())))),
     Fact(("experiments.md",), "(`quarter_rows` {q.quarter_rows:.1f} in", lambda: {

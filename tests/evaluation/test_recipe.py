@@ -259,10 +259,10 @@ def test_recipe_runs_every_step_and_writes_the_report(tmp_path: Path, monkeypatc
         # medseg.yaml's recipe_lesion_inpainting: its joint stage trains three times the epochs; the map-only one does not
         assert len(means) == (3 if stage == "joint" else 1)
         assert len(_rows(work / "output" / stage / "training.csv")) == 1
-        # and it up-samples by resizing; the map-only generator keeps transposed convolutions
+        # both generators up-sample by resizing (medseg.yaml)
         saved = {name: json.loads((work / folder / stage / "settings.json").read_text())["networks"]["generator"]
                  for name, folder in (("lesion", "output_lesion_inpainting"), ("map", "output"))}
-        assert (saved["lesion"]["upsampling"], saved["map"]["upsampling"]) == ("resize", "transposed")
+        assert (saved["lesion"]["upsampling"], saved["map"]["upsampling"]) == ("resize", "resize")
     assert (report / "model_grid.png").stat().st_size > 0 and (report / "discriminator_losses.png").stat().st_size > 0
     timings = json.loads((work / "recipe_timings.json").read_text())
     assert set(timings) == {"generator_map", "generator_lesion_inpainting", "image_quality", "segmentation_map",
