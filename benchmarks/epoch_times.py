@@ -7,7 +7,7 @@ Usage, from the repository root::
 ``LOG`` is the console log of a ``training`` / ``train_*`` run (Ignite's ``Epoch[N] Complete. Time taken``
 lines). An epoch whose validation ran (``SupervisedEvaluator`` lines before the trainer's ``Complete`` line: with
 ``validate_every`` N, every N-th epoch and the last) also drew its sample grid; the others only trained and ranked
-the critics. The script prints the mean time of both kinds of epoch (the first epoch of a run, which builds the
+the critics. The script prints the median time of both kinds of epoch (the first epoch of a run, which builds the
 caches, left out), their ratio, and what ``validate_every`` 1 / 2 / 5 / 10 would cost relative to 1, all from
 this one run on one machine.
 """

@@ -30,12 +30,21 @@ class RecordsAttachedHandlers(Engine):
         return handle
 
 
+def check_records_handlers(engine: Engine) -> None:
+    """Refuse an engine that does not record its handlers (a handler that will look others up checks on attach).
+
+    Raises:
+        TypeError: ``engine`` is not a :class:`RecordsAttachedHandlers`.
+    """
+    if not isinstance(engine, RecordsAttachedHandlers):
+        raise TypeError(f"{type(engine).__name__} is not an engine that records its handlers (give it RecordsAttachedHandlers as a base)")
+
+
 def attached(engine: Engine, kind: type[T]) -> list[T]:
     """The handlers of class ``kind`` attached to ``engine``, in the order they were attached.
 
     Raises:
-        TypeError: ``engine`` does not record its handlers (it is not a :class:`RecordsAttachedHandlers`).
+        TypeError: ``engine`` does not record its handlers (:func:`check_records_handlers`).
     """
-    if not isinstance(engine, RecordsAttachedHandlers):
-        raise TypeError(f"{type(engine).__name__} does not record its handlers: give it RecordsAttachedHandlers as a base")
+    check_records_handlers(engine)
     return [owner for owner in engine.__dict__.get("attached_owners", []) if isinstance(owner, kind)]

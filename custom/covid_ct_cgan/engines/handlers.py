@@ -24,7 +24,7 @@ from ..figures import label_picture, pyplot, to_uint8_picture, write_figure
 from ..networks.windows import generate
 from ..networks.wrapping import unwrap
 from ..precision import autocast_context
-from .attached import RecordsAttachedHandlers, attached
+from .attached import attached, check_records_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -620,8 +620,7 @@ class TrackingExtras:
         Raises:
             TypeError: ``engine`` does not record its handlers.
         """
-        if not isinstance(engine, RecordsAttachedHandlers):
-            raise TypeError(f"TrackingExtras needs a trainer that records its handlers, not {type(engine).__name__}")
+        check_records_handlers(engine)
         engine.add_event_handler(Events.EPOCH_STARTED(once=1), self._log_params)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._log_files)
 
